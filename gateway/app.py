@@ -1,0 +1,113 @@
+"""The gateway object (streams, sessions, peers) and the aiohttp application around it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .config import Config
+from .core.registry import StreamRegistry
+from .egress.encoders import SharedEncoder
+from .web import api, webrtc_http
+from .web.problem import error_middleware_factory
+from .webrtc.peer import IceConfig, PeerFactory
+from .webrtc.session import WebRTCSession
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "web" / "static"
+
+
+class Gateway:
+    """Everything live: the stream registry, the WebRTC sessions, the peer factory."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        s = config.streams
+        self.registry = StreamRegistry(
+            ring_frames=s.ring_frames,
+            allow_dynamic=s.allow_dynamic,
+            idle_timeout=s.idle_timeout_s,
+            declared=tuple(s.declared),
+        )
+        w = config.webrtc
+        self.peers = PeerFactory(
+            IceConfig(
+                ice_servers=w.ice_servers, host_addresses=w.host_addresses, nat_1to1=w.nat_1to1
+            )
+        )
+        self.sessions: dict[str, WebRTCSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def add_session(self, session: WebRTCSession) -> None:
+        self.sessions[session.id] = session
+        timeout = self.config.webrtc.connect_timeout_s
+        self._spawn(webrtc_http.close_if_never_connected(session, timeout))
+        self._spawn(self._forget_when_closed(session))
+
+    async def _forget_when_closed(self, session: WebRTCSession) -> None:
+        await session.closed.wait()
+        self.sessions.pop(session.id, None)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def sender_is_stale(self, session: WebRTCSession) -> bool:
+        return webrtc_http.sender_is_stale(session, self.config.webrtc.takeover_after_s)
+
+    async def start(self) -> None:
+        self.registry.start()
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.close("gateway shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        await self.registry.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "streams": len(self.registry.streams),
+            "sessions": len(self.sessions),
+            "encoders_active": sum(len(s.egress) for s in self.registry.streams.values()),
+            "encoders_created_total": SharedEncoder.created_total,
+            "clock_ticks": self.registry.ticks,
+            "clock_late_ticks": self.registry.clock_late_ticks,
+        }
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        client_max_size=config.http.max_body_bytes, middlewares=[error_middleware_factory()]
+    )
+    gateway = Gateway(config)
+    app["gateway"] = gateway
+    app["max_body"] = config.http.max_body_bytes
+
+    async def on_startup(app: web.Application) -> None:
+        await gateway.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await gateway.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    webrtc_http.add_routes(app)
+    api.add_routes(app)
+    app.router.add_get("/", _page("index.html"))
+    app.router.add_get("/publish", _page("publish.html"))
+    app.router.add_get("/listen", _page("listen.html"))
+    app.router.add_static("/static", STATIC)
+    return app
+
+
+def _page(name: str):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / name)
+
+    return handler

@@ -1,0 +1,123 @@
+"""Configuration: embedded defaults, overridden by a TOML file, then by CLI flags.
+
+Every key is validated at start; an unknown or mistyped key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Largest accepted request body (SDP offers, JSON) in bytes.
+    max_body_bytes: int = 65536
+
+
+@dataclass
+class StreamsConfig:
+    #: Frames (20 ms each) kept per stream; a reader further behind is skipped forward.
+    ring_frames: int = 50
+    #: Create streams on first publish or listen; if false only `declared` exist.
+    allow_dynamic: bool = True
+    #: Remove a dynamic stream with no sender and no listener after this many seconds.
+    idle_timeout_s: float = 60.0
+    #: Streams that always exist.
+    declared: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WebRTCConfig:
+    #: STUN/TURN servers, e.g. [{urls = "stun:stun.example.org:3478"}]. None by default.
+    ice_servers: list[dict] = field(default_factory=list)
+    #: Addresses to gather ICE host candidates on (empty: all but loopback).
+    host_addresses: list[str] = field(default_factory=list)
+    #: 1:1 NAT: {"10.0.0.5" = "203.0.113.7"} rewrites candidates in answers.
+    nat_1to1: dict[str, str] = field(default_factory=dict)
+    #: Opus bitrate sent to WebRTC listeners, bits per second.
+    opus_bitrate: int = 64000
+    #: Jitter buffer depth bounds, in 20 ms packets.
+    jitter_min_packets: int = 1
+    jitter_max_packets: int = 3
+    #: A sender silent this long may be replaced by a new publisher (else 409).
+    takeover_after_s: float = 3.0
+    #: A session whose connection is not up after this many seconds is closed.
+    connect_timeout_s: float = 30.0
+    #: Concurrent WebRTC sessions (publishers + listeners).
+    max_sessions: int = 1000
+
+
+@dataclass
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    log_level: str = "info"
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"unknown configuration key {path!r}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, path)
+            continue
+        origin = getattr(kind, "__origin__", kind)
+        if origin is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"configuration key {path!r} must be {origin.__name__}, "
+                f"got {type(value).__name__}"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def validate(config: Config) -> Config:
+    if not 0 < config.http.port < 65536:
+        raise ConfigError("configuration key 'http.port' must be 1-65535")
+    if config.streams.ring_frames < 2:
+        raise ConfigError("configuration key 'streams.ring_frames' must be at least 2")
+    w = config.webrtc
+    if not 1 <= w.jitter_min_packets <= w.jitter_max_packets <= 10:
+        raise ConfigError("need 1 <= webrtc.jitter_min_packets <= jitter_max_packets <= 10")
+    if not 6000 <= w.opus_bitrate <= 510000:
+        raise ConfigError("configuration key 'webrtc.opus_bitrate' must be 6000-510000")
+    return config
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` ({"http": {...}})."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return validate(_build(Config, data, ""))
