@@ -13,6 +13,7 @@ from .config import Config
 from .core.registry import StreamRegistry
 from .egress.encoders import SharedEncoder
 from .web import api, webrtc_http
+from .web.keys import GATEWAY, MAX_BODY
 from .web.problem import error_middleware_factory
 from .webrtc.peer import IceConfig, PeerFactory
 from .webrtc.session import WebRTCSession
@@ -86,8 +87,8 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.http.max_body_bytes, middlewares=[error_middleware_factory()]
     )
     gateway = Gateway(config)
-    app["gateway"] = gateway
-    app["max_body"] = config.http.max_body_bytes
+    app[GATEWAY] = gateway
+    app[MAX_BODY] = config.http.max_body_bytes
 
     async def on_startup(app: web.Application) -> None:
         await gateway.start()

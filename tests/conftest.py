@@ -15,10 +15,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gateway.app import create_app  # noqa: E402
 from gateway.config import load  # noqa: E402
+from gateway.web.keys import GATEWAY  # noqa: E402
 
 #: CI sets this so a missing peer program fails the run instead of skipping.
 REQUIRE_PEERS = os.environ.get("GATEWAY_REQUIRE_PEERS") == "1"
-ARTIFACTS = Path(os.environ.get("GATEWAY_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("GATEWAY_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+)
 
 
 def need_program(*names: str) -> None:
@@ -43,7 +46,7 @@ class RunningGateway:
         self.runner = runner
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.gateway = app["gateway"]
+        self.gateway = app[GATEWAY]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ clicks, and every 20 ms in gives exactly 20 ms out (no short first frame).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from math import gcd
 
 import numpy as np
@@ -16,7 +16,7 @@ from scipy.signal import firwin
 TAPS_PER_PHASE = 24
 
 
-@lru_cache(maxsize=None)
+@cache
 def _design(up: int, down: int) -> np.ndarray:
     """Polyphase bank, shape (up, taps), each row reversed for a dot with a window."""
     factor = max(up, down)
@@ -27,7 +27,7 @@ def _design(up: int, down: int) -> np.ndarray:
     return np.ascontiguousarray(bank[:, ::-1])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(up: int, down: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     """For a chunk of n_in inputs: which window and which phase each output uses."""
     n_out = n_in * up // down

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 SEQ_MOD = 1 << 16
 #: Sequence jumps larger than this are a new sender (restart), not loss.
@@ -33,16 +34,26 @@ class Push(enum.Enum):
 class JitterStats:
     received: int = 0
     played: int = 0
-    lost: int = 0
+    lost: int = 0  # sequence numbers that never arrived (RFC 3550 style)
+    concealed: int = 0  # ticks filled by concealment
     late: int = 0
     duplicate: int = 0
     underruns: int = 0
     trimmed: int = 0
+    stretched: int = 0
     resets: int = 0
 
 
 class JitterBuffer:
-    """Orders packets by sequence number and hands them out one per pop()."""
+    """Orders packets by sequence number and hands out one per pop() (one per tick).
+
+    A packet missing at its tick is concealed and skipped (Pop.LOST), so a loss costs
+    no delay. If it then arrives, it is late: dropped, and the target depth grows by
+    one packet (one extra concealed tick, ``stretched``). Depth that stays above the
+    target for a whole window is trimmed. When nothing arrives for more than
+    ``max_depth`` ticks the sender is considered paused: playout stops (Pop.EMPTY)
+    and restarts from the next packet after a fresh prefetch.
+    """
 
     def __init__(
         self,
@@ -59,11 +70,13 @@ class JitterBuffer:
         self.stats = JitterStats()
         self._window = window  # pops over which the minimum depth is watched
         self._relax_after = relax_after  # calm pops before the target shrinks again
-        self._packets: dict[int, bytes] = {}
+        self._packets: dict[int, Any] = {}
         self._ssrc: int | None = None
         self._highest: int | None = None  # extended sequence number
         self._next: int | None = None  # extended sequence number to play next
         self._playing = False
+        self._hold = False
+        self._missing_run = 0
         self._window_min = SEQ_MOD
         self._window_pops = 0
         self._calm_pops = 0
@@ -84,61 +97,74 @@ class JitterBuffer:
         self._highest = None
         self._next = None
         self._playing = False
+        self._hold = False
+        self.stats.resets += 1
 
-    def push(self, seq: int, payload: bytes, ssrc: int = 0) -> Push:
+    def push(self, seq: int, payload: Any, ssrc: int = 0) -> Push:
         """Add one arrived packet (16-bit RTP sequence number)."""
         self.stats.received += 1
         result = Push.ACCEPTED
-        if ssrc != self._ssrc and self._ssrc is not None:
+        if self._ssrc is not None and ssrc != self._ssrc:
             self._restart()
-            self.stats.resets += 1
             result = Push.RESET
         self._ssrc = ssrc
         ext = self._extend(seq)
         if self._highest is not None and abs(ext - self._highest) > MAX_SEQ_JUMP:
             self._restart()
-            self.stats.resets += 1
             ext, result = seq, Push.RESET
-        if self._next is not None and ext < self._next:
+        if self._playing and self._next is not None and ext < self._next:
             self.stats.late += 1
-            self._grow()
+            if self._highest is not None and ext < self._highest:
+                self.stats.lost -= 1  # it was counted as a gap when its successor came
+            else:
+                self._highest = ext
+            if self.target < self.max_depth:
+                self.target += 1
+                self._hold = True
+            self._calm_pops = 0
             return Push.LATE
         if ext in self._packets:
             self.stats.duplicate += 1
             return Push.DUPLICATE
         self._packets[ext] = payload
         if self._highest is None or ext > self._highest:
+            if self._highest is not None:
+                self.stats.lost += ext - self._highest - 1
             self._highest = ext
+        elif result is Push.ACCEPTED:
+            self.stats.lost -= 1  # a reordered packet filled a gap in time
         # Hard bound: never hold more than twice the maximum depth.
         while len(self._packets) > 2 * self.max_depth:
             self._drop_oldest()
         return result
 
-    def pop(self) -> bytes | Pop:
-        """The next payload in order, Pop.LOST for a gap to conceal, or Pop.EMPTY."""
+    def pop(self) -> Any:
+        """The next payload in order, Pop.LOST for a tick to conceal, or Pop.EMPTY."""
         if not self._playing:
             if len(self._packets) < self.target:
                 return Pop.EMPTY
             self._playing = True
-            first = min(self._packets)
-            if self._next is not None and first > self._next:
-                self.stats.lost += first - self._next
-            self._next = first
+            self._next = min(self._packets)
         assert self._next is not None
+        if self._hold:  # grow the delay by one packet: conceal without advancing
+            self._hold = False
+            self.stats.stretched += 1
+            self.stats.concealed += 1
+            return Pop.LOST
         payload = self._packets.pop(self._next, None)
+        self._next += 1
         if payload is not None:
-            self._next += 1
+            self._missing_run = 0
             self.stats.played += 1
             self._watch_depth()
             return payload
-        if not self._packets:
-            # Nothing at all: the sender is late or gone. Refill before playing again.
+        self._missing_run += 1
+        if not self._packets and self._missing_run > self.max_depth:
             self.stats.underruns += 1
             self._playing = False
-            self._grow()
+            self._missing_run = 0
             return Pop.EMPTY
-        self._next += 1
-        self.stats.lost += 1
+        self.stats.concealed += 1
         self._watch_depth()
         return Pop.LOST
 
@@ -148,10 +174,6 @@ class JitterBuffer:
         self.stats.trimmed += 1
         if self._next is not None and oldest >= self._next:
             self._next = oldest + 1
-
-    def _grow(self) -> None:
-        self.target = min(self.target + 1, self.max_depth)
-        self._calm_pops = 0
 
     def _watch_depth(self) -> None:
         """Trim a packet when the buffer never ran below target over a whole window."""

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .keys import gateway_of
 from .problem import problem
 
 
 async def list_streams(request: web.Request) -> web.StreamResponse:
-    gw = request.app["gateway"]
+    gw = gateway_of(request)
     return web.json_response({"streams": [s.info() for s in gw.registry.streams.values()]})
 
 
 async def get_stream(request: web.Request) -> web.StreamResponse:
-    gw = request.app["gateway"]
+    gw = gateway_of(request)
     stream = gw.registry.streams.get(request.match_info["stream"])
     if stream is None:
         return problem(404, "Not Found", f"no stream named {request.match_info['stream']!r}")
@@ -23,12 +24,12 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    gw = request.app["gateway"]
+    gw = gateway_of(request)
     return web.json_response({"sessions": [s.info() for s in gw.sessions.values()]})
 
 
 async def delete_session(request: web.Request) -> web.StreamResponse:
-    gw = request.app["gateway"]
+    gw = gateway_of(request)
     session = gw.sessions.get(request.match_info["session"])
     if session is None:
         return problem(404, "Not Found", "no such session")
@@ -37,7 +38,7 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
-    return web.json_response(request.app["gateway"].stats())
+    return web.json_response(gateway_of(request).stats())
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

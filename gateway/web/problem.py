@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .keys import MAX_BODY
+
 
 def problem(status: int, title: str, detail: str = "", **extra: object) -> web.Response:
     body = {"type": "about:blank", "title": title, "status": status}
@@ -25,7 +27,7 @@ def error_middleware_factory():  # type: ignore[no-untyped-def]
                 raise
             detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else ""
             if exc.status == 413:
-                detail = f"request body larger than {request.app['max_body']} bytes"
+                detail = f"request body larger than {request.app[MAX_BODY]} bytes"
             resp = problem(exc.status, exc.reason, detail)
             for name in ("Allow",):
                 if name in exc.headers:

@@ -17,6 +17,7 @@ from ..core.stream import StreamBusy
 from ..egress.webrtc import WebRTCEgress
 from ..ingress.webrtc import WebRTCIngress
 from ..webrtc.session import OfferError, WebRTCSession, check_offer
+from .keys import gateway_of
 from .problem import problem
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ async def options(request: web.Request) -> web.StreamResponse:
 
 
 async def _offer(request: web.Request, role: str) -> web.StreamResponse:
-    gw = request.app["gateway"]
+    gw = gateway_of(request)
     if request.content_type != SDP:
         return problem(415, "Unsupported Media Type", f"send the SDP offer as {SDP}")
     name = request.match_info["stream"]
@@ -105,7 +106,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
 
 
 async def session_delete(request: web.Request) -> web.StreamResponse:
-    gw = request.app["gateway"]
+    gw = gateway_of(request)
     session = gw.sessions.get(request.match_info["session"])
     if session is None or session.stream.name != request.match_info["stream"]:
         return problem(404, "Not Found", "no such session")

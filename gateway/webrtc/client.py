@@ -124,6 +124,7 @@ class Listener(WebRTCClient):
         self.chunks: list[np.ndarray] = []
         self.arrivals: list[float] = []
         self.frames = 0
+        self.sample_rate = 0
         self.paused = False
         self._task: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
@@ -140,6 +141,7 @@ class Listener(WebRTCClient):
                 frame = await track.recv()
                 pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
                 self.chunks.append(pcm.astype(np.int16))
+                self.sample_rate = frame.sample_rate
                 self.arrivals.append(time.monotonic())
                 self.frames += 1
         except MediaStreamError:

@@ -1,0 +1,245 @@
+"""WHIP in, WHEP out over real aiortc peers on loopback: every listener hears its stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from audio_checks import active, assert_tone, dominant_frequency
+
+from gateway.ingress.webrtc import PacketTap
+from gateway.webrtc.client import Listener, Publisher, ToneTrack
+
+
+async def publish(gw, stream: str, freq: float, **kw) -> Publisher:
+    pub = Publisher(gw.url, stream, ToneTrack(freq, **kw))
+    await pub.negotiate()
+    await pub.connected()
+    return pub
+
+
+async def listen(gw, stream: str, codecs: list[str] | None = None) -> Listener:
+    lis = Listener(gw.url, stream, codecs)
+    await lis.negotiate()
+    await lis.connected()
+    return lis
+
+
+def band_level(samples: np.ndarray, freq: float, rate: int = 48000) -> float:
+    """Spectral magnitude around ``freq`` relative to the spectrum's peak, in dB."""
+    spec = np.abs(np.fft.rfft(samples.astype(float) * np.hanning(len(samples))))
+    k = int(round(freq * len(samples) / rate))
+    return 20 * np.log10(spec[k - 3 : k + 4].max() / spec.max())
+
+
+async def test_two_streams_reach_their_own_listeners_including_a_late_joiner(gateway):
+    pub_a = await publish(gateway, "a", 440)
+    pub_b = await publish(gateway, "b", 880)
+    early = [await listen(gateway, "a"), await listen(gateway, "a")]
+    on_b = await listen(gateway, "b")
+    await asyncio.sleep(2)
+    late = await listen(gateway, "a")
+    await asyncio.sleep(4)
+
+    for lis in [*early, late]:
+        audio = active(lis.audio())
+        assert_tone(audio, 440)
+        assert band_level(audio, 880) < -40, "stream b leaked into a listener of a"
+    audio_b = active(on_b.audio())
+    assert_tone(audio_b, 880)
+    assert band_level(audio_b, 440) < -40, "stream a leaked into a listener of b"
+    # the late joiner started at the live head: it heard ~4 s, not a replay from the start
+    assert len(late.audio()) / 48000 < len(early[0].audio()) / 48000 - 1.5
+    for client in [pub_a, pub_b, *early, on_b, late]:
+        assert await client.delete() == 200
+
+
+async def test_ten_listeners_share_exactly_one_opus_encoder(gateway):
+    pub = await publish(gateway, "shared", 440)
+    listeners = await asyncio.gather(*(listen(gateway, "shared") for _ in range(10)))
+    await asyncio.sleep(2)
+    stream = gateway.gateway.registry.get("shared")
+    encoders = stream.info()["encoders"]
+    assert len(encoders) == 1
+    assert encoders[0]["codec"] == "opus" and encoders[0]["subscribers"] == 10
+    stats = gateway.gateway.stats()
+    assert stats["encoders_active"] == 1 and stats["encoders_created_total"] >= 1
+    for lis in listeners:
+        assert_tone(active(lis.audio()), 440, min_seconds=1.0)
+    # the counter is also in the HTTP API
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/api/v1/streams/shared") as r:
+            body = await r.json()
+    assert [e["subscribers"] for e in body["encoders"]] == [10]
+    for lis in listeners:
+        await lis.delete()
+    await asyncio.sleep(0.1)
+    assert stream.egress == {}, "encoder must stop when its last listener leaves"
+    await pub.delete()
+
+
+async def test_a_stalled_listener_does_not_slow_the_others(gateway):
+    track = ToneTrack(440)
+    pub = Publisher(gateway.url, "s", track)
+    await pub.negotiate()
+    await pub.connected()
+    stalled = await listen(gateway, "s")
+    others = [await listen(gateway, "s") for _ in range(3)]
+    await asyncio.sleep(1)
+    stalled.paused = True
+    sent0 = len(track.sent_at)
+    got0 = [lis.frames for lis in others]
+    await asyncio.sleep(5)
+    sent = len(track.sent_at) - sent0
+    for lis, before in zip(others, got0, strict=True):
+        ratio = (lis.frames - before) / sent
+        assert ratio >= 0.99, f"listener got {ratio:.3f} of the frames sent"
+    for client in [pub, stalled, *others]:
+        await client.delete()
+
+
+async def test_republish_continues_the_stream_for_connected_listeners(gateway):
+    pub = await publish(gateway, "re", 440)
+    lis = await listen(gateway, "re")
+    await asyncio.sleep(3)
+    first = len(lis.audio())
+    assert await pub.delete() == 200
+    await asyncio.sleep(0.5)
+    pub2 = await publish(gateway, "re", 660)
+    await asyncio.sleep(3.5)
+    audio = lis.audio()
+    assert_tone(active(audio[:first]), 440, min_seconds=2)
+    assert_tone(audio[-3 * 48000 :], 660)
+    assert lis.pc.connectionState == "connected"
+    session = next(s for s in gateway.gateway.sessions.values() if s.role == "listener")
+    assert session.stream.senders_total == 2
+    await pub2.delete()
+    await lis.delete()
+
+
+async def test_second_live_publisher_gets_409(gateway):
+    pub = await publish(gateway, "busy", 440)
+    await asyncio.sleep(0.5)
+    other = Publisher(gateway.url, "busy", ToneTrack(660))
+    try:
+        await other.negotiate()
+        raise AssertionError("second publisher was accepted")
+    except RuntimeError as exc:
+        assert "409" in str(exc)
+    finally:
+        await other.pc.close()
+    await pub.delete()
+
+
+async def test_listener_before_sender_hears_audio_once_published(gateway):
+    lis = await listen(gateway, "early")
+    await asyncio.sleep(1)
+    assert np.abs(lis.audio()).max(initial=0) == 0  # silence frames while nobody sends
+    pub = await publish(gateway, "early", 550)
+    await asyncio.sleep(4)
+    assert_tone(active(lis.audio()), 550)
+    await pub.delete()
+    await lis.delete()
+
+
+async def test_offer_preferring_g711_or_g722_gets_it(gateway):
+    pub = await publish(gateway, "tel", 440)
+    listeners = {
+        "PCMU": await listen(gateway, "tel", ["audio/PCMU"]),
+        "PCMA": await listen(gateway, "tel", ["audio/PCMA"]),
+        "G722": await listen(gateway, "tel", ["audio/G722"]),
+    }
+    await asyncio.sleep(4)
+    codecs = {s.info()["codec"] for s in gateway.gateway.sessions.values() if s.role == "listener"}
+    assert codecs == {"PCMU", "PCMA", "G722"}
+    for name, lis in listeners.items():
+        rate = lis.sample_rate
+        assert rate == (16000 if name == "G722" else 8000)
+        assert_tone(active(lis.audio(), rate=rate), 440, rate=rate)
+    assert len(gateway.gateway.registry.get("tel").egress) == 3
+    for client in [pub, *listeners.values()]:
+        await client.delete()
+
+
+def burst_generator(period_frames: int, burst_frames: int = 2):
+    """Silence with a 1 kHz burst every ``period_frames`` frames: timing markers."""
+
+    def frame(index: int) -> np.ndarray:
+        if index % period_frames < burst_frames:
+            n = np.arange(index * 960, (index + 1) * 960)
+            return (np.sin(2 * np.pi * 1000 * n / 48000) * 12000).astype(np.int16)
+        return np.zeros(960, dtype=np.int16)
+
+    return frame
+
+
+def burst_delays(track: ToneTrack, lis: Listener, period: int) -> list[tuple[float, float]]:
+    """(send time, publish-to-listener delay) of every burst the listener heard."""
+    audio = lis.audio()
+    frames = len(audio) // 960
+    loud = [np.abs(audio[k * 960 : (k + 1) * 960]).max() > 3000 for k in range(frames)]
+    onsets = [k for k in range(1, frames) if loud[k] and not loud[k - 1]]
+    sent_bursts = [i for i in range(len(track.sent_at)) if i % period == 0]
+    result = []
+    for k in onsets:
+        when = lis.arrivals[k]
+        sent = [track.sent_at[i] for i in sent_bursts if track.sent_at[i] < when]
+        if sent:
+            result.append((sent[-1], when - sent[-1]))
+    return result
+
+
+async def test_jitter_regression_one_lost_packet_does_not_add_delay(gateway):
+    """aiortc's own buffer stays ~200 ms later after one loss; ours must not move."""
+    period = 25  # a marker every 500 ms
+    track = ToneTrack(generator=burst_generator(period))
+    pub = Publisher(gateway.url, "jit", track)
+    transport = pub.pc.getSenders()[0].transport
+    original = transport._send_rtp
+    sent = {"rtp": 0, "dropped_at": None}
+
+    async def drop_one(data: bytes) -> None:
+        if not 192 <= data[1] <= 223:  # RTP, not RTCP
+            sent["rtp"] += 1
+            if sent["rtp"] == 150:  # 3 s into the call
+                sent["dropped_at"] = time.monotonic()
+                return
+        await original(data)
+
+    transport._send_rtp = drop_one
+    await pub.negotiate()
+    await pub.connected()
+    lis = await listen(gateway, "jit")
+    await asyncio.sleep(9)
+
+    session = next(s for s in gateway.gateway.sessions.values() if s.role == "publisher")
+    receiver = session.pc.getTransceivers()[0].receiver
+    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, PacketTap)
+    assert session.jitter.stats.lost == 1, session.info()
+    assert session.delay_ms_max <= 60, f"arrival to ring took {session.delay_ms_max} ms"
+
+    dropped_at = sent["dropped_at"]
+    assert dropped_at is not None
+    delays = burst_delays(track, lis, period)
+    before = [d for t, d in delays if t < dropped_at - 0.1]
+    after = [d for t, d in delays if t > dropped_at + 0.1]
+    assert len(before) >= 3 and len(after) >= 8, (before, after)
+    baseline = float(np.median(before))
+    worst = max(abs(d - baseline) for d in after)
+    assert worst <= 0.030, f"delay moved by {worst * 1000:.0f} ms after one lost packet"
+    await pub.delete()
+    await lis.delete()
+
+
+async def test_tone_frequency_survives_relay_exactly(gateway):
+    """A sanity check on the checker itself: 440 is not mistaken for 450."""
+    pub = await publish(gateway, "exact", 450)
+    lis = await listen(gateway, "exact")
+    await asyncio.sleep(4)
+    found = dominant_frequency(active(lis.audio()))
+    assert abs(found - 450) < 2 and abs(found - 440) > 5
+    await pub.delete()
+    await lis.delete()
