@@ -38,6 +38,14 @@ def check_offer(sdp: str) -> SessionDescription:
         raise OfferError("SDP offer's audio section is rejected (port 0)")
     if not any(m.ice.usernameFragment and m.dtls for m in audio):
         raise OfferError("SDP offer lacks ICE credentials or a DTLS fingerprint")
+    if not any(codec_spec(c.mimeType) for m in audio for c in m.rtp.codecs):
+        offered = sorted({c.mimeType.split("/")[-1] for m in audio for c in m.rtp.codecs})
+        raise OfferError(
+            f"no audio codec in common: offer has {', '.join(offered) or 'none'}; "
+            "gateway speaks opus, G722, PCMU, PCMA"
+        )
+    if not any(m.rtcp_mux for m in audio):
+        raise OfferError("SDP offer must use a=rtcp-mux (RTP and RTCP on one port)")
     return parsed
 
 
