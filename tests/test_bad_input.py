@@ -16,7 +16,10 @@ VIDEO_ONLY = (
     "a=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
     "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\na=mid:0\r\n"
 )
-NO_ICE = GOOD_HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\n"
+NO_ICE = (
+    GOOD_HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=rtpmap:111 opus/48000/2\r\n"
+)
 ONLY_ISAC = (
     GOOD_HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 103\r\nc=IN IP4 0.0.0.0\r\n"
     "a=rtpmap:103 ISAC/16000\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
@@ -71,7 +74,8 @@ async def test_garbage_does_not_disturb_a_live_session(gateway):
                 # also aim every bad offer at the live stream itself
                 path = path.replace("/x", "/live")
                 headers = {"Content-Type": ctype} if ctype else {}
-                async with http.request(method, gateway.url + path, data=body, headers=headers) as r:
+                url = gateway.url + path
+                async with http.request(method, url, data=body, headers=headers) as r:
                     assert r.status == status or (path.startswith("/whip/live") and r.status == 409)
     await asyncio.sleep(4)
     assert len(gateway.gateway.sessions) == before
