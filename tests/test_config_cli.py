@@ -1,0 +1,123 @@
+"""Configuration loading and the command line, run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from conftest import free_port
+
+from gateway.config import ConfigError, load
+from gateway.webrtc.peer import IceConfig, PeerFactory
+
+
+def test_defaults_work_out_of_the_box():
+    cfg = load()
+    assert (cfg.http.host, cfg.http.port) == ("127.0.0.1", 8080)
+    assert cfg.webrtc.ice_servers == []
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('[http]\nport = 9000\n[webrtc]\nhost_addresses = ["10.0.0.5"]\n')
+    cfg = load(path, {"http": {"port": 9100}})
+    assert cfg.http.port == 9100
+    assert cfg.webrtc.host_addresses == ["10.0.0.5"]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[http]\nprot = 1\n", "'http.prot'"),
+        ("[htp]\nport = 1\n", "'htp'"),
+        ('[http]\nport = "80"\n', "'http.port' must be int"),
+        ("[http]\nport = 70000\n", "http.port"),
+        ("[webrtc]\nopus_bitrate = 1\n", "webrtc.opus_bitrate"),
+        ("[http\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        load(path)
+
+
+def test_config_check_command(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[streams]\nring_frame = 5\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "config", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 2 and "streams.ring_frame" in run.stderr
+    good = tmp_path / "good.toml"
+    good.write_text("[streams]\nring_frames = 100\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "config", "check", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_serve_help_documents_flags():
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    for flag in ("--host", "--port", "--config", "--ice-host"):
+        assert flag in run.stdout
+
+
+async def test_serve_starts_and_answers(tmp_path):
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--port",
+        str(port),
+        "--ice-host",
+        "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        body = None
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/api/v1/streams") as r:
+                        body = await r.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        assert body == {"streams": []}
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+def test_nat_1to1_rewrites_candidates_in_answers():
+    factory = PeerFactory(
+        IceConfig(host_addresses=["127.0.0.1"], nat_1to1={"10.0.0.5": "203.0.113.7"})
+    )
+    sdp = (
+        "c=IN IP4 10.0.0.5\r\n"
+        "a=candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host\r\n"
+        "a=candidate:2 1 udp 2130706431 10.0.0.50 40001 typ host\r\n"
+    )
+    out = factory.rewrite_answer(sdp)
+    assert "203.0.113.7 40000 typ host" in out
+    assert "10.0.0.50 40001" in out  # a different address is left alone
+    assert "c=IN IP4 203.0.113.7" in out
