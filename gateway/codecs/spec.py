@@ -34,14 +34,35 @@ L16_8K = CodecSpec("L16", 8000, 8000, 1, 118)
 L16_16K = CodecSpec("L16", 16000, 16000, 1, 119)
 L16_48K = CodecSpec("L16", 48000, 48000, 1, 120)
 
+#: Codecs negotiable over WebRTC (and the default choice of each name).
 CODECS: dict[str, CodecSpec] = {c.name.lower(): c for c in (OPUS, PCMU, PCMA, G722)}
+L16 = {c.clock_rate: c for c in (L16_8K, L16_16K, L16_48K)}
+#: Packet times each codec accepts, in ms (Opus has no 30 ms frame).
+PTIMES: dict[str, tuple[int, ...]] = {
+    "opus": (10, 20, 40, 60),
+    "pcmu": (10, 20, 30, 40),
+    "pcma": (10, 20, 30, 40),
+    "g722": (10, 20, 30, 40),
+    "l16": (10, 20, 30, 40),
+}
 
 
-def codec_by_name(name: str) -> CodecSpec:
-    """Look a codec up by its SDP name, case-insensitively; ValueError names the choices."""
+def codec_by_name(name: str, rate: int | None = None) -> CodecSpec:
+    """Look a codec up by SDP name (any case); L16 takes a rate. ValueError names choices."""
+    key = name.lower()
+    if key == "l16":
+        if (rate or 48000) not in L16:
+            raise ValueError(f"L16 rate must be one of {sorted(L16)}, got {rate}")
+        return L16[rate or 48000]
     try:
-        return CODECS[name.lower()]
+        return CODECS[key]
     except KeyError:
-        raise ValueError(
-            f"unknown codec {name!r}; known: {', '.join(c.name for c in CODECS.values())}"
-        ) from None
+        known = ", ".join([*(c.name for c in CODECS.values()), "L16"])
+        raise ValueError(f"unknown codec {name!r}; known: {known}") from None
+
+
+def check_ptime(spec: CodecSpec, ptime: int) -> int:
+    allowed = PTIMES[spec.name.lower()]
+    if ptime not in allowed:
+        raise ValueError(f"{spec.name} packet time must be one of {allowed} ms, got {ptime}")
+    return ptime

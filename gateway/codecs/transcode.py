@@ -15,7 +15,7 @@ import numpy as np
 from ..core.audio import FRAME_SAMPLES, SAMPLE_RATE
 from . import g711
 from .resample import Resampler
-from .spec import G722, OPUS, PCMA, PCMU, CodecSpec
+from .spec import G722, OPUS, PCMA, PCMU, CodecSpec, check_ptime
 
 
 class Encoder(Protocol):
@@ -40,6 +40,27 @@ class G711Encoder:
         return self._encode(self._down.process(frame))
 
 
+class L16Encoder:
+    """Linear 16-bit PCM in network byte order (RFC 3551 §4.5.11)."""
+
+    def __init__(self, spec: CodecSpec) -> None:
+        self.spec = spec
+        self._down = Resampler(SAMPLE_RATE, spec.sample_rate)
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return self._down.process(frame).astype(">i2").tobytes()
+
+
+class L16Decoder:
+    def __init__(self, spec: CodecSpec) -> None:
+        self.spec = spec
+        self._up = Resampler(spec.sample_rate, SAMPLE_RATE)
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        pcm = np.frombuffer(payload[: len(payload) // 2 * 2], dtype=">i2").astype(np.int16)
+        return self._up.process(pcm)
+
+
 class G711Decoder:
     def __init__(self, spec: CodecSpec) -> None:
         self.spec = spec
@@ -53,7 +74,7 @@ class G711Decoder:
 class PyAVEncoder:
     """Opus and G.722 through FFmpeg; input is resampled by our own stateful resampler."""
 
-    def __init__(self, spec: CodecSpec, bitrate: int | None = None) -> None:
+    def __init__(self, spec: CodecSpec, bitrate: int | None = None, ptime: int = 20) -> None:
         self.spec = spec
         name = "libopus" if spec is OPUS else spec.name.lower()
         ctx = av.CodecContext.create(name, "w")
@@ -63,19 +84,22 @@ class PyAVEncoder:
         ctx.time_base = fractions.Fraction(1, spec.sample_rate)
         if spec is OPUS:
             ctx.bit_rate = bitrate or 64000
-            ctx.options = {"application": "audio", "frame_duration": "20"}
+            ctx.options = {"application": "audio", "frame_duration": str(ptime)}
         self._ctx = ctx
         self._down = Resampler(SAMPLE_RATE, spec.sample_rate)
         self._pts = 0
 
-    def encode(self, frame: np.ndarray) -> bytes | None:
+    def encode_packets(self, frame: np.ndarray) -> list[bytes]:
+        """All packets the codec completed with this frame (Opus may make 0, 1 or 2)."""
         pcm = self._down.process(frame)
         av_frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         av_frame.sample_rate = self.spec.sample_rate
         av_frame.pts = self._pts
         self._pts += len(pcm)
-        packets = self._ctx.encode(av_frame)
-        return b"".join(bytes(p) for p in packets) if packets else None
+        return [bytes(p) for p in self._ctx.encode(av_frame)]
+
+    def encode(self, frame: np.ndarray) -> bytes | None:
+        return b"".join(self.encode_packets(frame)) or None
 
 
 class PyAVDecoder:
@@ -105,8 +129,11 @@ class PyAVDecoder:
 
 
 def make_encoder(spec: CodecSpec, bitrate: int | None = None) -> Encoder:
+    """A 20 ms encoder: one canonical frame in, one payload out."""
     if spec in (PCMU, PCMA):
         return G711Encoder(spec)
+    if spec.name == "L16":
+        return L16Encoder(spec)
     if spec in (OPUS, G722):
         return PyAVEncoder(spec, bitrate)
     raise ValueError(f"no encoder for {spec.name}")
@@ -115,9 +142,42 @@ def make_encoder(spec: CodecSpec, bitrate: int | None = None) -> Encoder:
 def make_decoder(spec: CodecSpec) -> Decoder:
     if spec in (PCMU, PCMA):
         return G711Decoder(spec)
+    if spec.name == "L16":
+        return L16Decoder(spec)
     if spec in (OPUS, G722):
         return PyAVDecoder(spec)
     raise ValueError(f"no decoder for {spec.name}")
+
+
+class Packetizer:
+    """Canonical 20 ms frames in, payloads of ``ptime`` ms out.
+
+    Sample codecs (G.711, G.722, L16) are encoded per frame and their bytes re-cut to the
+    packet time; Opus encodes at the packet time itself (10/20/40/60 ms frames).
+    """
+
+    def __init__(self, spec: CodecSpec, ptime: int = 20, bitrate: int | None = None) -> None:
+        self.spec = spec
+        self.ptime = check_ptime(spec, ptime)
+        self.timestamp_step = spec.timestamp_step(ptime)
+        if spec is OPUS:
+            self._opus: PyAVEncoder | None = PyAVEncoder(spec, bitrate, ptime)
+        else:
+            self._opus = None
+            self._encoder = make_encoder(spec, bitrate)
+            self._bytes_per_packet = len(self._encoder.encode(np.zeros(FRAME_SAMPLES, np.int16)))
+            self._bytes_per_packet = self._bytes_per_packet * ptime // 20
+            self._encoder = make_encoder(spec, bitrate)  # fresh filter state
+            self._pending = b""
+
+    def encode(self, frame: np.ndarray) -> list[bytes]:
+        if self._opus is not None:
+            return self._opus.encode_packets(frame)
+        data = self._pending + (self._encoder.encode(frame) or b"")
+        size = self._bytes_per_packet
+        cut = len(data) - len(data) % size
+        self._pending = data[cut:]
+        return [data[i : i + size] for i in range(0, cut, size)]
 
 
 __all__ = ["Encoder", "Decoder", "make_encoder", "make_decoder", "FRAME_SAMPLES"]

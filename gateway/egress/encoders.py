@@ -15,8 +15,8 @@ from typing import Any
 import av
 
 from ..codecs.spec import CodecSpec
-from ..codecs.transcode import make_encoder
-from ..core.audio import FRAME_SAMPLES, SAMPLE_RATE
+from ..codecs.transcode import Packetizer
+from ..core.audio import FRAME_MS, SAMPLE_RATE
 from ..core.ring import Ring, RingClosed, RingReader
 from ..core.stream import Stream
 
@@ -29,11 +29,26 @@ PACKET_RING = 50
 
 @dataclass(slots=True)
 class EncodedPacket:
-    """One encoded 20 ms frame, shared read-only by every listener."""
+    """One encoded packet, shared read-only by every listener of its encoder."""
 
-    index: int  # frame index on the stream (time = index * 20 ms)
+    timestamp: int  # in the codec's RTP clock, counted from the stream's start
     payload: bytes
-    av_packet: av.Packet  # for aiortc's pass-through (pts/time_base set)
+    pts: int  # the same instant in 48 kHz samples
+    _av_packet: av.Packet | None = None
+
+    @property
+    def av_packet(self) -> av.Packet:
+        """The packet as aiortc's pass-through wants it (made once, on first use)."""
+        if self._av_packet is None:
+            packet = av.Packet(self.payload)
+            packet.pts = self.pts
+            packet.time_base = TIME_BASE
+            self._av_packet = packet
+        return self._av_packet
+
+
+def encoder_key(spec: CodecSpec, bitrate: int | None, ptime: int) -> tuple:
+    return (spec.name.lower(), spec.clock_rate, bitrate if spec.name == "opus" else None, ptime)
 
 
 class SharedEncoder:
@@ -41,30 +56,35 @@ class SharedEncoder:
 
     created_total = 0  # every encoder ever started, for tests and metrics
 
-    def __init__(self, stream: Stream, spec: CodecSpec, bitrate: int | None) -> None:
+    def __init__(
+        self, stream: Stream, spec: CodecSpec, bitrate: int | None, ptime: int = 20
+    ) -> None:
         self.stream = stream
         self.spec = spec
-        self.bitrate = bitrate
-        self.key = (spec.name.lower(), spec.clock_rate, bitrate)
+        self.bitrate = bitrate if spec.name == "opus" else None
+        self.ptime = ptime
+        self.key = encoder_key(spec, bitrate, ptime)
         self.packets: Ring[EncodedPacket] = Ring(PACKET_RING)
         self.subscribers = 0
         self.frames_encoded = 0
-        self._encoder = make_encoder(spec, bitrate)
+        self._packetizer = Packetizer(spec, ptime, self.bitrate)
         self._reader = stream.ring.reader()
         self._task = asyncio.create_task(self._run(), name=f"encode-{stream.name}-{spec.name}")
         SharedEncoder.created_total += 1
 
     async def _run(self) -> None:
         try:
+            step = self._packetizer.timestamp_step
+            per_frame = self.spec.timestamp_step(FRAME_MS)
+            next_ts: int | None = None
             while True:
                 index, frame = await self._reader.read()
-                payload = self._encoder.encode(frame)
-                if not payload:
-                    continue
-                packet = av.Packet(payload)
-                packet.pts = index * FRAME_SAMPLES
-                packet.time_base = TIME_BASE
-                self.packets.write(EncodedPacket(index, payload, packet))
+                if next_ts is None:
+                    next_ts = index * per_frame
+                for payload in self._packetizer.encode(frame):
+                    pts = next_ts * SAMPLE_RATE // self.spec.clock_rate
+                    self.packets.write(EncodedPacket(next_ts, payload, pts))
+                    next_ts += step
                 self.frames_encoded += 1
         except RingClosed:
             self.packets.close()
@@ -96,17 +116,20 @@ class SharedEncoder:
             "codec": self.spec.name,
             "clock_rate": self.spec.clock_rate,
             "bitrate": self.bitrate,
+            "ptime": self.ptime,
             "subscribers": self.subscribers,
             "frames_encoded": self.frames_encoded,
             "skipped_frames": self._reader.skipped,
         }
 
 
-def shared_encoder(stream: Stream, spec: CodecSpec, bitrate: int | None) -> SharedEncoder:
-    """The stream's encoder for this codec and bitrate, started on first use."""
-    key = (spec.name.lower(), spec.clock_rate, bitrate)
+def shared_encoder(
+    stream: Stream, spec: CodecSpec, bitrate: int | None = None, ptime: int = 20
+) -> SharedEncoder:
+    """The stream's encoder for this codec, bitrate and packet time, started on first use."""
+    key = encoder_key(spec, bitrate, ptime)
     encoder = stream.egress.get(key)
     if encoder is None:
-        encoder = SharedEncoder(stream, spec, bitrate)
+        encoder = SharedEncoder(stream, spec, bitrate, ptime)
         stream.egress[key] = encoder
     return encoder
