@@ -9,10 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import Config
+from .config import Config, ConfigError
 from .core.registry import StreamRegistry
 from .egress.encoders import SharedEncoder
-from .web import api, webrtc_http
+from .egress.rtp import RtpOutputs
+from .ingress.rtp import RtpInput
+from .web import api, outputs, webrtc_http
 from .web.keys import GATEWAY, MAX_BODY
 from .web.problem import error_middleware_factory
 from .webrtc.peer import IceConfig, PeerFactory
@@ -41,6 +43,8 @@ class Gateway:
             )
         )
         self.sessions: dict[str, WebRTCSession] = {}
+        self.rtp_outputs = RtpOutputs(config.rtp.multicast_interface or None)
+        self.rtp_inputs: dict[str, RtpInput] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def add_session(self, session: WebRTCSession) -> None:
@@ -63,8 +67,33 @@ class Gateway:
 
     async def start(self) -> None:
         self.registry.start()
+        await self._start_configured_io()
+
+    async def _start_configured_io(self) -> None:
+        """Inputs and outputs declared in the config file; a bad entry stops start-up."""
+        from .ingress.rtp import open_rtp_input
+        from .web.outputs import FieldError, parse_input, parse_output
+
+        for where, entries in (("rtp.inputs", self.config.rtp.inputs),
+                               ("rtp.outputs", self.config.rtp.outputs)):
+            for i, entry in enumerate(entries):
+                try:
+                    stream = self.registry.get_or_create(str(entry.get("stream", "")))
+                    if where == "rtp.inputs":
+                        rtp_input = await open_rtp_input(
+                            stream, self.config.rtp.bind_host, max_depth=5, **parse_input(entry)
+                        )
+                        self.rtp_inputs[rtp_input.id] = rtp_input
+                    else:
+                        args = parse_output(entry, self.config.webrtc.opus_bitrate)
+                        await self.rtp_outputs.create(stream, **args)
+                except (FieldError, ValueError) as exc:
+                    raise ConfigError(f"{where}[{i}]: {exc}") from None
 
     async def stop(self) -> None:
+        self.rtp_outputs.close()
+        for rtp_input in list(self.rtp_inputs.values()):
+            await rtp_input.close("gateway shutting down")
         for session in list(self.sessions.values()):
             await session.close("gateway shutting down")
         for task in list(self._tasks):
@@ -100,6 +129,7 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     webrtc_http.add_routes(app)
     api.add_routes(app)
+    outputs.add_routes(app)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/publish", _page("publish.html"))
     app.router.add_get("/listen", _page("listen.html"))

@@ -6,13 +6,14 @@ import argparse
 import logging
 import sys
 
+from . import cli_client
 from . import config as config_mod
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
-        description="Real-time audio gateway: WebRTC (WHIP/WHEP) in and out.",
+        description="Real-time audio gateway: WebRTC (WHIP/WHEP) and RTP in and out.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
@@ -30,11 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("config", help="configuration tools")
     check.add_argument("action", choices=["check"], help="check: validate a file and exit")
     check.add_argument("file", help="TOML file to validate")
+    cli_client.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("streams", "outputs"):
+        return cli_client.run(args)
     if args.command == "config":
         try:
             config_mod.load(args.file)

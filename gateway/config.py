@@ -58,10 +58,23 @@ class WebRTCConfig:
 
 
 @dataclass
+class RtpConfig:
+    #: Address RTP inputs listen on (use 0.0.0.0 or :: to accept sources from elsewhere).
+    bind_host: str = "127.0.0.1"
+    #: IPv4 address of the interface multicast outputs leave from (empty: routing table).
+    multicast_interface: str = ""
+    #: Outputs started with the gateway: [{stream = "a", host = "..", port = 5004, codec = "PCMU"}]
+    outputs: list[dict] = field(default_factory=list)
+    #: Inputs started with the gateway: [{stream = "a", port = 5006, codec = "PCMU"}]
+    inputs: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    rtp: RtpConfig = field(default_factory=RtpConfig)
     log_level: str = "info"
 
 

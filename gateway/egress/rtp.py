@@ -1,0 +1,312 @@
+"""Plain RTP out: one stream to UDP destinations (unicast or multicast, IPv4 or IPv6).
+
+All destinations on the same shared encoder (codec + packet time) are served by one
+fan-out task that reads the encoder's packet ring once and writes each destination's
+header (own SSRC, sequence numbers, timestamp offset) in front of the shared payload.
+Sending never waits: a full socket buffer drops the packet and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..codecs.spec import CodecSpec
+from ..core.ring import RingClosed
+from ..core.stream import Stream
+from ..rtp import rtcp
+from ..rtp.packet import build_header
+from .encoders import EncodedPacket, SharedEncoder, shared_encoder
+
+log = logging.getLogger(__name__)
+
+SR_INTERVAL_S = 5.0
+
+
+class OutputError(ValueError):
+    """The output cannot be created as asked (sent back as a 400)."""
+
+
+async def resolve(host: str, port: int) -> tuple[int, tuple]:
+    """(address family, sockaddr) for a destination; OutputError if it does not resolve."""
+    if not 0 < port < 65536:
+        raise OutputError(f"port must be 1-65535, got {port}")
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OutputError(f"cannot resolve host {host!r}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+class RtpOutput:
+    """One destination: its own SSRC and sequence, its own counters."""
+
+    kind = "rtp"
+
+    def __init__(
+        self,
+        stream: Stream,
+        spec: CodecSpec,
+        ptime: int,
+        host: str,
+        family: int,
+        sockaddr: tuple,
+        ttl: int = 16,
+        payload_type: int | None = None,
+    ) -> None:
+        self.id = secrets.token_urlsafe(8)
+        self.stream = stream
+        self.spec = spec
+        self.ptime = ptime
+        self.host = host
+        self.family = family
+        self.sockaddr = sockaddr
+        self.rtcp_sockaddr = (sockaddr[0], sockaddr[1] + 1, *sockaddr[2:])
+        self.multicast = ipaddress.ip_address(sockaddr[0]).is_multicast
+        self.ttl = ttl
+        self.payload_type = spec.payload_type if payload_type is None else payload_type
+        self.ssrc = secrets.randbits(32)
+        self.seq = random.randrange(1 << 16)
+        self.ts_offset = secrets.randbits(32)
+        self.packets = 0
+        self.octets = 0
+        self.drops = 0
+        self.errors = 0
+        self.started = time.time()
+        self.last_timestamp = self.ts_offset
+        self.last_sent = time.time()
+        self.group: RtpFanout | None = None
+        self.on_close: Callable[[RtpOutput], None] | None = None
+
+    def header(self, packet: EncodedPacket, marker: bool) -> bytes:
+        timestamp = (self.ts_offset + packet.timestamp) & 0xFFFFFFFF
+        head = build_header(self.payload_type, marker, self.seq, timestamp, self.ssrc)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.last_timestamp = timestamp
+        return head
+
+    def sender_report(self, now: float) -> bytes:
+        elapsed = int((now - self.last_sent) * self.spec.clock_rate)
+        return rtcp.sender_report(
+            ssrc=self.ssrc,
+            ntp_time=now,
+            rtp_timestamp=(self.last_timestamp + elapsed) & 0xFFFFFFFF,
+            packet_count=self.packets,
+            octet_count=self.octets,
+            cname=f"gateway-{self.stream.name}",
+        )
+
+    def bye(self) -> bytes:
+        return rtcp.bye(self.ssrc, "output stopped")
+
+    def sdp(self, origin_address: str = "127.0.0.1") -> str:
+        """An SDP file that ffmpeg/ffplay, VLC and GStreamer's sdpdemux open directly."""
+        ip6 = self.family == socket.AF_INET6
+        net = "IP6" if ip6 else "IP4"
+        conn = self.sockaddr[0]
+        if self.multicast and not ip6:
+            conn = f"{conn}/{self.ttl}"
+        lines = [
+            "v=0",
+            f"o=- {self.ssrc} 1 IN {'IP6' if ':' in origin_address else 'IP4'} {origin_address}",
+            f"s={self.stream.name}",
+            f"c=IN {net} {conn}",
+            "t=0 0",
+            f"m=audio {self.sockaddr[1]} RTP/AVP {self.payload_type}",
+            f"a=rtpmap:{self.payload_type} {self.spec.rtpmap}",
+        ]
+        if self.spec.name == "opus":
+            lines.append(f"a=fmtp:{self.payload_type} sprop-stereo=0")
+        lines += [f"a=ptime:{self.ptime}", "a=recvonly"]
+        return "\r\n".join(lines) + "\r\n"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "rtp",
+            "stream": self.stream.name,
+            "host": self.host,
+            "port": self.sockaddr[1],
+            "address": self.sockaddr[0],
+            "multicast": self.multicast,
+            "codec": self.spec.name,
+            "clock_rate": self.spec.clock_rate,
+            "payload_type": self.payload_type,
+            "ptime": self.ptime,
+            "ssrc": self.ssrc,
+            "packets": self.packets,
+            "bytes": self.octets,
+            "drops": self.drops,
+            "errors": self.errors,
+            "encoder_shared_with": self.shared_with,
+            "since": self.started,
+        }
+
+    @property
+    def shared_with(self) -> int:
+        """How many other listeners and outputs use this output's encoder."""
+        if self.group is None:
+            return 0
+        return (self.group.encoder.subscribers - 1) + (len(self.group.outputs) - 1)
+
+    async def close(self, reason: str = "") -> None:
+        if self.on_close is not None:
+            self.on_close(self)
+
+
+class SocketPool:
+    """Non-blocking send sockets shared by destinations (per family and multicast TTL)."""
+
+    def __init__(self, multicast_interface: str | None = None) -> None:
+        self.multicast_interface = multicast_interface
+        self._sockets: dict[tuple[int, int | None], socket.socket] = {}
+
+    def get(self, output: RtpOutput) -> socket.socket:
+        key = (output.family, output.ttl if output.multicast else None)
+        sock = self._sockets.get(key)
+        if sock is None:
+            sock = socket.socket(output.family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            if output.multicast:
+                if output.family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, output.ttl)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+                    if self.multicast_interface:
+                        sock.setsockopt(
+                            socket.IPPROTO_IP,
+                            socket.IP_MULTICAST_IF,
+                            socket.inet_aton(self.multicast_interface),
+                        )
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, output.ttl)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+            self._sockets[key] = sock
+        return sock
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
+def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) -> bool:
+    try:
+        sock.sendto(data, address)
+        return True
+    except BlockingIOError:
+        output.drops += 1
+    except OSError as exc:  # unreachable network, refused (ICMP), ...
+        output.errors += 1
+        if output.errors == 1 or output.errors % 500 == 0:
+            log.warning("rtp output %s to %s: %s", output.id, address, exc.strerror)
+    return False
+
+
+class RtpFanout:
+    """Every RTP destination of one shared encoder, served by a single task."""
+
+    def __init__(self, encoder: SharedEncoder, sockets: SocketPool) -> None:
+        self.encoder = encoder
+        self.sockets = sockets
+        self.outputs: dict[str, RtpOutput] = {}
+        self._reader = encoder.subscribe()
+        self._task = asyncio.create_task(self._run(), name=f"rtp-fanout-{encoder.key}")
+        self._next_report = time.time() + 1.0
+
+    def add(self, output: RtpOutput) -> None:
+        output.group = self
+        self.outputs[output.id] = output
+
+    def remove(self, output: RtpOutput) -> None:
+        if self.outputs.pop(output.id, None) is not None:
+            send(self.sockets.get(output), output, output.bye(), output.rtcp_sockaddr)
+        output.group = None
+        if not self.outputs:
+            self._task.cancel()
+            self.encoder.unsubscribe(self._reader)
+
+    async def _run(self) -> None:
+        first = True
+        try:
+            while True:
+                _, packet = await self._reader.read()
+                payload = packet.payload
+                size = len(payload)
+                for output in list(self.outputs.values()):
+                    data = output.header(packet, first) + payload
+                    if send(self.sockets.get(output), output, data, output.sockaddr):
+                        output.packets += 1
+                        output.octets += size
+                        output.last_sent = time.time()
+                first = False
+                now = time.time()
+                if now >= self._next_report:
+                    self._next_report = now + SR_INTERVAL_S
+                    for output in list(self.outputs.values()):
+                        report = output.sender_report(now)
+                        send(self.sockets.get(output), output, report, output.rtcp_sockaddr)
+        except RingClosed:
+            log.info("rtp fan-out for %s ended: stream closed", self.encoder.stream.name)
+
+
+class RtpOutputs:
+    """Creates, lists and stops the RTP outputs of every stream."""
+
+    def __init__(self, multicast_interface: str | None = None) -> None:
+        self.sockets = SocketPool(multicast_interface)
+        self.outputs: dict[str, RtpOutput] = {}
+        self._fanouts: dict[tuple, RtpFanout] = {}
+
+    async def create(
+        self,
+        stream: Stream,
+        spec: CodecSpec,
+        host: str,
+        port: int,
+        ptime: int = 20,
+        ttl: int = 16,
+        bitrate: int | None = None,
+    ) -> RtpOutput:
+        family, sockaddr = await resolve(host, port)
+        output = RtpOutput(stream, spec, ptime, host, family, sockaddr, ttl)
+        encoder = shared_encoder(stream, spec, bitrate, ptime)
+        key = (stream.name, encoder.key)
+        fanout = self._fanouts.get(key)
+        if fanout is None or fanout.encoder is not encoder:
+            fanout = self._fanouts[key] = RtpFanout(encoder, self.sockets)
+        fanout.add(output)
+        output.on_close = self.stop
+        self.outputs[output.id] = output
+        stream.add_listener(output)  # type: ignore[arg-type]
+        log.info(
+            "rtp output %s: stream %s -> %s:%d %s/%d ms",
+            output.id, stream.name, sockaddr[0], port, spec.name, ptime,
+        )
+        return output
+
+    def stop(self, output: RtpOutput) -> None:
+        self.outputs.pop(output.id, None)
+        output.stream.remove_listener(output)  # type: ignore[arg-type]
+        group = output.group
+        if group is not None:
+            group.remove(output)
+            if not group.outputs:
+                key = (output.stream.name, group.encoder.key)
+                if self._fanouts.get(key) is group:
+                    del self._fanouts[key]
+        log.info("rtp output %s stopped after %d packets", output.id, output.packets)
+
+    def close(self) -> None:
+        for output in list(self.outputs.values()):
+            self.stop(output)
+        self.sockets.close()

@@ -1,0 +1,249 @@
+"""Outputs and inputs of a stream: /api/v1/streams/{stream}/outputs and .../inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..codecs.spec import CodecSpec, check_ptime, codec_by_name
+from ..core.registry import UnknownStream
+from ..core.stream import StreamBusy
+from ..egress.rtp import OutputError
+from ..ingress.rtp import InputError, open_rtp_input
+from .keys import gateway_of
+from .problem import problem
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise FieldError("body", "send JSON with Content-Type: application/json")
+    try:
+        body = json.loads(await request.text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FieldError("body", f"not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise FieldError("body", "must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, default: Any = ..., choices=None) -> Any:
+    if name not in body:
+        if default is ...:
+            raise FieldError(name, "is required")
+        return default
+    value = body[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise FieldError(name, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
+    if choices is not None and value not in choices:
+        raise FieldError(name, f"must be one of {', '.join(map(str, choices))}")
+    return value
+
+
+def bad_fields(exc: FieldError) -> web.Response:
+    return problem(
+        400, "Bad Request", str(exc), errors=[{"field": exc.field, "message": exc.message}]
+    )
+
+
+def _codec(body: dict[str, Any]) -> CodecSpec:
+    try:
+        return codec_by_name(field(body, "codec", str, "PCMU"), field(body, "rate", int, None))
+    except ValueError as exc:
+        raise FieldError("codec", str(exc)) from None
+
+
+def _no_unknown(body: dict[str, Any], known: set[str]) -> None:
+    unknown = set(body) - known
+    if unknown:
+        raise FieldError(sorted(unknown)[0], "unknown field")
+
+
+def parse_output(body: dict[str, Any], default_bitrate: int) -> dict[str, Any]:
+    """Validate an output request (API or config file) into RtpOutputs.create() arguments."""
+    field(body, "type", str, choices=("rtp",))
+    spec = _codec(body)
+    try:
+        ptime = check_ptime(spec, field(body, "ptime", int, 20))
+    except ValueError as exc:
+        raise FieldError("ptime", str(exc)) from None
+    ttl = field(body, "ttl", int, 16)
+    if not 1 <= ttl <= 255:
+        raise FieldError("ttl", "must be 1-255")
+    known = {"type", "stream", "host", "port", "codec", "rate", "ptime", "ttl", "bitrate"}
+    _no_unknown(body, known)
+    return {
+        "spec": spec,
+        "host": field(body, "host", str),
+        "port": field(body, "port", int),
+        "ptime": ptime,
+        "ttl": ttl,
+        "bitrate": field(body, "bitrate", int, default_bitrate),
+    }
+
+
+def parse_input(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate an RTP input request into open_rtp_input() arguments."""
+    field(body, "type", str, "rtp", choices=("rtp",))
+    spec = _codec(body)
+    payload_type = field(body, "payload_type", int, spec.payload_type)
+    if not 0 <= payload_type <= 127:
+        raise FieldError("payload_type", "must be 0-127")
+    _no_unknown(body, {"type", "stream", "port", "codec", "rate", "payload_type"})
+    return {"port": field(body, "port", int), "codecs": {payload_type: spec}}
+
+
+def parse_input_sdp(sdp: str) -> dict[str, Any]:
+    """An input described by the SDP of the sender: port from m=audio, codecs from rtpmap."""
+    from ..sdp import parse_audio_offer
+
+    try:
+        port, codecs = parse_audio_offer(sdp)
+    except ValueError as exc:
+        raise FieldError("sdp", str(exc)) from None
+    return {"port": port, "codecs": codecs}
+
+
+async def create_output(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    name = request.match_info["stream"]
+    try:
+        args = parse_output(await json_body(request), gw.config.webrtc.opus_bitrate)
+    except FieldError as exc:
+        return bad_fields(exc)
+    try:
+        stream = gw.registry.get_or_create(name)
+    except (UnknownStream, ValueError) as exc:
+        return problem(404, "Not Found", f"no stream named {name!r}: {exc}")
+    try:
+        output = await gw.rtp_outputs.create(stream, **args)
+    except OutputError as exc:
+        errors = [{"field": "host", "message": str(exc)}]
+        return problem(400, "Bad Request", str(exc), errors=errors)
+    resp = web.json_response(output.info(), status=201)
+    resp.headers["Location"] = f"/api/v1/streams/{name}/outputs/{output.id}"
+    return resp
+
+
+def _find(request: web.Request):  # type: ignore[no-untyped-def]
+    gw = gateway_of(request)
+    output = gw.rtp_outputs.outputs.get(request.match_info["output"])
+    if output is None or output.stream.name != request.match_info["stream"]:
+        return None
+    return output
+
+
+async def list_outputs(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    name = request.match_info["stream"]
+    if name not in gw.registry.streams:
+        return problem(404, "Not Found", f"no stream named {name!r}")
+    outputs = [o.info() for o in gw.rtp_outputs.outputs.values() if o.stream.name == name]
+    return web.json_response({"outputs": outputs})
+
+
+async def get_output(request: web.Request) -> web.StreamResponse:
+    output = _find(request)
+    if output is None:
+        return problem(404, "Not Found", "no such output")
+    return web.json_response(output.info())
+
+
+async def output_sdp(request: web.Request) -> web.StreamResponse:
+    output = _find(request)
+    if output is None:
+        return problem(404, "Not Found", "no such output")
+    return web.Response(text=output.sdp(), content_type="application/sdp")
+
+
+async def delete_output(request: web.Request) -> web.StreamResponse:
+    output = _find(request)
+    if output is None:
+        return problem(404, "Not Found", "no such output")
+    gateway_of(request).rtp_outputs.stop(output)
+    return web.Response(status=204)
+
+
+async def create_input(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    name = request.match_info["stream"]
+    try:
+        if request.content_type == "application/sdp":
+            args = parse_input_sdp(await request.text())
+        else:
+            args = parse_input(await json_body(request))
+    except FieldError as exc:
+        return bad_fields(exc)
+    try:
+        stream = gw.registry.get_or_create(name)
+    except (UnknownStream, ValueError) as exc:
+        return problem(404, "Not Found", f"no stream named {name!r}: {exc}")
+    if stream.source is not None and not gw.sender_is_stale(stream.source):
+        return problem(409, "Conflict", f"stream {name!r} already has a live sender")
+    if stream.source is not None:
+        await stream.source.close("replaced by an RTP input")
+    try:
+        rtp_input = await open_rtp_input(
+            stream, gw.config.rtp.bind_host, max_depth=5, **args
+        )
+    except InputError as exc:
+        status = 409 if "in use" in str(exc) else 400
+        return problem(status, "Conflict" if status == 409 else "Bad Request", str(exc))
+    except StreamBusy as exc:
+        return problem(409, "Conflict", str(exc))
+    gw.rtp_inputs[rtp_input.id] = rtp_input
+    resp = web.json_response(rtp_input.info(), status=201)
+    resp.headers["Location"] = f"/api/v1/streams/{name}/inputs/{rtp_input.id}"
+    return resp
+
+
+def _find_input(request: web.Request):  # type: ignore[no-untyped-def]
+    rtp_input = gateway_of(request).rtp_inputs.get(request.match_info["input"])
+    if rtp_input is None or rtp_input.stream.name != request.match_info["stream"]:
+        return None
+    return rtp_input
+
+
+async def list_inputs(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    name = request.match_info["stream"]
+    inputs = [i.info() for i in gw.rtp_inputs.values() if i.stream.name == name]
+    return web.json_response({"inputs": inputs})
+
+
+async def get_input(request: web.Request) -> web.StreamResponse:
+    rtp_input = _find_input(request)
+    if rtp_input is None:
+        return problem(404, "Not Found", "no such input")
+    return web.json_response(rtp_input.info())
+
+
+async def delete_input(request: web.Request) -> web.StreamResponse:
+    rtp_input = _find_input(request)
+    if rtp_input is None:
+        return problem(404, "Not Found", "no such input")
+    gateway_of(request).rtp_inputs.pop(rtp_input.id, None)
+    await rtp_input.close("deleted through the API")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    inputs = "/api/v1/streams/{stream}/inputs"
+    app.router.add_post(inputs, create_input)
+    app.router.add_get(inputs, list_inputs)
+    app.router.add_get(inputs + "/{input}", get_input)
+    app.router.add_delete(inputs + "/{input}", delete_input)
+    base = "/api/v1/streams/{stream}/outputs"
+    app.router.add_post(base, create_output)
+    app.router.add_get(base, list_outputs)
+    app.router.add_get(base + "/{output}", get_output)
+    app.router.add_get(base + "/{output}/sdp", output_sdp)
+    app.router.add_delete(base + "/{output}", delete_output)

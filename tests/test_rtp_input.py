@@ -1,0 +1,164 @@
+"""Plain RTP in: GStreamer and a hostile sender feed a stream that a WHEP listener hears."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+
+import numpy as np
+import pytest
+from audio_checks import active, assert_tone
+from conftest import free_port, need_program
+from test_rtp_output import api
+
+from gateway.codecs.g711 import ulaw_encode
+from gateway.webrtc.client import Listener
+
+
+async def listen(gw, stream: str) -> Listener:
+    lis = Listener(gw.url, stream)
+    await lis.negotiate()
+    await lis.connected()
+    return lis
+
+
+async def add_input(gw, stream: str, **body) -> dict:
+    status, data = await api(gw, "POST", f"/api/v1/streams/{stream}/inputs", body)
+    assert status == 201, data
+    return data
+
+
+async def test_gstreamer_rtp_source_is_heard_by_a_webrtc_listener(gateway):
+    need_program("gst-launch-1.0")
+    port = free_port(socket.SOCK_DGRAM)
+    await add_input(gateway, "gst-in", type="rtp", port=port, codec="PCMU")
+    lis = await listen(gateway, "gst-in")
+    proc = await asyncio.create_subprocess_exec(
+        "gst-launch-1.0", "-q", "audiotestsrc", "freq=660", "is-live=true", "num-buffers=250",
+        "samplesperbuffer=160", "!", "audio/x-raw,rate=8000,channels=1", "!", "mulawenc", "!",
+        "rtppcmupay", "pt=0", "!", "udpsink", "host=127.0.0.1", f"port={port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    await asyncio.sleep(0.3)
+    assert_tone(active(lis.audio()), 660)
+    _, info = await api(gateway, "GET", "/api/v1/streams/gst-in/inputs")
+    assert info["inputs"][0]["packets"] >= 240 and info["inputs"][0]["malformed"] == 0
+    await lis.delete()
+
+
+def pcmu_tone(freq: float, seconds: float) -> list[bytes]:
+    n = np.arange(int(8000 * seconds))
+    pcm = (np.sin(2 * np.pi * freq * n / 8000) * 12000).astype(np.int16)
+    return [ulaw_encode(pcm[i : i + 160]) for i in range(0, len(pcm) - 159, 160)]
+
+
+async def hostile_sender(port: int, payloads: list[bytes], seed: int = 7) -> dict:
+    """5 % loss, reordering, ±15 ms jitter, duplicates and some garbage datagrams."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    start = loop.time() + 0.05
+    schedule = []
+    stats = {"lost": 0, "reordered": 0, "garbage": 0}
+    for i, payload in enumerate(payloads):
+        header = struct.pack("!BBHII", 0x80, 0, (40000 + i) & 0xFFFF, 1234 + i * 160, 0xCAFE)
+        if rng.random() < 0.05:
+            stats["lost"] += 1
+            continue
+        when = start + i * 0.020 + rng.uniform(0, 0.015)
+        if rng.random() < 0.03:
+            when += 0.025  # arrives after its successor
+            stats["reordered"] += 1
+        schedule.append((when, header + payload))
+        if rng.random() < 0.02:
+            schedule.append((when + 0.001, header + payload))  # duplicate
+        if rng.random() < 0.01:
+            schedule.append((when + 0.002, bytes([0x12, 0x34, 0x56])))  # not RTP
+            stats["garbage"] += 1
+    schedule.sort(key=lambda item: item[0])
+    for when, data in schedule:
+        delay = when - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sock.sendto(data, ("127.0.0.1", port))
+    sock.close()
+    return stats
+
+
+def longest_gap_ms(audio: np.ndarray, rate: int = 48000) -> float:
+    """Longest run of 5 ms blocks that are near-silent, in ms."""
+    block = rate // 200
+    blocks = audio[: len(audio) // block * block].reshape(-1, block).astype(float)
+    quiet = np.sqrt((blocks**2).mean(axis=1)) < 300
+    longest = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        longest = max(longest, run)
+    return longest * 5.0
+
+
+async def test_lossy_jittery_reordering_source_stays_continuous(gateway):
+    port = free_port(socket.SOCK_DGRAM)
+    created = await add_input(gateway, "rough", type="rtp", port=port, codec="PCMU")
+    lis = await listen(gateway, "rough")
+    stats = await hostile_sender(port, pcmu_tone(440, 6.0))
+    await asyncio.sleep(0.3)
+    audio = active(lis.audio())
+    tone = audio[: int(5.5 * 48000)]
+    assert_tone(tone, 440)
+    gap = longest_gap_ms(tone[48000 // 2 :])
+    assert gap <= 20, f"a {gap:.0f} ms gap in concealed audio"
+    _, info = await api(gateway, "GET", f"/api/v1/streams/rough/inputs/{created['id']}")
+    assert info["malformed"] == stats["garbage"]
+    assert info["delay_ms_max"] <= 130, info
+    assert info["lost"] >= stats["lost"] * 0.5, info
+    await lis.delete()
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"type": "rtp", "port": 5006, "codec": "GSM"}, 400),
+        ({"type": "rtp", "port": 70000, "codec": "PCMU"}, 400),
+        ({"type": "rtp", "codec": "PCMU"}, 400),
+        ({"type": "rtp", "port": 5006, "codec": "PCMU", "payload_type": 300}, 400),
+    ],
+)
+async def test_bad_input_requests(gateway, body, status):
+    code, data = await api(gateway, "POST", "/api/v1/streams/x/inputs", body)
+    assert code == status, data
+
+
+async def test_port_in_use_is_a_conflict(gateway):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    code, data = await api(gateway, "POST", "/api/v1/streams/x/inputs",
+                           {"type": "rtp", "port": port, "codec": "PCMU"})
+    taken.close()
+    assert code == 409 and "in use" in data["detail"]
+
+
+async def test_malformed_packets_are_counted_and_dropped(gateway):
+    port = free_port(socket.SOCK_DGRAM)
+    created = await add_input(gateway, "junk", type="rtp", port=port, codec="PCMU")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    junk = [
+        b"",  # empty datagram
+        b"\x00",  # too short
+        b"\x40" + bytes(20),  # RTP version 1
+        b"\x8f" + bytes(11),  # 15 CSRCs announced, none present
+        b"\xa0\x00" + bytes(10) + b"\xff",  # padding longer than the packet
+    ]
+    for data in junk:
+        sock.sendto(data, ("127.0.0.1", port))
+    sock.close()
+    await asyncio.sleep(0.2)
+    _, info = await api(gateway, "GET", f"/api/v1/streams/junk/inputs/{created['id']}")
+    assert info["malformed"] == len(junk)
+    assert gateway.gateway.registry.get("junk").source is not None

@@ -1,0 +1,196 @@
+"""Plain RTP out to real monitoring tools: ffmpeg, tshark, a multicast socket."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import struct
+import wave
+
+import aiohttp
+import numpy as np
+import pytest
+from audio_checks import assert_tone
+from conftest import free_port, need_program
+
+from gateway.codecs.g711 import ulaw_decode
+from gateway.webrtc.client import Publisher, ToneTrack
+
+
+async def api(gw, method: str, path: str, body=None):
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, gw.url + path, json=body) as r:
+            ctype = r.content_type
+            data = await r.json() if "json" in ctype else await r.text()
+            return r.status, data
+
+
+async def add_output(gw, stream: str, **body) -> dict:
+    path = f"/api/v1/streams/{stream}/outputs"
+    status, data = await api(gw, "POST", path, {"type": "rtp", **body})
+    assert status == 201, data
+    return data
+
+
+def read_wav(path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return data.reshape(-1, w.getnchannels())[:, 0], w.getframerate()
+
+
+async def publish_tone(gw, stream: str, freq: float) -> Publisher:
+    pub = Publisher(gw.url, stream, ToneTrack(freq))
+    await pub.negotiate()
+    await pub.connected()
+    return pub
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "G722", "opus"])
+async def test_ffmpeg_records_an_rtp_output_from_its_sdp(gateway, tmp_path, codec):
+    need_program("ffmpeg")
+    pub = await publish_tone(gateway, "tone", 440)
+    port = free_port(socket.SOCK_DGRAM)
+    out = await add_output(gateway, "tone", host="127.0.0.1", port=port, codec=codec)
+    status, sdp = await api(gateway, "GET", f"/api/v1/streams/tone/outputs/{out['id']}/sdp")
+    assert status == 200 and f"m=audio {port} RTP/AVP" in sdp
+    sdp_file = tmp_path / f"{codec}.sdp"
+    sdp_file.write_text(sdp)
+    wav = tmp_path / f"{codec}.wav"
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp",
+        "-i", str(sdp_file), "-t", "4", "-y", str(wav),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    samples, rate = read_wav(wav)
+    assert_tone(samples[rate // 2 :], 440, rate=rate)
+    status, _ = await api(gateway, "DELETE", f"/api/v1/streams/tone/outputs/{out['id']}")
+    assert status == 204
+    await pub.delete()
+
+
+async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
+    need_program("tshark")
+    pub = await publish_tone(gateway, "clean", 440)
+    port = free_port(socket.SOCK_DGRAM)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", port))  # a receiver, so no ICMP port-unreachable noise
+    sink.setblocking(False)
+    cap = await asyncio.create_subprocess_exec(
+        "tshark", "-i", "lo", "-f", f"udp and host 127.0.0.1 and dst port {port}",
+        "-a", "duration:11", "-q", "-d", f"udp.port=={port},rtp", "-z", "rtp,streams",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(1.0)  # let the capture start
+    out = await add_output(gateway, "clean", host="127.0.0.1", port=port, codec="PCMU")
+    stdout, stderr = await asyncio.wait_for(cap.communicate(), 30)
+    text = stdout.decode()
+    (tmp_path / "tshark.txt").write_text(text)
+    row = next(
+        (line for line in text.splitlines() if f" {port} " in f" {line} " and "0x" in line), None
+    )
+    assert row is not None, text + stderr.decode()
+    # tshark 3.6+/4.x: start, end, src, port, dst, port, SSRC, payload, packets, lost (pct),
+    # min/mean/max delta, min/mean/max jitter (ms), then "X" if it saw a problem
+    match = re.search(
+        r"0x[0-9A-Fa-f]+\s+\S+\s+(\d+)\s+(-?\d+)\s+\((-?[\d.]+)%\)((?:\s+[\d.]+){6})(.*)$", row
+    )
+    assert match, row
+    packets, lost = int(match.group(1)), int(match.group(2))
+    max_delta, max_jitter = (float(x) for x in match.group(4).split()[2::3])
+    assert packets >= 450, row  # ~10 s of 20 ms packets
+    assert lost == 0, row
+    assert max_jitter < 5.0, row
+    assert "X" not in match.group(5), f"tshark flags a problem: {row}"
+    assert "Wrong sequence" not in text and "Incorrect timestamp" not in text, text
+    sink.close()
+    await api(gateway, "DELETE", f"/api/v1/streams/clean/outputs/{out['id']}")
+    await pub.delete()
+
+
+async def test_multicast_output_reaches_a_group_member(gateway):
+    group, port = "239.255.42.42", free_port(socket.SOCK_DGRAM)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    rx.bind((group, port))
+    membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1"))
+    try:
+        rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except OSError as exc:
+        pytest.fail(f"cannot join {group} on loopback: {exc}")
+    rx.setblocking(False)
+    gw = gateway
+    gw.gateway.rtp_outputs.sockets.multicast_interface = "127.0.0.1"
+    pub = await publish_tone(gw, "mc", 440)
+    out = await add_output(gw, "mc", host=group, port=port, codec="PCMU", ttl=1)
+    assert out["multicast"] is True
+    loop = asyncio.get_running_loop()
+    payloads = []
+    deadline = loop.time() + 4
+    while loop.time() < deadline:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(rx, 2048), 1)
+        except TimeoutError:
+            break
+        payloads.append(data[12:])
+    rx.close()
+    assert len(payloads) > 100, f"only {len(payloads)} multicast packets"
+    pcm = ulaw_decode(b"".join(payloads[-150:]))
+    assert_tone(pcm, 440, rate=8000, min_seconds=2.5)
+    await api(gw, "DELETE", f"/api/v1/streams/mc/outputs/{out['id']}")
+    await pub.delete()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "rtp", "host": "127.0.0.1", "port": 5004, "codec": "GSM"}, "codec"),
+        ({"type": "rtp", "host": "no such host.invalid", "port": 5004}, "host"),
+        ({"type": "rtp", "host": "127.0.0.1", "port": 0}, "host"),
+        ({"type": "rtp", "host": "127.0.0.1", "port": "5004"}, "port"),
+        ({"type": "rtp", "host": "127.0.0.1", "port": 5004, "codec": "opus", "ptime": 30}, "ptime"),
+        ({"type": "rtp", "host": "127.0.0.1", "port": 5004, "colour": "red"}, "colour"),
+        ({"type": "fax", "host": "127.0.0.1", "port": 5004}, "type"),
+        ({"host": "127.0.0.1", "port": 5004}, "type"),
+    ],
+)
+async def test_bad_output_requests_name_the_field(gateway, body, field):
+    status, data = await api(gateway, "POST", "/api/v1/streams/x/outputs", body)
+    assert status == 400, data
+    assert data["errors"][0]["field"] == field, data
+
+
+async def test_unreachable_destination_is_counted_not_fatal(gateway):
+    pub = await publish_tone(gateway, "unreach", 440)
+    # the kernel refuses broadcast without SO_BROADCAST: a send error that never leaves the host
+    bad = await add_output(gateway, "unreach", host="255.255.255.255", port=5004, codec="PCMU")
+    nobody = free_port(socket.SOCK_DGRAM)
+    closed = await add_output(gateway, "unreach", host="127.0.0.1", port=nobody)
+    port = free_port(socket.SOCK_DGRAM)
+    good = await add_output(gateway, "unreach", host="127.0.0.1", port=port, codec="PCMU")
+    await asyncio.sleep(1.5)
+    _, bad_info = await api(gateway, "GET", f"/api/v1/streams/unreach/outputs/{bad['id']}")
+    _, good_info = await api(gateway, "GET", f"/api/v1/streams/unreach/outputs/{good['id']}")
+    assert bad_info["errors"] > 10 and bad_info["packets"] == 0
+    assert good_info["packets"] > 50 and good_info["errors"] == 0
+    _, closed_info = await api(gateway, "GET", f"/api/v1/streams/unreach/outputs/{closed['id']}")
+    assert closed_info["packets"] > 50  # nobody listening: ICMP is not our problem
+    await pub.delete()
+
+
+async def test_outputs_share_encoders_by_codec_and_ptime(gateway):
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(4)]
+    a = await add_output(gateway, "share", host="127.0.0.1", port=ports[0], codec="PCMU")
+    b = await add_output(gateway, "share", host="127.0.0.1", port=ports[1], codec="PCMU")
+    c = await add_output(gateway, "share", host="127.0.0.1", port=ports[2], codec="PCMU", ptime=40)
+    d = await add_output(gateway, "share", host="127.0.0.1", port=ports[3], codec="PCMA")
+    stream = gateway.gateway.registry.get("share")
+    assert len(stream.egress) == 3
+    _, listing = await api(gateway, "GET", "/api/v1/streams/share/outputs")
+    shared = {o["id"]: o["encoder_shared_with"] for o in listing["outputs"]}
+    assert shared == {a["id"]: 1, b["id"]: 1, c["id"]: 0, d["id"]: 0}
+    for out in (a, b, c, d):
+        await api(gateway, "DELETE", f"/api/v1/streams/share/outputs/{out['id']}")
+    assert stream.egress == {}
