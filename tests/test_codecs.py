@@ -44,7 +44,7 @@ def test_g711_is_bit_exact_with_ffmpeg(name, encode, decode):
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     noise = test.astype(float) - reference.astype(float)
-    return 10 * np.log10(np.sum(reference.astype(float) ** 2) / np.sum(noise**2))
+    return 10 * np.log10(np.sum(reference.astype(float) ** 2) / (np.sum(noise**2) + 1e-9))
 
 
 def best_alignment_snr(reference: np.ndarray, test: np.ndarray, max_lag: int = 600) -> float:
