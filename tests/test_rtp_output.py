@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import socket
 import struct
+import sys
 import wave
 
 import aiohttp
@@ -58,9 +61,20 @@ async def test_ffmpeg_records_an_rtp_output_from_its_sdp(gateway, tmp_path, code
     sdp_file.write_text(sdp)
     wav = tmp_path / f"{codec}.wav"
     proc = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp",
-        "-i", str(sdp_file), "-t", "4", "-y", str(wav),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-protocol_whitelist",
+        "file,udp,rtp",
+        "-i",
+        str(sdp_file),
+        "-t",
+        "4",
+        "-y",
+        str(wav),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
@@ -79,9 +93,20 @@ async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
     sink.bind(("127.0.0.1", port))  # a receiver, so no ICMP port-unreachable noise
     sink.setblocking(False)
     cap = await asyncio.create_subprocess_exec(
-        "tshark", "-i", "lo", "-f", f"udp and host 127.0.0.1 and dst port {port}",
-        "-a", "duration:11", "-q", "-d", f"udp.port=={port},rtp", "-z", "rtp,streams",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "tshark",
+        "-i",
+        "lo",
+        "-f",
+        f"udp and host 127.0.0.1 and dst port {port}",
+        "-a",
+        "duration:11",
+        "-q",
+        "-d",
+        f"udp.port=={port},rtp",
+        "-z",
+        "rtp,streams",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     await asyncio.sleep(1.0)  # let the capture start
     out = await add_output(gateway, "clean", host="127.0.0.1", port=port, codec="PCMU")
@@ -194,3 +219,80 @@ async def test_outputs_share_encoders_by_codec_and_ptime(gateway):
     for out in (a, b, c, d):
         await api(gateway, "DELETE", f"/api/v1/streams/share/outputs/{out['id']}")
     assert stream.egress == {}
+
+
+async def test_outputs_and_inputs_declared_in_config_start_with_the_gateway(gateway_factory):
+    in_port, out_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", out_port))
+    rx.setblocking(False)
+    gw = await gateway_factory(
+        rtp={
+            "inputs": [{"stream": "cfg", "port": in_port, "codec": "PCMU"}],
+            "outputs": [
+                {
+                    "type": "rtp",
+                    "stream": "cfg",
+                    "host": "127.0.0.1",
+                    "port": out_port,
+                    "codec": "PCMA",
+                    "ptime": 40,
+                }
+            ],
+        }
+    )
+    _, outputs = await api(gw, "GET", "/api/v1/streams/cfg/outputs")
+    _, inputs = await api(gw, "GET", "/api/v1/streams/cfg/inputs")
+    assert [o["port"] for o in outputs["outputs"]] == [out_port]
+    assert [i["port"] for i in inputs["inputs"]] == [in_port]
+    loop = asyncio.get_running_loop()
+    data = await asyncio.wait_for(loop.sock_recv(rx, 2048), 2)
+    assert data[1] & 0x7F == 8 and len(data) == 12 + 320  # PCMA, 40 ms
+    rx.close()
+
+
+async def test_bad_config_entry_stops_startup_naming_it(gateway_factory):
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rtp.outputs\[0\]: codec"):
+        await gateway_factory(
+            rtp={
+                "outputs": [
+                    {"type": "rtp", "stream": "x", "host": "127.0.0.1", "port": 9, "codec": "GSM"}
+                ]
+            }
+        )
+
+
+async def test_cli_adds_lists_and_removes_outputs(gateway):
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "GATEWAY_URL": gateway.url},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode, out.decode()
+
+    port = free_port(socket.SOCK_DGRAM)
+    code, out = await cli(
+        "outputs", "add", "cli", "--host", "127.0.0.1", "--port", str(port), "--codec", "G722"
+    )
+    assert code == 0, out
+    output_id = json.loads(out)["id"]
+    code, out = await cli("streams")
+    assert code == 0 and "cli" in out
+    code, out = await cli("outputs", "sdp", "cli", output_id)
+    assert code == 0 and "a=rtpmap:9 G722/8000" in out
+    code, out = await cli(
+        "outputs", "add", "cli", "--host", "127.0.0.1", "--port", "9", "--codec", "GSM"
+    )
+    assert code == 1 and "unknown codec" in out
+    code, out = await cli("outputs", "rm", "cli", output_id)
+    assert code == 0
+    code, out = await cli("outputs", "ls", "cli")
+    assert code == 0 and '"outputs": []' in out
