@@ -296,3 +296,21 @@ async def test_cli_adds_lists_and_removes_outputs(gateway):
     assert code == 0
     code, out = await cli("outputs", "ls", "cli")
     assert code == 0 and '"outputs": []' in out
+
+
+async def test_ipv6_output(gateway):
+    rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    rx.setblocking(False)
+    out = await add_output(
+        gateway, "v6", host="::1", port=rx.getsockname()[1], codec="L16", rate=16000
+    )
+    loop = asyncio.get_running_loop()
+    data = await asyncio.wait_for(loop.sock_recv(rx, 2048), 2)
+    assert data[0] == 0x80 and len(data) == 12 + 640  # L16/16 kHz, 20 ms, big-endian
+    _, sdp = await api(gateway, "GET", f"/api/v1/streams/v6/outputs/{out['id']}/sdp")
+    assert "c=IN IP6 ::1" in sdp and "L16/16000" in sdp
+    rx.close()
