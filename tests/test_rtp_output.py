@@ -314,3 +314,29 @@ async def test_ipv6_output(gateway):
     _, sdp = await api(gateway, "GET", f"/api/v1/streams/v6/outputs/{out['id']}/sdp")
     assert "c=IN IP6 ::1" in sdp and "L16/16000" in sdp
     rx.close()
+
+
+async def test_sender_reports_and_bye_reach_the_rtcp_port(gateway):
+    from gateway.rtp.rtcp import Bye, SenderReport, parse_compound
+
+    rtp_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtcp_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(20):  # an even/odd pair of free ports
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            rtp_rx.bind(("127.0.0.1", port))
+            rtcp_rx.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            rtp_rx.close()
+            rtp_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtcp_rx.setblocking(False)
+    out = await add_output(gateway, "sr", host="127.0.0.1", port=port, codec="PCMU")
+    loop = asyncio.get_running_loop()
+    report = parse_compound(await asyncio.wait_for(loop.sock_recv(rtcp_rx, 2048), 2))
+    assert isinstance(report[0], SenderReport) and report[0].ssrc == out["ssrc"]
+    await api(gateway, "DELETE", f"/api/v1/streams/sr/outputs/{out['id']}")
+    bye = parse_compound(await asyncio.wait_for(loop.sock_recv(rtcp_rx, 2048), 2))
+    assert any(isinstance(p, Bye) and out["ssrc"] in p.sources for p in bye)
+    rtp_rx.close()
+    rtcp_rx.close()

@@ -221,7 +221,8 @@ class RtpFanout:
         self.outputs: dict[str, RtpOutput] = {}
         self._reader = encoder.subscribe()
         self._task = asyncio.create_task(self._run(), name=f"rtp-fanout-{encoder.key}")
-        self._next_report = time.time() + 1.0
+        self._report_cursor = 0
+        self._report_credit = 1.0  # the first output reports at once
 
     def add(self, output: RtpOutput) -> None:
         output.group = self
@@ -249,14 +250,25 @@ class RtpFanout:
                         output.octets += size
                         output.last_sent = time.time()
                 first = False
-                now = time.time()
-                if now >= self._next_report:
-                    self._next_report = now + SR_INTERVAL_S
-                    for output in list(self.outputs.values()):
-                        report = output.sender_report(now)
-                        send(self.sockets.get(output), output, report, output.rtcp_sockaddr)
+                self._send_some_reports(self.encoder.ptime)
         except RingClosed:
             log.info("rtp fan-out for %s ended: stream closed", self.encoder.stream.name)
+
+
+    def _send_some_reports(self, ptime_ms: int) -> None:
+        """A slice of the sender reports on every packet: each output gets one per
+        SR_INTERVAL_S, and a thousand outputs never burst a thousand reports at once."""
+        outputs = list(self.outputs.values())
+        if not outputs:
+            return
+        per_interval = SR_INTERVAL_S * 1000 / ptime_ms
+        self._report_credit += len(outputs) / per_interval
+        now = time.time()
+        while self._report_credit >= 1.0:
+            self._report_credit -= 1.0
+            output = outputs[self._report_cursor % len(outputs)]
+            self._report_cursor += 1
+            send(self.sockets.get(output), output, output.sender_report(now), output.rtcp_sockaddr)
 
 
 class RtpOutputs:
