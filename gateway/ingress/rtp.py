@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 class InputError(ValueError):
     """The input cannot be created (bad port, port in use); the message says why."""
 
+    def __init__(self, message: str, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict  # the port is taken: 409 rather than 400
+
 
 class RtpInput(asyncio.DatagramProtocol):
     kind = "rtp"
@@ -109,7 +113,7 @@ async def open_rtp_input(
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise InputError(f"port {port} is already in use") from None
+            raise InputError(f"port {port} is already in use", conflict=True) from None
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     protocol.port = transport.get_extra_info("sockname")[1]
     try:

@@ -133,12 +133,14 @@ async def create_output(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _find(request: web.Request):  # type: ignore[no-untyped-def]
+def _find(request: web.Request, kind: str):  # type: ignore[no-untyped-def]
+    """The stream's output or input named in the URL, or a 404 problem."""
     gw = gateway_of(request)
-    output = gw.rtp_outputs.outputs.get(request.match_info["output"])
-    if output is None or output.stream.name != request.match_info["stream"]:
-        return None
-    return output
+    table = gw.rtp_outputs.outputs if kind == "output" else gw.rtp_inputs
+    item = table.get(request.match_info[kind])
+    if item is None or item.stream.name != request.match_info["stream"]:
+        raise web.HTTPNotFound(text=f"no such {kind}")
+    return item
 
 
 async def list_outputs(request: web.Request) -> web.StreamResponse:
@@ -151,24 +153,15 @@ async def list_outputs(request: web.Request) -> web.StreamResponse:
 
 
 async def get_output(request: web.Request) -> web.StreamResponse:
-    output = _find(request)
-    if output is None:
-        return problem(404, "Not Found", "no such output")
-    return web.json_response(output.info())
+    return web.json_response(_find(request, "output").info())
 
 
 async def output_sdp(request: web.Request) -> web.StreamResponse:
-    output = _find(request)
-    if output is None:
-        return problem(404, "Not Found", "no such output")
-    return web.Response(text=output.sdp(), content_type="application/sdp")
+    return web.Response(text=_find(request, "output").sdp(), content_type="application/sdp")
 
 
 async def delete_output(request: web.Request) -> web.StreamResponse:
-    output = _find(request)
-    if output is None:
-        return problem(404, "Not Found", "no such output")
-    gateway_of(request).rtp_outputs.stop(output)
+    gateway_of(request).rtp_outputs.stop(_find(request, "output"))
     return web.Response(status=204)
 
 
@@ -191,25 +184,17 @@ async def create_input(request: web.Request) -> web.StreamResponse:
     if stream.source is not None:
         await stream.source.close("replaced by an RTP input")
     try:
-        rtp_input = await open_rtp_input(
-            stream, gw.config.rtp.bind_host, max_depth=5, **args
-        )
+        rtp_input = await open_rtp_input(stream, gw.config.rtp.bind_host, max_depth=5, **args)
     except InputError as exc:
-        status = 409 if "in use" in str(exc) else 400
-        return problem(status, "Conflict" if status == 409 else "Bad Request", str(exc))
+        if exc.conflict:
+            return problem(409, "Conflict", str(exc))
+        return problem(400, "Bad Request", str(exc))
     except StreamBusy as exc:
         return problem(409, "Conflict", str(exc))
     gw.rtp_inputs[rtp_input.id] = rtp_input
     resp = web.json_response(rtp_input.info(), status=201)
     resp.headers["Location"] = f"/api/v1/streams/{name}/inputs/{rtp_input.id}"
     return resp
-
-
-def _find_input(request: web.Request):  # type: ignore[no-untyped-def]
-    rtp_input = gateway_of(request).rtp_inputs.get(request.match_info["input"])
-    if rtp_input is None or rtp_input.stream.name != request.match_info["stream"]:
-        return None
-    return rtp_input
 
 
 async def list_inputs(request: web.Request) -> web.StreamResponse:
@@ -220,16 +205,11 @@ async def list_inputs(request: web.Request) -> web.StreamResponse:
 
 
 async def get_input(request: web.Request) -> web.StreamResponse:
-    rtp_input = _find_input(request)
-    if rtp_input is None:
-        return problem(404, "Not Found", "no such input")
-    return web.json_response(rtp_input.info())
+    return web.json_response(_find(request, "input").info())
 
 
 async def delete_input(request: web.Request) -> web.StreamResponse:
-    rtp_input = _find_input(request)
-    if rtp_input is None:
-        return problem(404, "Not Found", "no such input")
+    rtp_input = _find(request, "input")
     gateway_of(request).rtp_inputs.pop(rtp_input.id, None)
     await rtp_input.close("deleted through the API")
     return web.Response(status=204)
