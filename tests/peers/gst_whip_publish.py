@@ -62,8 +62,10 @@ def main() -> None:
         GLib.timeout_add(int(seconds * 1000), loop.quit)
         return False
 
+    complete = GstWebRTC.WebRTCICEGatheringState.COMPLETE
+
     def on_gathering(element, _pspec) -> None:
-        if element.get_property("ice-gathering-state") == GstWebRTC.WebRTCICEGatheringState.COMPLETE:
+        if element.get_property("ice-gathering-state") == complete:
             GLib.idle_add(post_offer)
 
     def on_offer(promise, _data=None) -> None:
