@@ -9,7 +9,10 @@ a fixed window the benchmark reports:
 
 * gateway CPU (utime + stime from /proc, all threads) in % of one core, and per
   destination;
-* delivered ratio: packets received / packets expected (window × 50 × N);
+* delivered ratio: distinct packets received / packets expected, per destination from
+  the first to the last RTP sequence number seen in the window (a lost packet leaves a
+  hole; window edges do not count); and the real-time rate: packets received / (N ×
+  window × 50), below 100 % when a server cannot keep up even if it loses nothing;
 * p99 of |inter-arrival − 20 ms| over consecutive packets of every destination, from
   the kernel's receive timestamps (SO_TIMESTAMPNS), so the receiver's own scheduling
   does not count: on loopback this is the send-interval deviation.
@@ -81,6 +84,7 @@ def receiver(n: int, settle: float, window: float, conn) -> None:  # type: ignor
     start = time.monotonic() + settle
     end = start + window
     arrivals: list[list[float]] = [[] for _ in range(n)]
+    seqs: list[list[int]] = [[] for _ in range(n)]
     while True:
         now = time.monotonic()
         if now >= end:
@@ -89,19 +93,25 @@ def receiver(n: int, settle: float, window: float, conn) -> None:  # type: ignor
             sock = key.fileobj
             while True:
                 try:
-                    _, ancdata, _, _ = sock.recvmsg(2048, 64)  # type: ignore[union-attr]
+                    data, ancdata, _, _ = sock.recvmsg(2048, 64)  # type: ignore[union-attr]
                 except BlockingIOError:
                     break
                 t = time.monotonic()
+                if len(data) < 12 or 192 <= data[1] <= 223:
+                    continue  # RTCP sent to port + 1, which is another destination's port
                 if start <= t < end:
                     arrivals[key.data].append(kernel_time(ancdata, t))
-    received = sum(len(a) for a in arrivals)
+                    seqs[key.data].append(int.from_bytes(data[2:4], "big"))
+    received = sum(len(set(s)) for s in seqs)
+    # expected from the sequence numbers seen: first to last, per destination (wrap-safe)
+    expected = sum(((s[-1] - s[0]) & 0xFFFF) + 1 for s in seqs if s)
     deviations = []
     for a in arrivals:
         if len(a) > 1:
             deviations.append(np.abs(np.diff(np.asarray(a)) - 0.020))
     dev = np.concatenate(deviations) if deviations else np.zeros(1)
-    conn.send({"received": received, "p99_ms": float(np.percentile(dev, 99) * 1000)})
+    p99 = float(np.percentile(dev, 99) * 1000)
+    conn.send({"received": received, "expected": expected, "p99_ms": p99, "window": window})
     for s in socks:
         s.close()
 
@@ -122,8 +132,16 @@ def start_source(port: int) -> subprocess.Popen:
 def run_gateway_step(n: int, settle: float, window: float) -> dict:
     http_port = free_udp_port()
     gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(http_port),
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--port",
+            str(http_port),
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
     )
     base = f"http://127.0.0.1:{http_port}"
@@ -134,16 +152,22 @@ def run_gateway_step(n: int, settle: float, window: float) -> dict:
         except OSError:
             time.sleep(0.1)
     in_port = free_udp_port()
-    api(base + "/api/v1/streams/bench/inputs", "POST",
-        {"type": "rtp", "port": in_port, "codec": "PCMU"})
+    api(
+        base + "/api/v1/streams/bench/inputs",
+        "POST",
+        {"type": "rtp", "port": in_port, "codec": "PCMU"},
+    )
     source = start_source(in_port)
     parent, child = mp.Pipe()
     rx = mp.Process(target=receiver, args=(n, settle, window, child))
     rx.start()
     ports = parent.recv()
     for port in ports:
-        api(base + "/api/v1/streams/bench/outputs", "POST",
-            {"type": "rtp", "host": "127.0.0.1", "port": port, "codec": "PCMU", "ptime": 20})
+        api(
+            base + "/api/v1/streams/bench/outputs",
+            "POST",
+            {"type": "rtp", "host": "127.0.0.1", "port": port, "codec": "PCMU", "ptime": 20},
+        )
     parent.send("go")
     time.sleep(settle)
     c0, t0 = cpu_seconds(gw.pid), time.monotonic()
@@ -158,9 +182,14 @@ def run_gateway_step(n: int, settle: float, window: float) -> dict:
     gw.wait(10)
     cpu = (c1 - c0) / (t1 - t0)
     return {
-        "n": n, "cpu_pct": cpu * 100, "cpu_per_dest_pct": cpu * 100 / n,
-        "delivered": result["received"] / (n * window * 50), "p99_ms": result["p99_ms"],
-        "drops": sum(o["drops"] + o["errors"] for o in outputs), "encoders": encoders,
+        "n": n,
+        "cpu_pct": cpu * 100,
+        "cpu_per_dest_pct": cpu * 100 / n,
+        "delivered": result["received"] / max(1, result["expected"]),
+        "rate": result["received"] / (n * result["window"] * 50),
+        "p99_ms": result["p99_ms"],
+        "drops": sum(o["drops"] + o["errors"] for o in outputs),
+        "encoders": encoders,
     }
 
 
@@ -184,16 +213,25 @@ def run_baseline_step(n: int, settle: float, window: float) -> dict:
     base.wait(10)
     cpu = (c1 - c0) / (t1 - t0)
     return {
-        "n": n, "cpu_pct": cpu * 100, "cpu_per_dest_pct": cpu * 100 / n,
-        "delivered": result["received"] / (n * window * 50), "p99_ms": result["p99_ms"],
-        "drops": 0, "encoders": n,
+        "n": n,
+        "cpu_pct": cpu * 100,
+        "cpu_per_dest_pct": cpu * 100 / n,
+        "delivered": result["received"] / max(1, result["expected"]),
+        "rate": result["received"] / (n * result["window"] * 50),
+        "p99_ms": result["p99_ms"],
+        "drops": 0,
+        "encoders": n,
     }
 
 
 def machine() -> str:
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
     )
     return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
 
@@ -209,14 +247,19 @@ def main() -> None:
     if args.quick:
         steps, args.window, args.settle = [50, 200], 3.0, 1.5
     print(f"# RTP fan-out, PCMU 20 ms; {machine()}")
-    header = f"{'server':<9}{'N':>6}{'CPU %':>8}{'CPU %/dest':>12}{'delivered':>11}{'p99 ms':>8}"
+    header = (
+        f"{'server':<9}{'N':>6}{'CPU %':>8}{'CPU %/dest':>12}{'delivered':>11}{'rate':>9}"
+        f"{'p99 ms':>8}"
+        f"{'drops':>7}{'encoders':>9}"
+    )
     print(header)
     for n in steps:
         for name, step in (("gateway", run_gateway_step), ("baseline", run_baseline_step)):
             r = step(n, args.settle, args.window)
             print(
                 f"{name:<9}{r['n']:>6}{r['cpu_pct']:>8.1f}{r['cpu_per_dest_pct']:>12.4f}"
-                f"{r['delivered'] * 100:>10.2f}%{r['p99_ms']:>8.2f}",
+                f"{r['delivered'] * 100:>10.3f}%{r['rate'] * 100:>8.2f}%{r['p99_ms']:>8.2f}"
+                f"{r['drops']:>7}{r['encoders']:>9}",
                 flush=True,
             )
 
