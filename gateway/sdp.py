@@ -1,53 +1,192 @@
-"""Sans-IO SDP for plain RTP: the audio section of a sender's description."""
+"""Sans-IO SDP for plain RTP and SIP: read a peer's audio section, write an answer.
+
+Only what an audio gateway needs (RFC 4566 / RFC 3264): the first audio section, its
+address and port, codecs by payload type, telephone-event (RFC 4733), direction and
+hold, ptime. Everything else in the description is ignored.
+"""
 
 from __future__ import annotations
 
-from .codecs.spec import CodecSpec, codec_by_name
+import secrets
+from dataclasses import dataclass, field
+
+from .codecs.spec import PTIMES, CodecSpec, codec_by_name
 
 STATIC = {0: "PCMU", 8: "PCMA", 9: "G722"}
 MAX_SDP = 16384
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+#: The direction to answer with, given the offer's (RFC 3264 §6.1).
+ANSWER_DIRECTION = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+#: Codecs the gateway prefers, best first, when choosing among the offered ones.
+PREFERENCE = ("opus", "G722", "PCMU", "PCMA")
 
 
-def parse_audio_offer(sdp: str) -> tuple[int, dict[int, CodecSpec]]:
-    """(port, {payload type: codec}) of the first audio section; ValueError says why not."""
+class SdpError(ValueError):
+    """The description cannot be used; the message says why."""
+
+
+@dataclass
+class AudioDescription:
+    address: str  # where the peer wants RTP (media-level c= over session-level)
+    port: int
+    codecs: dict[int, CodecSpec] = field(default_factory=dict)  # in the peer's order
+    telephone_event: int | None = None
+    direction: str = "sendrecv"
+    ptime: int | None = None
+
+    @property
+    def on_hold(self) -> bool:
+        """The peer does not want to receive (RFC 3264 §8.4, and the old c=0.0.0.0)."""
+        return self.direction in ("sendonly", "inactive") or self.address in ("0.0.0.0", "::")
+
+
+def parse_audio(sdp: str) -> AudioDescription:
+    """The first audio section of ``sdp``; SdpError if there is none we can use."""
     if len(sdp) > MAX_SDP:
-        raise ValueError(f"SDP larger than {MAX_SDP} bytes")
+        raise SdpError(f"SDP larger than {MAX_SDP} bytes")
+    session_address = ""
+    media_address = ""
+    session_direction = "sendrecv"
+    direction: str | None = None
     port: int | None = None
     formats: list[int] = []
     rtpmap: dict[int, tuple[str, int]] = {}
-    in_audio = False
+    ptime: int | None = None
+    section = "session"
     for raw in sdp.splitlines():
         line = raw.strip()
-        if line.startswith("m="):
-            if port is not None:
+        if len(line) < 2 or line[1] != "=":
+            continue
+        kind, value = line[0], line[2:]
+        if kind == "m":
+            if section == "audio":
                 break  # only the first audio section
-            parts = line[2:].split()
-            in_audio = len(parts) >= 4 and parts[0] == "audio"
-            if in_audio:
+            parts = value.split()
+            if len(parts) >= 4 and parts[0] == "audio" and port is None:
+                section = "audio"
                 try:
                     port = int(parts[1].split("/")[0])
                     formats = [int(f) for f in parts[3:]]
                 except ValueError:
-                    raise ValueError(f"bad media line: {line!r}") from None
-        elif in_audio and line.startswith("a=rtpmap:"):
-            try:
-                pt_text, encoding = line[len("a=rtpmap:") :].split(None, 1)
-                name, rate = encoding.split("/")[:2]
-                rtpmap[int(pt_text)] = (name, int(rate))
-            except ValueError:
-                raise ValueError(f"bad rtpmap: {line!r}") from None
+                    raise SdpError(f"bad media line: {line!r}") from None
+            else:
+                section = "other"
+        elif kind == "c":
+            parts = value.split()
+            if len(parts) < 3:
+                raise SdpError(f"bad connection line: {line!r}")
+            address = parts[2].split("/")[0]
+            if section == "session":
+                session_address = address
+            elif section == "audio":
+                media_address = address
+        elif kind == "a" and section in ("session", "audio"):
+            name, _, arg = value.partition(":")
+            if name in DIRECTIONS:
+                if section == "session":
+                    session_direction = name
+                else:
+                    direction = name
+            elif section == "audio" and name == "rtpmap":
+                try:
+                    pt_text, encoding = arg.split(None, 1)
+                    enc_name, rate = encoding.split("/")[:2]
+                    rtpmap[int(pt_text)] = (enc_name, int(rate))
+                except ValueError:
+                    raise SdpError(f"bad rtpmap: {line!r}") from None
+            elif section == "audio" and name == "ptime":
+                try:
+                    ptime = int(float(arg))
+                except ValueError:
+                    raise SdpError(f"bad ptime: {line!r}") from None
     if port is None:
-        raise ValueError("SDP has no audio section")
-    if not 0 < port < 65536:
-        raise ValueError(f"audio port must be 1-65535, got {port}")
-    codecs: dict[int, CodecSpec] = {}
+        raise SdpError("SDP has no audio section")
+    if not 0 <= port < 65536:
+        raise SdpError(f"audio port must be 0-65535, got {port}")
+    desc = AudioDescription(
+        address=media_address or session_address,
+        port=port,
+        direction=direction or session_direction,
+        ptime=ptime,
+    )
+    if not desc.address:
+        raise SdpError("SDP has no connection address (c=) for audio")
     for pt in formats:
-        name, rate = rtpmap.get(pt, (STATIC.get(pt, ""), 0))
+        enc_name, rate = rtpmap.get(pt, (STATIC.get(pt, ""), 0))
+        if enc_name.lower() == "telephone-event" and rate == 8000:
+            desc.telephone_event = pt
+            continue
         try:
-            spec = codec_by_name(name, rate if name.lower() == "l16" else None)
+            desc.codecs[pt] = codec_by_name(enc_name, rate if enc_name.lower() == "l16" else None)
         except ValueError:
-            continue  # telephone-event, CN, codecs we do not decode
-        codecs[pt] = spec
-    if not codecs:
-        raise ValueError("SDP audio section has no codec the gateway decodes")
-    return port, codecs
+            continue  # CN, codecs we do not speak
+    if not desc.codecs:
+        offered = ", ".join(rtpmap.get(pt, (STATIC.get(pt, str(pt)), 0))[0] for pt in formats)
+        raise SdpError(f"no audio codec in common (offered: {offered or 'none'})")
+    return desc
+
+
+def choose_codec(desc: AudioDescription, preference: tuple[str, ...] = PREFERENCE):
+    """(payload type, codec) of the best codec both sides have."""
+    for name in preference:
+        for pt, spec in desc.codecs.items():
+            if spec.name.lower() == name.lower():
+                return pt, spec
+    raise SdpError("no audio codec in common")
+
+
+def build_audio(
+    address: str,
+    port: int,
+    payload_type: int,
+    spec: CodecSpec,
+    telephone_event: int | None = None,
+    direction: str = "sendrecv",
+    ptime: int = 20,
+    session_id: int | None = None,
+    version: int = 1,
+) -> str:
+    """A complete description with one audio section (offer or answer)."""
+    net = "IP6" if ":" in address else "IP4"
+    sid = session_id if session_id is not None else secrets.randbits(31)
+    formats = [payload_type] + ([telephone_event] if telephone_event is not None else [])
+    lines = [
+        "v=0",
+        f"o=gateway {sid} {version} IN {net} {address}",
+        "s=audio-gateway",
+        f"c=IN {net} {address}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {' '.join(map(str, formats))}",
+        f"a=rtpmap:{payload_type} {spec.rtpmap}",
+    ]
+    if spec.fmtp and spec.name == "opus":
+        lines.append(f"a=fmtp:{payload_type} {spec.fmtp}")
+    if telephone_event is not None:
+        lines += [
+            f"a=rtpmap:{telephone_event} telephone-event/8000",
+            f"a=fmtp:{telephone_event} 0-16",
+        ]
+    lines += [f"a=ptime:{ptime}", f"a={direction}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def answer(
+    offer: AudioDescription, address: str, port: int, preference: tuple[str, ...] = PREFERENCE
+) -> tuple[str, int, CodecSpec]:
+    """(answer SDP, payload type, codec) for an offer: best common codec, mirrored direction."""
+    pt, spec = choose_codec(offer, preference)
+    sdp = build_audio(
+        address,
+        port,
+        pt,
+        spec,
+        offer.telephone_event,
+        ANSWER_DIRECTION[offer.direction],
+        ptime=offer.ptime if offer.ptime in PTIMES[spec.name.lower()] else 20,
+    )
+    return sdp, pt, spec

@@ -162,3 +162,19 @@ async def test_malformed_packets_are_counted_and_dropped(gateway):
     _, info = await api(gateway, "GET", f"/api/v1/streams/junk/inputs/{created['id']}")
     assert info["malformed"] == len(junk)
     assert gateway.gateway.registry.get("junk").source is not None
+
+
+async def test_input_described_by_the_senders_sdp(gateway):
+    import aiohttp
+
+    port = free_port(socket.SOCK_DGRAM)
+    sdp = f"v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n"
+    async with aiohttp.ClientSession() as http:
+        url = f"{gateway.url}/api/v1/streams/fromsdp/inputs"
+        headers = {"Content-Type": "application/sdp"}
+        async with http.post(url, data=sdp, headers=headers) as r:
+            body = await r.json()
+            assert r.status == 201, body
+        async with http.post(url, data="v=0\r\n", headers=headers) as r:
+            assert r.status == 400 and "no audio section" in (await r.json())["detail"]
+    assert body["port"] == port and body["codecs"] == {"8": "PCMA"}

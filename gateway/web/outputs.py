@@ -12,6 +12,7 @@ from ..core.registry import UnknownStream
 from ..core.stream import StreamBusy
 from ..egress.rtp import OutputError
 from ..ingress.rtp import InputError, open_rtp_input
+from ..sdp import SdpError, parse_audio
 from .keys import gateway_of
 from .problem import problem
 
@@ -103,13 +104,11 @@ def parse_input(body: dict[str, Any]) -> dict[str, Any]:
 
 def parse_input_sdp(sdp: str) -> dict[str, Any]:
     """An input described by the SDP of the sender: port from m=audio, codecs from rtpmap."""
-    from ..sdp import parse_audio_offer
-
     try:
-        port, codecs = parse_audio_offer(sdp)
-    except ValueError as exc:
+        desc = parse_audio(sdp)
+    except SdpError as exc:
         raise FieldError("sdp", str(exc)) from None
-    return {"port": port, "codecs": codecs}
+    return {"port": desc.port, "codecs": desc.codecs}
 
 
 async def create_output(request: web.Request) -> web.StreamResponse:
