@@ -168,18 +168,25 @@ def run_gateway_step(n: int, settle: float, window: float) -> dict:
             "POST",
             {"type": "rtp", "host": "127.0.0.1", "port": port, "codec": "PCMU", "ptime": 20},
         )
-    parent.send("go")
-    time.sleep(settle)
-    c0, t0 = cpu_seconds(gw.pid), time.monotonic()
-    time.sleep(window)
-    c1, t1 = cpu_seconds(gw.pid), time.monotonic()
-    result = parent.recv()
-    rx.join()
+    row = measure(gw.pid, parent, rx, n, settle, window)
     outputs = api(base + "/api/v1/streams/bench/outputs")["outputs"]
-    encoders = len(api(base + "/api/v1/streams/bench")["encoders"])
+    row["drops"] = sum(o["drops"] + o["errors"] for o in outputs)
+    row["encoders"] = len(api(base + "/api/v1/streams/bench")["encoders"])
     source.terminate()
     gw.terminate()
     gw.wait(10)
+    return row
+
+
+def measure(pid: int, parent, rx, n: int, settle: float, window: float) -> dict:  # type: ignore
+    """Start the receiver's window, time the server's CPU over it, collect the results."""
+    parent.send("go")
+    time.sleep(settle)
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    result = parent.recv()
+    rx.join()
     cpu = (c1 - c0) / (t1 - t0)
     return {
         "n": n,
@@ -188,8 +195,8 @@ def run_gateway_step(n: int, settle: float, window: float) -> dict:
         "delivered": result["received"] / max(1, result["expected"]),
         "rate": result["received"] / (n * result["window"] * 50),
         "p99_ms": result["p99_ms"],
-        "drops": sum(o["drops"] + o["errors"] for o in outputs),
-        "encoders": encoders,
+        "drops": 0,
+        "encoders": n,
     }
 
 
@@ -202,26 +209,10 @@ def run_baseline_step(n: int, settle: float, window: float) -> dict:
         [sys.executable, str(ROOT / "bench" / "rtp_baseline.py"), *map(str, ports)], cwd=ROOT
     )
     time.sleep(0.5)
-    parent.send("go")
-    time.sleep(settle)
-    c0, t0 = cpu_seconds(base.pid), time.monotonic()
-    time.sleep(window)
-    c1, t1 = cpu_seconds(base.pid), time.monotonic()
-    result = parent.recv()
-    rx.join()
+    row = measure(base.pid, parent, rx, n, settle, window)
     base.terminate()
     base.wait(10)
-    cpu = (c1 - c0) / (t1 - t0)
-    return {
-        "n": n,
-        "cpu_pct": cpu * 100,
-        "cpu_per_dest_pct": cpu * 100 / n,
-        "delivered": result["received"] / max(1, result["expected"]),
-        "rate": result["received"] / (n * result["window"] * 50),
-        "p99_ms": result["p99_ms"],
-        "drops": 0,
-        "encoders": n,
-    }
+    return row
 
 
 def machine() -> str:

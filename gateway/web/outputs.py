@@ -118,10 +118,7 @@ async def create_output(request: web.Request) -> web.StreamResponse:
         args = parse_output(await json_body(request), gw.config.webrtc.opus_bitrate)
     except FieldError as exc:
         return bad_fields(exc)
-    try:
-        stream = gw.registry.get_or_create(name)
-    except (UnknownStream, ValueError) as exc:
-        return problem(404, "Not Found", f"no stream named {name!r}: {exc}")
+    stream = stream_for_io(gw, name)
     try:
         output = await gw.rtp_outputs.create(stream, **args)
     except OutputError as exc:
@@ -130,6 +127,14 @@ async def create_output(request: web.Request) -> web.StreamResponse:
     resp = web.json_response(output.info(), status=201)
     resp.headers["Location"] = f"/api/v1/streams/{name}/outputs/{output.id}"
     return resp
+
+
+def stream_for_io(gw, name: str):  # type: ignore[no-untyped-def]
+    """The stream an output or input attaches to (created if dynamic), or a 404 problem."""
+    try:
+        return gw.registry.get_or_create(name)
+    except (UnknownStream, ValueError) as exc:
+        raise web.HTTPNotFound(text=f"no stream named {name!r}: {exc}") from None
 
 
 def _find(request: web.Request, kind: str):  # type: ignore[no-untyped-def]
@@ -174,10 +179,7 @@ async def create_input(request: web.Request) -> web.StreamResponse:
             args = parse_input(await json_body(request))
     except FieldError as exc:
         return bad_fields(exc)
-    try:
-        stream = gw.registry.get_or_create(name)
-    except (UnknownStream, ValueError) as exc:
-        return problem(404, "Not Found", f"no stream named {name!r}: {exc}")
+    stream = stream_for_io(gw, name)
     if stream.source is not None and not gw.sender_is_stale(stream.source):
         return problem(409, "Conflict", f"stream {name!r} already has a live sender")
     if stream.source is not None:
