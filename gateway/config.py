@@ -112,6 +112,13 @@ def validate(config: Config) -> Config:
     w = config.webrtc
     if not 1 <= w.jitter_min_packets <= w.jitter_max_packets <= 10:
         raise ConfigError("need 1 <= webrtc.jitter_min_packets <= jitter_max_packets <= 10")
+    for i, server in enumerate(w.ice_servers):
+        urls = server.get("urls")
+        if not (isinstance(urls, str) or (isinstance(urls, list) and urls)):
+            raise ConfigError(f"configuration key 'webrtc.ice_servers[{i}].urls' is required")
+        unknown = set(server) - {"urls", "username", "credential"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'webrtc.ice_servers[{i}].{min(unknown)}'")
     if not 6000 <= w.opus_bitrate <= 510000:
         raise ConfigError("configuration key 'webrtc.opus_bitrate' must be 6000-510000")
     return config
