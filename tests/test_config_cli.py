@@ -48,34 +48,25 @@ def test_bad_config_names_the_key(tmp_path, text, words):
         load(path)
 
 
+def gateway_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=30
+    )
+
+
 def test_config_check_command(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[streams]\nring_frame = 5\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "gateway", "config", "check", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = gateway_cli("config", "check", str(bad))
     assert run.returncode == 2 and "streams.ring_frame" in run.stderr
     good = tmp_path / "good.toml"
     good.write_text("[streams]\nring_frames = 100\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "gateway", "config", "check", str(good)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = gateway_cli("config", "check", str(good))
     assert run.returncode == 0, run.stderr
 
 
 def test_serve_help_documents_flags():
-    run = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = gateway_cli("serve", "--help")
     for flag in ("--host", "--port", "--config", "--ice-host"):
         assert flag in run.stdout
 
