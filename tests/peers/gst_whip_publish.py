@@ -4,10 +4,13 @@
 
 Runs with Debian's python3-gi (not the project's venv). Publishes a sine tone as Opus,
 non-trickle: waits for ICE gathering, POSTs the offer, applies the answer, plays for
-SECONDS, then DELETEs the session. ICE is pinned to 127.0.0.1. Exit 0 on success.
+SECONDS once connected, then DELETEs the session. ICE is pinned to 127.0.0.1.
+Exit 0 on success; otherwise 1 with the reason on stderr.
 """
 
+import os
 import sys
+import urllib.error
 import urllib.request
 
 import gi
@@ -23,24 +26,40 @@ PIPELINE = (
     "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! "
     "webrtcbin name=webrtc bundle-policy=max-bundle"
 )
+CONNECT_TIMEOUT_S = 10
+PCState = GstWebRTC.WebRTCPeerConnectionState
 
 
-def fail(message: str) -> None:
-    print(f"gst_whip_publish: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def main() -> None:
-    url, freq, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+def run(url: str, freq: float, seconds: float) -> str | None:
+    """Publish; the reason it failed, or None."""
     Gst.init(None)
     pipe = Gst.parse_launch(PIPELINE.format(freq=freq))
     webrtc = pipe.get_by_name("webrtc")
     loop = GLib.MainLoop()
-    state = {"location": None, "agent": None, "error": None}
+    state = {"location": None, "error": None, "posted": False, "played": False}
 
+    def stop(error: str | None = None) -> bool:
+        if error and not state["error"]:
+            state["error"] = error
+        loop.quit()
+        return False
+
+    # libnice would gather on every interface; pin it to loopback. webrtcbin's ICE
+    # object loses its only reference if this Python wrapper is dropped (the address is
+    # then lost too), so the wrapper is kept to the end and the process leaves with
+    # os._exit (see main), before interpreter teardown can touch it again.
     ice_agent = webrtc.get_property("ice-agent")
     ice_agent.emit("add-local-ip-address", "127.0.0.1")
-    state["agent"] = ice_agent  # keep a Python reference or the address is lost
+    state["ice_agent"] = ice_agent
+
+    # A WHIP publisher only sends (webrtcbin's transceiver defaults to sendrecv).
+    transceiver = webrtc.emit("get-transceiver", 0)
+    transceiver.set_property("direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
+
+    def on_remote_set(promise, _data=None) -> None:
+        reply = promise.get_reply()
+        if reply is not None and reply.has_field("error"):
+            GLib.idle_add(stop, f"answer rejected by webrtcbin: {reply.get_value('error')}")
 
     def post_offer() -> bool:
         offer = webrtc.get_property("local-description").sdp.as_text()
@@ -51,57 +70,98 @@ def main() -> None:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 answer_text = resp.read().decode()
                 location = resp.headers["Location"]
-        except Exception as exc:  # noqa: BLE001 - report whatever the POST did
-            state["error"] = f"WHIP POST failed: {exc}"
-            loop.quit()
-            return False
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")[:500]
+            return stop(f"WHIP POST {url}: HTTP {exc.code}: {body}")
+        except OSError as exc:
+            return stop(f"WHIP POST {url} failed: {exc}")
+        if status != 201 or not location:
+            return stop(f"WHIP POST {url}: expected 201 with Location, got {status}")
         state["location"] = urllib.request.urljoin(url, location)
-        _, sdp = GstSdp.SDPMessage.new_from_text(answer_text)
+        result, sdp = GstSdp.SDPMessage.new_from_text(answer_text)
+        if result != GstSdp.SDPResult.OK:
+            return stop(f"unparsable SDP answer: {answer_text[:300]!r}")
         answer = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.ANSWER, sdp)
-        webrtc.emit("set-remote-description", answer, Gst.Promise.new())
-        GLib.timeout_add(int(seconds * 1000), loop.quit)
+        webrtc.emit(
+            "set-remote-description", answer, Gst.Promise.new_with_change_func(on_remote_set)
+        )
         return False
 
-    complete = GstWebRTC.WebRTCICEGatheringState.COMPLETE
-
     def on_gathering(element, _pspec) -> None:
-        if element.get_property("ice-gathering-state") == complete:
+        complete = GstWebRTC.WebRTCICEGatheringState.COMPLETE
+        if element.get_property("ice-gathering-state") == complete and not state["posted"]:
+            state["posted"] = True
             GLib.idle_add(post_offer)
+
+    def play() -> bool:
+        GLib.timeout_add(int(seconds * 1000), stop)
+        return False
+
+    def on_connection(element, _pspec) -> None:
+        pc_state = element.get_property("connection-state")
+        if pc_state == PCState.CONNECTED and not state["played"]:
+            state["played"] = True
+            GLib.idle_add(play)
+        elif pc_state == PCState.FAILED:
+            GLib.idle_add(stop, "peer connection failed (ICE or DTLS)")
+
+    def not_connected() -> bool:
+        if not state["played"]:
+            pc_state = webrtc.get_property("connection-state").value_nick
+            stop(f"not connected after {CONNECT_TIMEOUT_S} s (state {pc_state})")
+        return False
 
     def on_offer(promise, _data=None) -> None:
         reply = promise.get_reply()
-        offer = reply.get_value("offer")
+        offer = reply.get_value("offer") if reply is not None else None
+        if offer is None:
+            GLib.idle_add(stop, f"create-offer failed: {reply}")
+            return
         webrtc.emit("set-local-description", offer, Gst.Promise.new())
 
     def on_negotiation_needed(element) -> None:
-        element.emit("create-offer", None, Gst.Promise.new_with_change_func(on_offer, None))
+        element.emit("create-offer", None, Gst.Promise.new_with_change_func(on_offer))
 
     def on_message(_bus, message) -> None:
         if message.type == Gst.MessageType.ERROR:
             err, debug = message.parse_error()
-            state["error"] = f"pipeline error: {err.message} ({debug})"
-            loop.quit()
+            stop(f"pipeline error: {err.message} ({debug})")
 
     webrtc.connect("on-negotiation-needed", on_negotiation_needed)
     webrtc.connect("notify::ice-gathering-state", on_gathering)
+    webrtc.connect("notify::connection-state", on_connection)
     bus = pipe.get_bus()
     bus.add_signal_watch()
     bus.connect("message", on_message)
-    pipe.set_state(Gst.State.PLAYING)
-    GLib.timeout_add(int((seconds + 15) * 1000), loop.quit)  # never hang
+    if pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+        return "pipeline would not start"
+    GLib.timeout_add(CONNECT_TIMEOUT_S * 1000, not_connected)
     loop.run()
-    connection = webrtc.get_property("connection-state")
+
     if state["location"]:
         try:
-            urllib.request.urlopen(urllib.request.Request(state["location"], method="DELETE"))
-        except Exception as exc:  # noqa: BLE001
-            print(f"gst_whip_publish: DELETE failed: {exc}", file=sys.stderr)
+            urllib.request.urlopen(
+                urllib.request.Request(state["location"], method="DELETE"), timeout=10
+            )
+        except OSError as exc:
+            stop(f"DELETE {state['location']} failed: {exc}")
     pipe.set_state(Gst.State.NULL)
-    if state["error"]:
-        fail(state["error"])
-    if connection != GstWebRTC.WebRTCPeerConnectionState.CONNECTED:
-        fail(f"peer connection ended in state {connection.value_nick}")
-    print("gst_whip_publish: published", flush=True)
+    return state["error"]
+
+
+def main() -> None:
+    if len(sys.argv) != 4:
+        print(__doc__, file=sys.stderr)
+        os._exit(2)
+    error = run(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
+    if error:
+        print(f"gst_whip_publish: {error}", file=sys.stderr)
+    else:
+        print("gst_whip_publish: published", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if error else 0)
 
 
 if __name__ == "__main__":
