@@ -13,9 +13,10 @@ from .config import Config, ConfigError
 from .core.registry import StreamRegistry
 from .egress.encoders import SharedEncoder
 from .egress.rtp import RtpOutputs
-from .ingress.rtp import RtpInput
+from .ingress.rtp import RtpInput, open_rtp_input
 from .web import api, outputs, webrtc_http
 from .web.keys import GATEWAY, MAX_BODY
+from .web.outputs import FieldError, parse_input, parse_output
 from .web.problem import error_middleware_factory
 from .webrtc.peer import IceConfig, PeerFactory
 from .webrtc.session import WebRTCSession
@@ -71,9 +72,6 @@ class Gateway:
 
     async def _start_configured_io(self) -> None:
         """Inputs and outputs declared in the config file; a bad entry stops start-up."""
-        from .ingress.rtp import open_rtp_input
-        from .web.outputs import FieldError, parse_input, parse_output
-
         for where, entries in (("rtp.inputs", self.config.rtp.inputs),
                                ("rtp.outputs", self.config.rtp.outputs)):
             for i, entry in enumerate(entries):

@@ -149,6 +149,15 @@ def make_decoder(spec: CodecSpec) -> Decoder:
     raise ValueError(f"no decoder for {spec.name}")
 
 
+#: Payload bytes per second of the sample codecs (fixed rate, no framing).
+BYTES_PER_SECOND = {
+    "PCMU": lambda spec: spec.sample_rate,  # one byte per sample
+    "PCMA": lambda spec: spec.sample_rate,
+    "G722": lambda spec: 8000,  # 64 kbit/s
+    "L16": lambda spec: 2 * spec.sample_rate,
+}
+
+
 class Packetizer:
     """Canonical 20 ms frames in, payloads of ``ptime`` ms out.
 
@@ -165,9 +174,7 @@ class Packetizer:
         else:
             self._opus = None
             self._encoder = make_encoder(spec, bitrate)
-            self._bytes_per_packet = len(self._encoder.encode(np.zeros(FRAME_SAMPLES, np.int16)))
-            self._bytes_per_packet = self._bytes_per_packet * ptime // 20
-            self._encoder = make_encoder(spec, bitrate)  # fresh filter state
+            self._bytes_per_packet = BYTES_PER_SECOND[spec.name](spec) * ptime // 1000
             self._pending = b""
 
     def encode(self, frame: np.ndarray) -> list[bytes]:

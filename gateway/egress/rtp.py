@@ -85,6 +85,7 @@ class RtpOutput:
         self.last_timestamp = self.ts_offset
         self.last_sent = time.time()
         self.group: RtpFanout | None = None
+        self.sock: socket.socket | None = None  # shared send socket, set when added
         self.on_close: Callable[[RtpOutput], None] | None = None
 
     def header(self, packet: EncodedPacket, marker: bool) -> bytes:
@@ -199,7 +200,8 @@ class SocketPool:
         self._sockets.clear()
 
 
-def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) -> bool:
+def send(sock: socket.socket | None, output: RtpOutput, data: bytes, address: tuple) -> bool:
+    assert sock is not None
     try:
         sock.sendto(data, address)
         return True
@@ -226,11 +228,12 @@ class RtpFanout:
 
     def add(self, output: RtpOutput) -> None:
         output.group = self
+        output.sock = self.sockets.get(output)
         self.outputs[output.id] = output
 
     def remove(self, output: RtpOutput) -> None:
         if self.outputs.pop(output.id, None) is not None:
-            send(self.sockets.get(output), output, output.bye(), output.rtcp_sockaddr)
+            send(output.sock, output, output.bye(), output.rtcp_sockaddr)
         output.group = None
         if not self.outputs:
             self._task.cancel()
@@ -243,22 +246,22 @@ class RtpFanout:
                 _, packet = await self._reader.read()
                 payload = packet.payload
                 size = len(payload)
-                for output in list(self.outputs.values()):
+                outputs = list(self.outputs.values())
+                for output in outputs:
                     data = output.header(packet, first) + payload
-                    if send(self.sockets.get(output), output, data, output.sockaddr):
+                    if send(output.sock, output, data, output.sockaddr):
                         output.packets += 1
                         output.octets += size
                         output.last_sent = time.time()
                 first = False
-                self._send_some_reports(self.encoder.ptime)
+                self._send_some_reports(outputs, self.encoder.ptime)
         except RingClosed:
             log.info("rtp fan-out for %s ended: stream closed", self.encoder.stream.name)
 
 
-    def _send_some_reports(self, ptime_ms: int) -> None:
+    def _send_some_reports(self, outputs: list[RtpOutput], ptime_ms: int) -> None:
         """A slice of the sender reports on every packet: each output gets one per
         SR_INTERVAL_S, and a thousand outputs never burst a thousand reports at once."""
-        outputs = list(self.outputs.values())
         if not outputs:
             return
         per_interval = SR_INTERVAL_S * 1000 / ptime_ms
@@ -268,7 +271,7 @@ class RtpFanout:
             self._report_credit -= 1.0
             output = outputs[self._report_cursor % len(outputs)]
             self._report_cursor += 1
-            send(self.sockets.get(output), output, output.sender_report(now), output.rtcp_sockaddr)
+            send(output.sock, output, output.sender_report(now), output.rtcp_sockaddr)
 
 
 class RtpOutputs:
