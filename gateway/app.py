@@ -14,6 +14,8 @@ from .core.registry import StreamRegistry
 from .egress.encoders import SharedEncoder
 from .egress.rtp import RtpOutputs
 from .ingress.rtp import RtpInput, open_rtp_input
+from .sip.endpoint import EndpointError
+from .sip.service import SipService
 from .web import api, outputs, webrtc_http
 from .web.keys import GATEWAY, MAX_BODY
 from .web.outputs import FieldError, parse_input, parse_output
@@ -46,6 +48,9 @@ class Gateway:
         self.sessions: dict[str, WebRTCSession] = {}
         self.rtp_outputs = RtpOutputs(config.rtp.multicast_interface or None)
         self.rtp_inputs: dict[str, RtpInput] = {}
+        self.sip: SipService | None = None
+        if config.sip.enabled:
+            self.sip = SipService(config.sip, self.registry, self.rtp_outputs, w.opus_bitrate)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def add_session(self, session: WebRTCSession) -> None:
@@ -69,6 +74,13 @@ class Gateway:
     async def start(self) -> None:
         self.registry.start()
         await self._start_configured_io()
+        if self.sip is not None:
+            try:
+                await self.sip.start()
+            except EndpointError as exc:
+                raise ConfigError(
+                    f"sip: {exc.strerror} (set sip.port, or sip.enabled = false)"
+                ) from None
 
     async def _start_configured_io(self) -> None:
         """Inputs and outputs declared in the config file; a bad entry stops start-up."""
@@ -89,6 +101,8 @@ class Gateway:
                     raise ConfigError(f"{where}[{i}]: {exc}") from None
 
     async def stop(self) -> None:
+        if self.sip is not None:
+            await self.sip.stop()
         self.rtp_outputs.close()
         for rtp_input in list(self.rtp_inputs.values()):
             await rtp_input.close("gateway shutting down")
@@ -106,6 +120,7 @@ class Gateway:
             "encoders_created_total": SharedEncoder.created_total,
             "clock_ticks": self.registry.ticks,
             "clock_late_ticks": self.registry.clock_late_ticks,
+            "sip_calls": len(self.sip.calls) if self.sip else 0,
         }
 
 

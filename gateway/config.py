@@ -6,6 +6,7 @@ Every key is validated at start; an unknown or mistyped key is an error that nam
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,66 @@ class RtpConfig:
 
 
 @dataclass
+class SipConfig:
+    #: Accept and place SIP calls. The SIP port is opened on start when true.
+    enabled: bool = True
+    #: Address the SIP and call RTP sockets bind to (0.0.0.0 or :: for phones elsewhere).
+    bind_host: str = "127.0.0.1"
+    #: SIP port for UDP and TCP (0: any free port, for tests).
+    port: int = 5060
+    transports: list[str] = field(default_factory=lambda: ["udp", "tcp"])
+    #: Address written in Via, Contact and SDP (behind NAT: the public one). Empty: bind_host.
+    advertised_host: str = ""
+    #: RTP port range for calls: one even port (and the odd one for RTCP) per call.
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    #: Codecs offered and accepted, best first.
+    codecs: list[str] = field(default_factory=lambda: ["opus", "G722", "PCMU", "PCMA"])
+    #: A call whose phone sent no RTP or RTCP for this long is ended with BYE.
+    rtp_timeout_s: float = 30.0
+    #: Ring (180) this long before answering a dial-in; 0 answers at once.
+    ring_ms: int = 0
+    #: Dial-out: give up (CANCEL) when not answered within this time.
+    dial_timeout_s: float = 60.0
+    #: Concurrent calls; a call beyond it is refused with 503.
+    max_calls: int = 500
+    #: Largest SIP message accepted, bytes (larger: 413, or dropped if unreadable).
+    max_message_bytes: int = 16384
+    #: Requests per second (and burst) per source address; excess is dropped and counted.
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 100
+    #: Dial-in to a stream that does not exist yet creates it (else 404).
+    create_streams: bool = False
+    #: Call routing by request-URI user, first match wins:
+    #: [{match = "^talk-(.+)$", listen = "\\1", publish = "phone-\\1"}]; no match: listen
+    #: to the stream named by the user part.
+    routes: list[dict] = field(default_factory=list)
+    #: DTMF `*<digits>#` switches the caller to another stream; this maps digits to names
+    #: (unmapped digits switch to the stream named by the digits, if it exists).
+    dtmf_switch: bool = True
+    dtmf_streams: dict[str, str] = field(default_factory=dict)
+    #: Digest realm of the registrar and of call authentication.
+    realm: str = "audio-gateway"
+    #: Users allowed to REGISTER (and call, when auth_calls): {alice = "password"}.
+    users: dict[str, str] = field(default_factory=dict)
+    #: Challenge INVITEs too (digest with `users`); OPTIONS are always answered.
+    auth_calls: bool = False
+    #: Upstream registrations: [{registrar = "sip:pbx.example.org", user = "gw",
+    #: password = "...", expires = 300}] (optional: aor, contact_user, username).
+    registrations: list[dict] = field(default_factory=list)
+    #: Credentials for challenges met when dialing out: [{realm = "pbx", user = "gw",
+    #: password = "..."}] (realm "*" or absent: any realm).
+    credentials: list[dict] = field(default_factory=list)
+    user_agent: str = "audio-gateway"
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
     log_level: str = "info"
 
 
@@ -121,7 +177,51 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"unknown configuration key 'webrtc.ice_servers[{i}].{min(unknown)}'")
     if not 6000 <= w.opus_bitrate <= 510000:
         raise ConfigError("configuration key 'webrtc.opus_bitrate' must be 6000-510000")
+    validate_sip(config.sip)
     return config
+
+
+def validate_sip(sip: SipConfig) -> None:
+    from .codecs.spec import codec_by_name
+
+    if not 0 <= sip.port < 65536:
+        raise ConfigError("configuration key 'sip.port' must be 0-65535")
+    if not 1024 <= sip.rtp_port_min < sip.rtp_port_max < 65536:
+        raise ConfigError("need 1024 <= sip.rtp_port_min < sip.rtp_port_max < 65536")
+    bad = [t for t in sip.transports if t not in ("udp", "tcp")]
+    if bad or not sip.transports:
+        raise ConfigError("configuration key 'sip.transports' must list 'udp' and/or 'tcp'")
+    for name in sip.codecs:
+        try:
+            codec_by_name(name)
+        except ValueError as exc:
+            raise ConfigError(f"configuration key 'sip.codecs': {exc}") from None
+    for i, route in enumerate(sip.routes):
+        unknown = set(route) - {"match", "listen", "publish"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'sip.routes[{i}].{min(unknown)}'")
+        if "match" not in route or "listen" not in route and "publish" not in route:
+            raise ConfigError(f"'sip.routes[{i}]' needs 'match' and 'listen' and/or 'publish'")
+        try:
+            re.compile(route["match"])
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"configuration key 'sip.routes[{i}].match': {exc}") from None
+    for i, reg in enumerate(sip.registrations):
+        for key in ("registrar", "user", "password"):
+            if not isinstance(reg.get(key), str):
+                raise ConfigError(f"configuration key 'sip.registrations[{i}].{key}' is required")
+        allowed = {"registrar", "user", "password", "expires", "aor", "username", "contact_user"}
+        unknown = set(reg) - allowed
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'sip.registrations[{i}].{min(unknown)}'")
+    for i, cred in enumerate(sip.credentials):
+        unknown = set(cred) - {"realm", "user", "password"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'sip.credentials[{i}].{min(unknown)}'")
+        if not isinstance(cred.get("user"), str) or not isinstance(cred.get("password"), str):
+            raise ConfigError(f"'sip.credentials[{i}]' needs 'user' and 'password'")
+    if sip.max_calls < 1:
+        raise ConfigError("configuration key 'sip.max_calls' must be at least 1")
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

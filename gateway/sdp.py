@@ -143,18 +143,17 @@ def choose_codec(desc: AudioDescription, preference: tuple[str, ...] = PREFERENC
 def build_audio(
     address: str,
     port: int,
-    payload_type: int,
-    spec: CodecSpec,
+    codecs: list[tuple[int, CodecSpec]],
     telephone_event: int | None = None,
     direction: str = "sendrecv",
     ptime: int = 20,
     session_id: int | None = None,
     version: int = 1,
 ) -> str:
-    """A complete description with one audio section (offer or answer)."""
+    """A complete description with one audio section: an answer (one codec) or an offer."""
     net = "IP6" if ":" in address else "IP4"
     sid = session_id if session_id is not None else secrets.randbits(31)
-    formats = [payload_type] + ([telephone_event] if telephone_event is not None else [])
+    formats = [pt for pt, _ in codecs] + ([telephone_event] if telephone_event is not None else [])
     lines = [
         "v=0",
         f"o=gateway {sid} {version} IN {net} {address}",
@@ -162,10 +161,11 @@ def build_audio(
         f"c=IN {net} {address}",
         "t=0 0",
         f"m=audio {port} RTP/AVP {' '.join(map(str, formats))}",
-        f"a=rtpmap:{payload_type} {spec.rtpmap}",
     ]
-    if spec.fmtp and spec.name == "opus":
-        lines.append(f"a=fmtp:{payload_type} {spec.fmtp}")
+    for pt, spec in codecs:
+        lines.append(f"a=rtpmap:{pt} {spec.rtpmap}")
+        if spec.fmtp and spec.name == "opus":
+            lines.append(f"a=fmtp:{pt} {spec.fmtp}")
     if telephone_event is not None:
         lines += [
             f"a=rtpmap:{telephone_event} telephone-event/8000",
@@ -175,18 +175,32 @@ def build_audio(
     return "\r\n".join(lines) + "\r\n"
 
 
+def offer_codecs(names: tuple[str, ...] = PREFERENCE) -> list[tuple[int, CodecSpec]]:
+    """(payload type, codec) for an offer, in preference order, static types where they exist."""
+    return [(spec.payload_type, spec) for spec in (codec_by_name(n) for n in names)]
+
+
 def answer(
-    offer: AudioDescription, address: str, port: int, preference: tuple[str, ...] = PREFERENCE
+    offer: AudioDescription,
+    address: str,
+    port: int,
+    preference: tuple[str, ...] = PREFERENCE,
+    session_id: int | None = None,
+    version: int = 1,
 ) -> tuple[str, int, CodecSpec]:
-    """(answer SDP, payload type, codec) for an offer: best common codec, mirrored direction."""
+    """(answer SDP, payload type, codec) for an offer: best common codec, mirrored direction.
+
+    A re-INVITE's answer passes the dialog's ``session_id`` and a bumped ``version``.
+    """
     pt, spec = choose_codec(offer, preference)
     sdp = build_audio(
         address,
         port,
-        pt,
-        spec,
+        [(pt, spec)],
         offer.telephone_event,
         ANSWER_DIRECTION[offer.direction],
         ptime=offer.ptime if offer.ptime in PTIMES[spec.name.lower()] else 20,
+        session_id=session_id,
+        version=version,
     )
     return sdp, pt, spec

@@ -56,7 +56,11 @@ async def gateway_factory():
 
     async def start(**overrides) -> RunningGateway:
         port = free_port()
-        base = {"http": {"port": port}, "webrtc": {"host_addresses": ["127.0.0.1"]}}
+        base = {
+            "http": {"port": port},
+            "webrtc": {"host_addresses": ["127.0.0.1"]},
+            "sip": {"port": 0},
+        }
         for section, values in overrides.items():
             base.setdefault(section, {}).update(values)
         app = create_app(load(None, base))

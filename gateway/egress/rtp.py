@@ -50,8 +50,6 @@ async def resolve(host: str, port: int) -> tuple[int, tuple]:
 class RtpOutput:
     """One destination: its own SSRC and sequence, its own counters."""
 
-    kind = "rtp"
-
     def __init__(
         self,
         stream: Stream,
@@ -62,15 +60,20 @@ class RtpOutput:
         sockaddr: tuple,
         ttl: int = 16,
         payload_type: int | None = None,
+        bitrate: int | None = None,
+        kind: str = "rtp",
     ) -> None:
         self.id = secrets.token_urlsafe(8)
+        self.kind = kind  # "rtp", or "sip" for the media leg of a call
         self.stream = stream
         self.spec = spec
         self.ptime = ptime
+        self.bitrate = bitrate
+        self.paused = False  # on hold: packets are not sent, sequence numbers not used
         self.host = host
         self.family = family
         self.sockaddr = sockaddr
-        self.rtcp_sockaddr = (sockaddr[0], sockaddr[1] + 1, *sockaddr[2:])
+        self.rtcp_sockaddr = rtcp_address(sockaddr)
         self.multicast = ipaddress.ip_address(sockaddr[0]).is_multicast
         self.ttl = ttl
         self.payload_type = spec.payload_type if payload_type is None else payload_type
@@ -85,8 +88,14 @@ class RtpOutput:
         self.last_timestamp = self.ts_offset
         self.last_sent = time.time()
         self.group: RtpFanout | None = None
-        self.sock: socket.socket | None = None  # shared send socket, set when added
+        #: The socket packets leave from: the pool's, or a call's own (symmetric RTP).
+        self.sock: socket.socket | None = None
         self.on_close: Callable[[RtpOutput], None] | None = None
+
+    def retarget(self, sockaddr: tuple) -> None:
+        """Send to where the peer's RTP really comes from (latching behind NAT)."""
+        self.sockaddr = sockaddr
+        self.rtcp_sockaddr = rtcp_address(sockaddr)
 
     def header(self, packet: EncodedPacket, marker: bool) -> bytes:
         timestamp = (self.ts_offset + packet.timestamp) & 0xFFFFFFFF
@@ -133,7 +142,7 @@ class RtpOutput:
     def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "type": "rtp",
+            "type": self.kind,
             "stream": self.stream.name,
             "host": self.host,
             "port": self.sockaddr[1],
@@ -162,6 +171,10 @@ class RtpOutput:
     async def close(self, reason: str = "") -> None:
         if self.on_close is not None:
             self.on_close(self)
+
+
+def rtcp_address(sockaddr: tuple) -> tuple:
+    return (sockaddr[0], sockaddr[1] + 1, *sockaddr[2:])
 
 
 class SocketPool:
@@ -200,8 +213,7 @@ class SocketPool:
         self._sockets.clear()
 
 
-def send(sock: socket.socket | None, output: RtpOutput, data: bytes, address: tuple) -> bool:
-    assert sock is not None
+def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) -> bool:
     try:
         sock.sendto(data, address)
         return True
@@ -228,11 +240,11 @@ class RtpFanout:
 
     def add(self, output: RtpOutput) -> None:
         output.group = self
-        output.sock = self.sockets.get(output)
+        output.sock = output.sock or self.sockets.get(output)
         self.outputs[output.id] = output
 
     def remove(self, output: RtpOutput) -> None:
-        if self.outputs.pop(output.id, None) is not None:
+        if self.outputs.pop(output.id, None) is not None and output.sock is not None:
             send(output.sock, output, output.bye(), output.rtcp_sockaddr)
         output.group = None
         if not self.outputs:
@@ -240,7 +252,6 @@ class RtpFanout:
             self.encoder.unsubscribe(self._reader)
 
     async def _run(self) -> None:
-        first = True
         try:
             while True:
                 _, packet = await self._reader.read()
@@ -248,12 +259,13 @@ class RtpFanout:
                 size = len(payload)
                 outputs = list(self.outputs.values())
                 for output in outputs:
-                    data = output.header(packet, first) + payload
-                    if send(output.sock, output, data, output.sockaddr):
+                    if output.paused:
+                        continue
+                    data = output.header(packet, output.packets == 0) + payload
+                    if send(output.sock, output, data, output.sockaddr):  # type: ignore[arg-type]
                         output.packets += 1
                         output.octets += size
                         output.last_sent = time.time()
-                first = False
                 self._send_some_reports(outputs, self.encoder.ptime)
         except RingClosed:
             log.info("rtp fan-out for %s ended: stream closed", self.encoder.stream.name)
@@ -271,7 +283,8 @@ class RtpFanout:
             self._report_credit -= 1.0
             output = outputs[self._report_cursor % len(outputs)]
             self._report_cursor += 1
-            send(output.sock, output, output.sender_report(now), output.rtcp_sockaddr)
+            if not output.paused:
+                send(output.sock, output, output.sender_report(now), output.rtcp_sockaddr)  # type: ignore[arg-type]
 
 
 class RtpOutputs:
@@ -293,13 +306,8 @@ class RtpOutputs:
         bitrate: int | None = None,
     ) -> RtpOutput:
         family, sockaddr = await resolve(host, port)
-        output = RtpOutput(stream, spec, ptime, host, family, sockaddr, ttl)
-        encoder = shared_encoder(stream, spec, bitrate, ptime)
-        key = (stream.name, encoder.key)
-        fanout = self._fanouts.get(key)
-        if fanout is None or fanout.encoder is not encoder:
-            fanout = self._fanouts[key] = RtpFanout(encoder, self.sockets)
-        fanout.add(output)
+        output = RtpOutput(stream, spec, ptime, host, family, sockaddr, ttl, bitrate=bitrate)
+        self.attach(output)
         output.on_close = self.stop
         self.outputs[output.id] = output
         stream.add_listener(output)  # type: ignore[arg-type]
@@ -309,9 +317,17 @@ class RtpOutputs:
         )
         return output
 
-    def stop(self, output: RtpOutput) -> None:
-        self.outputs.pop(output.id, None)
-        output.stream.remove_listener(output)  # type: ignore[arg-type]
+    def attach(self, output: RtpOutput) -> None:
+        """Start sending: join the fan-out of the stream's shared encoder for this codec."""
+        encoder = shared_encoder(output.stream, output.spec, output.bitrate, output.ptime)
+        key = (output.stream.name, encoder.key)
+        fanout = self._fanouts.get(key)
+        if fanout is None or fanout.encoder is not encoder:
+            fanout = self._fanouts[key] = RtpFanout(encoder, self.sockets)
+        fanout.add(output)
+
+    def detach(self, output: RtpOutput) -> None:
+        """Stop sending (RTCP BYE); the fan-out and encoder stop with their last output."""
         group = output.group
         if group is not None:
             group.remove(output)
@@ -319,6 +335,11 @@ class RtpOutputs:
                 key = (output.stream.name, group.encoder.key)
                 if self._fanouts.get(key) is group:
                     del self._fanouts[key]
+
+    def stop(self, output: RtpOutput) -> None:
+        self.outputs.pop(output.id, None)
+        output.stream.remove_listener(output)  # type: ignore[arg-type]
+        self.detach(output)
         log.info("rtp output %s stopped after %d packets", output.id, output.packets)
 
     def close(self) -> None:

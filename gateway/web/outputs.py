@@ -13,6 +13,7 @@ from ..core.stream import StreamBusy
 from ..egress.rtp import OutputError
 from ..ingress.rtp import InputError, open_rtp_input
 from ..sdp import SdpError, parse_audio
+from ..sip.service import DialError
 from .keys import gateway_of
 from .problem import problem
 
@@ -42,6 +43,8 @@ def field(body: dict[str, Any], name: str, kind: type, default: Any = ..., choic
             raise FieldError(name, "is required")
         return default
     value = body[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise FieldError(name, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
     if choices is not None and value not in choices:
@@ -70,7 +73,7 @@ def _no_unknown(body: dict[str, Any], known: set[str]) -> None:
 
 def parse_output(body: dict[str, Any], default_bitrate: int) -> dict[str, Any]:
     """Validate an output request (API or config file) into RtpOutputs.create() arguments."""
-    field(body, "type", str, choices=("rtp",))
+    field(body, "type", str, choices=("rtp", "sip"))  # sip: handled by create_sip_output
     spec = _codec(body)
     try:
         ptime = check_ptime(spec, field(body, "ptime", int, 20))
@@ -111,11 +114,46 @@ def parse_input_sdp(sdp: str) -> dict[str, Any]:
     return {"port": desc.port, "codecs": desc.codecs}
 
 
+def parse_sip_output(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a dial-out request: {"type": "sip", "uri": "sip:alice@pbx", "timeout_s": 30}."""
+    _no_unknown(body, {"type", "stream", "uri", "timeout_s"})
+    uri = field(body, "uri", str)
+    timeout = field(body, "timeout_s", float, None)
+    if timeout is not None and not 1 <= timeout <= 600:
+        raise FieldError("timeout_s", "must be 1-600")
+    return {"uri": uri, "timeout_s": timeout}
+
+
+async def create_sip_output(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    gw = gateway_of(request)
+    name = request.match_info["stream"]
+    try:
+        args = parse_sip_output(body)
+    except FieldError as exc:
+        return bad_fields(exc)
+    if gw.sip is None:
+        return problem(409, "Conflict", "SIP is disabled (sip.enabled = false)")
+    stream = stream_for_io(gw, name)
+    try:
+        call = await gw.sip.dial(stream, args["uri"], args["timeout_s"])
+    except DialError as exc:
+        field_name, _, message = str(exc).partition(": ")
+        return bad_fields(FieldError(field_name if message else "uri", message or str(exc)))
+    except OSError as exc:
+        return problem(503, "Service Unavailable", f"cannot place the call: {exc.strerror}")
+    resp = web.json_response(call.info(), status=201)
+    resp.headers["Location"] = f"/api/v1/streams/{name}/outputs/{call.id}"
+    return resp
+
+
 async def create_output(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     name = request.match_info["stream"]
     try:
-        args = parse_output(await json_body(request), gw.config.webrtc.opus_bitrate)
+        body = await json_body(request)
+        if body.get("type") == "sip":
+            return await create_sip_output(request, body)
+        args = parse_output(body, gw.config.webrtc.opus_bitrate)
     except FieldError as exc:
         return bad_fields(exc)
     stream = stream_for_io(gw, name)
@@ -138,9 +176,11 @@ def stream_for_io(gw, name: str):  # type: ignore[no-untyped-def]
 
 
 def _find(request: web.Request, kind: str):  # type: ignore[no-untyped-def]
-    """The stream's output or input named in the URL, or a 404 problem."""
+    """The stream's output (RTP or SIP call) or input named in the URL, or a 404 problem."""
     gw = gateway_of(request)
-    table = gw.rtp_outputs.outputs if kind == "output" else gw.rtp_inputs
+    table: dict[str, Any] = gw.rtp_inputs
+    if kind == "output":
+        table = {**gw.rtp_outputs.outputs, **(gw.sip.calls if gw.sip else {})}
     item = table.get(request.match_info[kind])
     if item is None or item.stream.name != request.match_info["stream"]:
         raise web.HTTPNotFound(text=f"no such {kind}")
@@ -153,6 +193,8 @@ async def list_outputs(request: web.Request) -> web.StreamResponse:
     if name not in gw.registry.streams:
         return problem(404, "Not Found", f"no stream named {name!r}")
     outputs = [o.info() for o in gw.rtp_outputs.outputs.values() if o.stream.name == name]
+    if gw.sip is not None:
+        outputs += [call.info() for call in gw.sip.calls_on(name)]
     return web.json_response({"outputs": outputs})
 
 
@@ -161,11 +203,15 @@ async def get_output(request: web.Request) -> web.StreamResponse:
 
 
 async def output_sdp(request: web.Request) -> web.StreamResponse:
-    return web.Response(text=_find(request, "output").sdp(), content_type="application/sdp")
+    output = _find(request, "output")
+    if not hasattr(output, "sdp"):
+        return problem(404, "Not Found", "a SIP call has no SDP file; its SDP is negotiated")
+    return web.Response(text=output.sdp(), content_type="application/sdp")
 
 
 async def delete_output(request: web.Request) -> web.StreamResponse:
-    gateway_of(request).rtp_outputs.stop(_find(request, "output"))
+    """Stop an RTP output, or hang up a call (BYE; CANCEL while it is still ringing)."""
+    await _find(request, "output").close("stopped through the API")
     return web.Response(status=204)
 
 

@@ -1,0 +1,345 @@
+"""The asyncio side of SIP: UDP and TCP sockets around the sans-IO transaction layer.
+
+Everything protocol-shaped happens in ``message``, ``transaction`` and ``nat``; this
+module only moves bytes, applies the size and rate limits before parsing, and wakes the
+transaction layer when its next timer is due. Events go to one handler (the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .dialog import new_branch
+from .limits import RateLimiter
+from .message import (
+    Address,
+    Request,
+    Response,
+    SipParseError,
+    StreamFramer,
+    Uri,
+    Via,
+    bare_host,
+    parse_message,
+    response_to,
+)
+from .nat import reply_address, stamp_received
+from .transaction import Event, Flow, Timers, TransactionLayer
+
+log = logging.getLogger(__name__)
+CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
+
+
+class EndpointError(OSError):
+    """The SIP port cannot be opened; the message says which and why."""
+
+
+@dataclass
+class EndpointSettings:
+    bind_host: str = "127.0.0.1"
+    port: int = 5060  # 0: any free port (the same for UDP and TCP)
+    advertised_host: str = ""  # written in Via and Contact; default: bind_host
+    transports: tuple[str, ...] = ("udp", "tcp")
+    max_message_bytes: int = 16384
+    rate_per_s: float = 50.0
+    rate_burst: int = 100
+    max_transactions: int = 10000
+    user_agent: str = "audio-gateway"
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    sent: int = 0
+    malformed: int = 0
+    too_large: int = 0
+    rate_limited: int = 0
+    send_errors: int = 0
+
+
+class SipEndpoint:
+    def __init__(self, settings: EndpointSettings, handler: Callable[[Event], None],
+                 timers: Timers | None = None) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.layer = TransactionLayer(timers or Timers(), settings.max_transactions)
+        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
+        self.counters = Counters()
+        self.port = settings.port
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._connections: dict[tuple[str, int], SipStream] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        host = self.settings.bind_host
+        attempts = 20 if self.settings.port == 0 else 1
+        for _ in range(attempts):
+            try:
+                await self._bind(host, self.settings.port)
+                break
+            except OSError as exc:
+                await self.close()
+                if exc.errno != errno.EADDRINUSE or attempts == 1:
+                    raise EndpointError(
+                        exc.errno, f"cannot open SIP port {host}:{self.settings.port}: "
+                        f"{exc.strerror}"
+                    ) from None
+        log.info("sip listening on %s:%d (%s), advertised as %s", host, self.port,
+                 "+".join(self.settings.transports), self.advertised_host)
+
+    async def _bind(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        if "udp" in self.settings.transports:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: SipDatagram(self), local_addr=(host, port)
+            )
+            port = self._udp.get_extra_info("sockname")[1]
+        if "tcp" in self.settings.transports:
+            self._tcp_server = await loop.create_server(
+                lambda: SipStream(self), host, port, reuse_address=True
+            )
+            port = self._tcp_server.sockets[0].getsockname()[1]
+        self.port = port
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        for conn in list(self._connections.values()):
+            conn.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            self._tcp_server = None
+
+    @property
+    def advertised_host(self) -> str:
+        return self.settings.advertised_host or self.settings.bind_host
+
+    # -- what the service uses -----------------------------------------------------
+    def via(self, transport: str = "UDP") -> Via:
+        return Via(transport.upper(), self.advertised_host, self.port,
+                   {"branch": new_branch(), "rport": None})
+
+    def contact(self, user: str | None = None, transport: str = "UDP") -> Address:
+        params = {"transport": "tcp"} if transport.upper() == "TCP" else {}
+        return Address(Uri("sip", self.advertised_host, user, self.port, params))
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def flow_for(self, uri: Uri) -> Flow:
+        """Where a request to ``uri`` goes: its transport, host and port (no SRV lookups)."""
+        transport = "TCP" if (uri.params.get("transport") or "").lower() == "tcp" else "UDP"
+        port = uri.port or 5060
+        host = bare_host(uri.host)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM
+            )
+        except (socket.gaierror, UnicodeError) as exc:
+            raise EndpointError(errno.EHOSTUNREACH, f"cannot resolve {host!r}: {exc}") from None
+        return (transport, infos[0][4][0], port)
+
+    def request(self, request: Request, flow: Flow):  # type: ignore[no-untyped-def]
+        request.headers.set("User-Agent", self.settings.user_agent)
+        tx = self.layer.request(request, flow, self.now())
+        self._flush()
+        return tx
+
+    def respond(self, tx: Any, response: Response) -> None:
+        response.headers.set("Server", self.settings.user_agent)
+        self.layer.respond(tx, response, self.now())
+        self._flush()
+
+    def send_stateless(self, message: Request | Response, flow: Flow) -> None:
+        self.layer.send_stateless(message, flow)
+        self._flush()
+
+    def cancel(self, tx: Any) -> None:
+        self.layer.cancel(tx, self.now())
+        self._flush()
+
+    # -- incoming ------------------------------------------------------------------
+    def received(self, data: bytes, flow: Flow) -> None:
+        """One datagram or one framed stream message from ``flow``."""
+        self.counters.received += 1
+        transport, host, port = flow
+        if not self.limiter.allow(host, self.now()):
+            self.counters.rate_limited += 1
+            return
+        if len(data) > self.settings.max_message_bytes:
+            self.counters.too_large += 1
+            self._reject_too_large(data, flow)
+            return
+        try:
+            message = parse_message(data, self.settings.max_message_bytes)
+            message.validate()
+        except SipParseError as exc:
+            self.counters.malformed += 1
+            if self.counters.malformed == 1 or self.counters.malformed % 1000 == 0:
+                log.warning("sip: malformed message from %s:%d: %s", host, port, exc)
+            self._reject_malformed(data, flow, str(exc))
+            return
+        if isinstance(message, Request):
+            stamp_received(message, host, port)
+        self._dispatch(self.layer.receive(message, flow, self.now()))
+
+    def _reject_too_large(self, data: bytes, flow: Flow) -> None:
+        """413 when the headers are readable enough to answer, else silence (§18.1.1)."""
+        end = data.find(b"\r\n\r\n", 0, 1 << 16)
+        if end < 0:
+            return
+        try:
+            header_only = CONTENT_LENGTH.sub(b"Content-Length: 0", data[: end + 4])
+            request = parse_message(header_only, 1 << 16)
+        except SipParseError:
+            return
+        if isinstance(request, Request) and request.method != "ACK":
+            self._reply_stateless(request, 413, flow)
+
+    def _reject_malformed(self, data: bytes, flow: Flow, why: str) -> None:
+        """400 with the reason when the request is readable enough to route a reply."""
+        try:
+            request = parse_message(data, 1 << 20)
+        except SipParseError:
+            return
+        if isinstance(request, Request) and request.method != "ACK":
+            self._reply_stateless(request, 400, flow, reason=f"Bad Request ({why[:60]})")
+
+    def _reply_stateless(self, request: Request, status: int, flow: Flow,
+                         reason: str | None = None) -> None:
+        try:
+            stamp_received(request, flow[1], flow[2])
+            response = response_to(request, status, reason)
+        except SipParseError:
+            return
+        self.send_stateless(response, flow)
+
+    def _dispatch(self, events: list[Event]) -> None:
+        self._flush()
+        for event in events:
+            try:
+                self.handler(event)
+            except Exception:
+                log.exception("sip: handling %s failed", type(event).__name__)
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch(self.layer.poll(self.now()))
+
+    # -- outgoing ------------------------------------------------------------------
+    def _flush(self) -> None:
+        for message, flow in self.layer.take_outgoing():
+            self._send(message, flow)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self.layer.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and abs(self._timer.when() - deadline) < 1e-4:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _send(self, message: Request | Response, flow: Flow) -> None:
+        transport, host, port = flow
+        if isinstance(message, Response) and transport == "UDP":
+            host, port = reply_address(message)
+        data = bytes(message)
+        try:
+            if transport == "UDP":
+                if self._udp is None:
+                    raise OSError(errno.ENOTCONN, "no UDP socket")
+                self._udp.sendto(data, (host, port))
+            else:
+                self._send_stream(data, (host, port))
+            self.counters.sent += 1
+        except OSError as exc:
+            self.counters.send_errors += 1
+            log.warning("sip: cannot send to %s:%d/%s: %s", host, port, transport, exc)
+
+    def _send_stream(self, data: bytes, address: tuple[str, int]) -> None:
+        conn = self._connections.get(address)
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(data)
+            return
+        if self._loop is None:
+            return
+        self._loop.create_task(self._connect_and_send(data, address))
+
+    async def _connect_and_send(self, data: bytes, address: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(lambda: SipStream(self), *address)
+        except OSError as exc:
+            self.counters.send_errors += 1
+            log.warning("sip: cannot connect to %s:%d/TCP: %s", *address, exc.strerror)
+            return
+        assert conn.transport is not None
+        conn.transport.write(data)
+
+
+class SipDatagram(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if data.strip(b"\r\n") == b"":
+            return  # keep-alive (RFC 5626 §4.4.1)
+        self.endpoint.received(data, ("UDP", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("sip udp: %s", exc)
+
+
+class SipStream(asyncio.Protocol):
+    """One TCP connection, inbound or outbound; messages are framed by Content-Length."""
+
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+        self.framer = StreamFramer(endpoint.settings.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.endpoint._connections[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            self.endpoint.counters.malformed += 1
+            log.warning("sip tcp %s:%d: %s; closing", *self.peer, exc)
+            self.close()
+            return
+        for message in messages:
+            self.endpoint.received(message, ("TCP", *self.peer))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.endpoint._connections.get(self.peer) is self:
+            del self.endpoint._connections[self.peer]
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,37 @@
+"""Where SIP replies go (RFC 3261 §18.2.2 with RFC 3581 rport), sans-IO.
+
+A phone behind NAT writes its private address in Via. The server notes the address the
+request really came from (``received`` and ``rport``) and answers there, so the reply
+passes back through the same NAT binding.
+"""
+
+from __future__ import annotations
+
+from .message import Headers, Request, Response, bare_host, split_list
+
+
+def stamp_received(request: Request, host: str, port: int) -> None:
+    """Add ``received``/``rport`` to the top Via, as the server transport must (§18.2.1)."""
+    top = request.top_via
+    if "rport" in top.params:
+        top.params["rport"] = str(port)
+        top.params["received"] = host
+    elif bare_host(top.host) != host:
+        top.params["received"] = host
+    else:
+        return
+    items = list(request.headers)
+    at = next(i for i, (name, _) in enumerate(items) if name == "Via")
+    rest = split_list(items[at][1])[1:]
+    items[at] = ("Via", ", ".join([str(top), *rest]))
+    request.headers = Headers(items)
+
+
+def reply_address(response: Response) -> tuple[str, int]:
+    """(host, port) a response over UDP is sent to, from its top Via."""
+    via = response.top_via
+    host = via.params.get("received") or bare_host(via.host)
+    rport = via.params.get("rport")
+    if rport and rport.isdigit():
+        return host, int(rport)
+    return host, via.port or 5060
