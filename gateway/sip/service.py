@@ -111,8 +111,7 @@ class SipService:
             await self._end(call, "gateway shutting down", send_bye=True)
         for client in self.registrations:
             if client.state == "registered":
-                await self._send_and_wait(client.unregister(self.endpoint.now()),
-                                          await self.endpoint.flow_for(client.registrar), 2.0)
+                await self._register(client, client.unregister(self.endpoint.now()), 2.0)
         await asyncio.sleep(0.05)  # let the last BYEs leave
         for task in list(self._tasks):
             task.cancel()
@@ -711,19 +710,23 @@ class SipService:
                 await asyncio.sleep(1.0 if deadline is None
                                     else max(0.05, deadline - loop.time()))
                 continue
-            try:
-                flow = await self.endpoint.flow_for(client.registrar)
-            except EndpointError as exc:
-                client.on_timeout(self.endpoint.now())
-                log.warning("sip registration to %s: %s", client.registrar, exc.strerror)
-                continue
-            request.headers.add("Via", str(self.endpoint.via(flow[0])), first=True)
-            response = await self._send_and_wait(request, flow, 40.0)
+            response = await self._register(client, request, 40.0)
             if response is None:
                 client.on_timeout(self.endpoint.now())
             else:
                 client.on_response(response, self.endpoint.now())
             log.info("sip registration to %s: %s", client.registrar, client.state)
+
+    async def _register(self, client: RegistrationClient, request: Request,
+                        timeout: float) -> Response | None:
+        """Send one REGISTER of ``client`` (None: no final response in time)."""
+        try:
+            flow = await self.endpoint.flow_for(client.registrar)
+        except EndpointError as exc:
+            log.warning("sip registration to %s: %s", client.registrar, exc.strerror)
+            return None
+        request.headers.add("Via", str(self.endpoint.via(flow[0])), first=True)
+        return await self._send_and_wait(request, flow, timeout)
 
     # -- API view ----------------------------------------------------------------------
     def calls_on(self, stream_name: str) -> list[SipCall]:
@@ -731,6 +734,7 @@ class SipService:
 
     def info(self) -> dict[str, Any]:
         counters = self.endpoint.counters
+        self.registrar.expire(self.endpoint.now())
         return {
             "port": self.port,
             "advertised_host": self.endpoint.advertised_host,

@@ -1,0 +1,132 @@
+"""SIPp, a third-party SIP tester, against the gateway: dial-in, OPTIONS, CANCEL, 404,
+retransmitted INVITE, and the gateway registering upstream to a challenging registrar."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+from audio_checks import assert_tone
+from conftest import free_port, need_program
+from peers.sipp import run_sipp, start_sipp
+from sip_phone import decode
+from test_rtp_output import publish_tone
+
+
+async def start(gateway_factory, **sip):
+    return await gateway_factory(sip={"port": 0, **sip}, streams={"declared": ["room"]})
+
+
+def rtp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def collect(sock: socket.socket, seconds: float) -> list[tuple[int, int, int, bytes]]:
+    loop = asyncio.get_running_loop()
+    packets = []
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                data = await loop.sock_recv(sock, 4096)
+                packets.append((data[1] & 0x7F, int.from_bytes(data[2:4], "big"),
+                                int.from_bytes(data[4:8], "big"), data[12:]))
+    except TimeoutError:
+        pass
+    return packets
+
+
+def target(gw) -> str:
+    return f"127.0.0.1:{gw.gateway.sip.port}"
+
+
+async def test_sipp_dials_in_hears_the_stream_for_5_s_and_hangs_up(gateway_factory):
+    need_program("sipp")
+    gw = await start(gateway_factory)
+    pub = await publish_tone(gw, "room", 440)
+    media = rtp_socket()
+    sipp = start_sipp("uac_listen.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM),
+                      keys={"rtp_port": media.getsockname()[1], "listen_ms": 5000})
+    packets = await collect(media, 6.0)
+    result = await sipp
+    assert result.ok, result.describe()
+    assert 240 <= len(packets) <= 260, len(packets)  # 5 s of 20 ms packets
+    seqs = sorted(p[1] for p in packets)
+    assert seqs[-1] - seqs[0] + 1 == len(packets)  # none lost
+    assert_tone(decode(packets)[8000:], 440, rate=8000, min_seconds=3.0)
+    await asyncio.sleep(0.2)
+    assert gw.gateway.sip.calls == {}  # the BYE ended it
+    media.close()
+    await pub.delete()
+
+
+async def test_sipp_options(gateway_factory):
+    need_program("sipp")
+    gw = await start(gateway_factory)
+    result = await run_sipp("uac_options.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM))
+    assert result.ok, result.describe()
+    [ok] = result.responses("OPTIONS")
+    assert ok.status == 200 and "INVITE" in (ok.header("Allow") or "")
+
+
+async def test_sipp_cancel_before_answer_gets_487(gateway_factory):
+    need_program("sipp")
+    gw = await start(gateway_factory, ring_ms=3000)
+    media = rtp_socket()
+    result = await run_sipp("uac_cancel.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM),
+                            keys={"rtp_port": media.getsockname()[1]})
+    assert result.ok, result.describe()
+    assert [m.status for m in result.responses("INVITE")][-1] == 487
+    assert gw.gateway.sip.calls == {} and gw.gateway.sip.ports.in_use == set()
+    assert await collect(media, 0.5) == []  # no media for a call that never connected
+    media.close()
+
+
+async def test_sipp_unknown_stream_gets_404(gateway_factory):
+    need_program("sipp")
+    gw = await start(gateway_factory)
+    result = await run_sipp("uac_unknown.xml", target(gw), service="nosuchstream",
+                            local_port=free_port(socket.SOCK_DGRAM), keys={"rtp_port": 4000})
+    assert result.ok, result.describe()
+    assert gw.gateway.sip.calls == {}
+
+
+async def test_sipp_retransmitted_invite_is_answered_once(gateway_factory):
+    need_program("sipp")
+    gw = await start(gateway_factory)
+    media = rtp_socket()
+    result = await run_sipp("uac_retransmit.xml", target(gw),
+                            local_port=free_port(socket.SOCK_DGRAM),
+                            keys={"rtp_port": media.getsockname()[1], "listen_ms": 1000})
+    assert result.ok, result.describe()
+    assert len(result.remote_tags("INVITE")) == 1
+    assert gw.gateway.sip.stats["calls_total"] == 1
+    media.close()
+
+
+async def test_gateway_registers_upstream_with_digest_and_refreshes_before_expiry(
+    gateway_factory,
+):
+    need_program("sipp")
+    registrar_port = free_port(socket.SOCK_DGRAM)
+    expires = 4
+    registrar = start_sipp(
+        "uas_registrar_401.xml", None, local_port=registrar_port, timeout=20,
+        keys={"user": "gw", "password": "s3cret", "expires": expires},
+        extra=["-recv_timeout", str(expires * 1000)],
+    )
+    await asyncio.sleep(0.5)  # sipp is listening
+    gw = await gateway_factory(sip={"port": 0, "registrations": [{
+        "registrar": f"sip:127.0.0.1:{registrar_port}", "user": "gw", "password": "s3cret",
+        "expires": expires}]})
+    result = await registrar
+    assert result.ok, result.describe()
+    times = [int(m) for m in re.findall(r"^(\d+) ms: REGISTER", result.logs, re.M)]
+    assert len(times) >= 3, result.logs  # challenged, authorized, refreshed
+    refresh_after = (times[-1] - times[1]) / 1000
+    assert 1.0 <= refresh_after < expires, f"refreshed after {refresh_after} s"
+    [client] = gw.gateway.sip.registrations
+    assert client.registrations >= 2
