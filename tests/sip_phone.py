@@ -119,17 +119,32 @@ class Phone:
                 await self.answer(message, 200)
                 return message
 
-    async def answer(self, request: Request, status: int) -> None:
+    async def answer(self, request: Request, status: int, body: str = "",
+                     extra: str = "") -> None:
+        """Respond to the gateway's ``request`` (To gets this phone's tag, except on 100)."""
         vias = "".join(f"Via: {v}\r\n" for v in request.headers.get_all("Via"))
+        to = request.headers.get("To") or ""
+        if status > 100 and ";tag=" not in to:
+            to += f";tag={self.tag}"
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        if "Contact:" not in extra:
+            extra = f"Contact: <sip:{self.user}@127.0.0.1:{self.port}>\r\n{extra}"
         text = (
-            f"SIP/2.0 {status} OK\r\n{vias}"
-            f"From: {request.headers.get('From')}\r\nTo: {request.headers.get('To')}\r\n"
+            f"SIP/2.0 {status} Whatever\r\n{vias}"
+            f"From: {request.headers.get('From')}\r\nTo: {to}\r\n"
             f"Call-ID: {request.call_id}\r\nCSeq: {request.headers.get('CSeq')}\r\n"
-            f"Content-Length: 0\r\n\r\n"
+            f"{extra}{ctype}"
+            f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
         )
         via = request.top_via
-        await self._loop.sock_sendto(self.sip, text.encode(),
-                                     ("127.0.0.1", via.port or 5060))
+        await self._loop.sock_sendto(self.sip, text.encode(), ("127.0.0.1", via.port or 5060))
+
+    async def expect(self, method: str, timeout: float = 5.0) -> Request:
+        """The next request ``method`` the gateway sends (others are skipped)."""
+        while True:
+            message = await self.receive(timeout)
+            if isinstance(message, Request) and message.method == method:
+                return message
 
     # -- media -------------------------------------------------------------------------
     async def collect_rtp(self, seconds: float) -> list[tuple[int, int, int, bytes]]:

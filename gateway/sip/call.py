@@ -70,6 +70,7 @@ class SipCall:
         self.state = "calling" if direction == "out" else "ringing"
         self.status: int | None = None  # last SIP status seen (dial-out)
         self.end_reason = ""
+        self.cancelled = False  # hung up (DELETE, dial timeout) before it was answered
         self.dialog: Dialog | None = None
         self.flow: tuple[str, str, int] | None = None  # where in-dialog requests go
         self.invite_tx: ClientTransaction | ServerTransaction | None = None

@@ -55,7 +55,7 @@ REASONS = {
 TOKEN = re.compile(r"\A[A-Za-z0-9.!%*_+`'~-]+\Z")
 #: Parameter names: token characters plus the extra ones SIP URI parameters allow.
 PARAM_NAME = re.compile(r"[A-Za-z0-9.!%*_+`'~\-\[\]/:&$]+")
-HOSTNAME = re.compile(r"[A-Za-z0-9._-]+")
+HOSTNAME = re.compile(r"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 IPV6_REFERENCE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 VIA = re.compile(r"([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/;]+)\s+(.*)", re.DOTALL)
 BLANK_LINE = re.compile(rb"\r?\n\r?\n")
@@ -672,6 +672,8 @@ class StreamFramer:
 def _content_length(head: bytes) -> int:
     values = []
     for line in LINE_END.split(head)[1:]:
+        if line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation, as parse_message reads it
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
             values.append(value)

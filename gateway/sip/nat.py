@@ -16,8 +16,8 @@ def stamp_received(request: Request, host: str, port: int) -> None:
     if "rport" in top.params:
         top.params["rport"] = str(port)
         top.params["received"] = host
-    elif bare_host(top.host) != host:
-        top.params["received"] = host
+    elif bare_host(top.host) != host or "received" in top.params:
+        top.params["received"] = host  # ours, never one the client wrote itself
     else:
         return
     items = list(request.headers)
@@ -32,6 +32,6 @@ def reply_address(response: Response) -> tuple[str, int]:
     via = response.top_via
     host = via.params.get("received") or bare_host(via.host)
     rport = via.params.get("rport")
-    if rport and rport.isdigit():
+    if rport and rport.isascii() and rport.isdigit() and 0 < int(rport) < 65536:
         return host, int(rport)
     return host, via.port or 5060

@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,7 @@ class SipService:
         self.ports = MediaPorts(config.bind_host, config.rtp_port_min, config.rtp_port_max)
         self.preference = tuple(config.codecs)
         self.calls: dict[str, SipCall] = {}
+        self.ended: deque[SipCall] = deque(maxlen=100)  # recent, so the API can say why
         self._by_dialog: dict[tuple[str, str, str], SipCall] = {}
         self._pending: dict[int, SipCall] = {}  # id(invite server tx) -> call being answered
         self._answering: dict[int, asyncio.Task[Any]] = {}
@@ -120,8 +122,14 @@ class SipService:
     def _spawn(self, coro) -> asyncio.Task[Any]:  # type: ignore[no-untyped-def]
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sip: %s failed", task.get_coro().__qualname__,  # type: ignore[union-attr]
+                      exc_info=task.exception())
 
     @property
     def port(self) -> int:
@@ -451,6 +459,7 @@ class SipService:
         """DELETE of the output, or a listener close: BYE, or CANCEL while calling."""
         if call.state in ("calling", "ringing") and call.direction == "out":
             call.end_reason = reason
+            call.cancelled = True
             if isinstance(call.invite_tx, ClientTransaction):
                 self.endpoint.cancel(call.invite_tx)
             return
@@ -467,6 +476,7 @@ class SipService:
             call.publish_to.detach(call.source)  # type: ignore[arg-type]
         call.stream.remove_listener(call)  # type: ignore[arg-type]
         self.calls.pop(call.id, None)
+        self.ended.append(call)
         if call.dialog is not None:
             self._by_dialog.pop(call.dialog.id, None)
         self.ports.release(call.media)
@@ -577,8 +587,8 @@ class SipService:
                     cseq += 1
                     continue
             break
-        await self._end(call, f"call failed: {call.status} {call.end_reason}".strip(),
-                        send_bye=False)
+        reason = f"{result.status} {result.reason}" if result is not None else "failed"
+        await self._end(call, call.end_reason or reason, send_bye=False)
 
     def _invite(self, request_uri: Uri, target: Uri, local: Address, call_id: str, cseq: int,
                 flow: Flow, body: bytes, auth: list[tuple[str, str]]) -> Request:
@@ -634,6 +644,7 @@ class SipService:
                 remaining = deadline - loop.time()
                 if remaining <= 0 and not cancelled:
                     call.end_reason = call.end_reason or "no answer"
+                    call.cancelled = True
                     self.endpoint.cancel(tx)
                     cancelled = True
                 try:
@@ -655,7 +666,6 @@ class SipService:
                         call.state = "ringing"
                     continue
                 if response.status >= 300:
-                    call.end_reason = call.end_reason or response.reason
                     return response
                 await self._connected(call, invite, response, flow)
                 return None
@@ -673,7 +683,7 @@ class SipService:
         call.dialog = dialog
         ack = dialog.request("ACK", self.endpoint.via(flow[0]), cseq=invite.cseq[0])
         self.endpoint.send_stateless(ack, flow)
-        if call.end_reason:  # DELETE or timeout crossed the 200: hang up at once
+        if call.cancelled:  # DELETE or the dial timeout crossed the 200: hang up at once
             call.state = "active"
             await self._end(call, call.end_reason, send_bye=True)
             return
@@ -729,6 +739,10 @@ class SipService:
         return await self._send_and_wait(request, flow, timeout)
 
     # -- API view ----------------------------------------------------------------------
+    def find_call(self, call_id: str) -> SipCall | None:
+        """A live call, or one that ended recently (its state and end reason stay visible)."""
+        return self.calls.get(call_id) or next((c for c in self.ended if c.id == call_id), None)
+
     def calls_on(self, stream_name: str) -> list[SipCall]:
         return [c for c in self.calls.values() if c.stream.name == stream_name]
 

@@ -178,10 +178,11 @@ def stream_for_io(gw, name: str):  # type: ignore[no-untyped-def]
 def _find(request: web.Request, kind: str):  # type: ignore[no-untyped-def]
     """The stream's output (RTP or SIP call) or input named in the URL, or a 404 problem."""
     gw = gateway_of(request)
-    table: dict[str, Any] = gw.rtp_inputs
-    if kind == "output":
-        table = {**gw.rtp_outputs.outputs, **(gw.sip.calls if gw.sip else {})}
-    item = table.get(request.match_info[kind])
+    key = request.match_info[kind]
+    if kind == "input":
+        item = gw.rtp_inputs.get(key)
+    else:
+        item = gw.rtp_outputs.outputs.get(key) or (gw.sip.find_call(key) if gw.sip else None)
     if item is None or item.stream.name != request.match_info["stream"]:
         raise web.HTTPNotFound(text=f"no such {kind}")
     return item

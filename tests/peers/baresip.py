@@ -1,0 +1,470 @@
+"""Headless baresip as a real SIP phone in tests, driven from asyncio.
+
+    async with Baresip(tmp_path / "phone", sip_port=free_port(socket.SOCK_DGRAM),
+                       rtp_ports=(p, p + 19), audio_source=write_tone_wav(wav, 440, 30)) as phone:
+        call = await phone.dial(f"sip:live@127.0.0.1:{sip_port}", seconds=4)
+    assert call.established, call.describe()
+    samples, rate = read_wav(phone.recorded()[0])
+
+Each instance gets a fresh config directory and is controlled through baresip's ``ctrl_tcp``
+module (netstring JSON over TCP on 127.0.0.1): commands go in, call and registration events
+come back, time-stamped, so tests can wait for "call established" or "registered" instead of
+sleeping, and can measure dial-to-media time. The process runs under asyncio because the
+gateway under test lives in the same event loop.
+
+Measured with baresip 1.0.0 (Debian 12) calling another baresip on 127.0.0.1:
+dial -> CALL_ESTABLISHED ~4 ms, -> CALL_RTPESTAB (first RTP in) ~10 ms; the callee's
+``dump-*-dec.wav`` is the received audio from its first packet on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import time
+import wave
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MODULES = Path("/usr/lib/baresip/modules")
+_STATUS_LINE = re.compile(r"^\[\d+:\d\d:\d\d\] audio=")
+
+
+def write_tone_wav(
+    path: str | Path, freq: float, seconds: float, rate: int = 8000, amplitude: float = 0.5
+) -> Path:
+    """A mono 16-bit sine WAV, so tests need not call sox. baresip's aufile source hangs up
+    at the end of the file: make it longer than the call."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(rate * seconds)) / rate
+    samples = (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Samples (int16, first channel) and rate. Tolerates a header that was never finalized
+    (baresip killed mid-call): then the data after the 44-byte header is taken as is."""
+    path = Path(path)
+    with wave.open(str(path), "rb") as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        frames = w.readframes(w.getnframes())
+    if not frames and path.stat().st_size > 44:
+        frames = path.read_bytes()[44:]
+    if width != 2:
+        raise ValueError(f"{path}: {8 * width}-bit samples, expected 16")
+    data = np.frombuffer(frames[: len(frames) // 2 * 2], "<i2")
+    return data[::channels].copy(), rate
+
+
+def wav_seconds(path: str | Path) -> float:
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes() / w.getframerate()
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Event:
+    """One ctrl_tcp event (``type`` e.g. CALL_ESTABLISHED, REGISTER_OK), with arrival time."""
+
+    t: float  # time.monotonic()
+    type: str
+    data: dict
+
+    @property
+    def param(self) -> str:
+        return str(self.data.get("param", ""))
+
+
+@dataclass
+class CallResult:
+    """What happened to one outgoing call; times are seconds after the dial command."""
+
+    uri: str
+    established: bool
+    close_reason: str  # "Connection reset by user" (we hung up), "...by peer" (BYE), "404 ..."
+    closed_by_peer: bool
+    ringing_after: float | None = None
+    established_after: float | None = None
+    media_after: float | None = None  # first RTP received (CALL_RTPESTAB)
+    closed_after: float | None = None
+    events: list[Event] = field(default_factory=list)
+    log_tail: str = ""
+
+    def describe(self) -> str:
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v * 1000:.0f} ms"
+
+        return (
+            f"call to {self.uri}: established={self.established} ringing={fmt(self.ringing_after)}"
+            f" established={fmt(self.established_after)} media={fmt(self.media_after)}"
+            f" closed={fmt(self.closed_after)} ({self.close_reason!r})\n"
+            f"events: {[e.type for e in self.events]}\nbaresip log tail:\n{self.log_tail}"
+        )
+
+
+class Baresip:
+    """One headless baresip process with its own config directory under ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        sip_port: int,
+        rtp_ports: tuple[int, int],
+        audio_source: str | Path,
+        user: str = "caller",
+        answer: bool = False,
+        registrar: str | None = None,
+        auth_user: str | None = None,
+        auth_pass: str | None = None,
+        regint: int = 3600,
+        codecs: Sequence[str] = ("PCMU/8000/1", "PCMA/8000/1"),
+        account_params: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
+        sip_trace: bool = False,
+    ) -> None:
+        """``answer``: auto-answer incoming calls (a callee).
+        ``registrar``: ``host:port`` to REGISTER to (the AOR becomes user@registrar, which is
+        also where the REGISTER goes); without it the account never registers (regint=0).
+        ``sip_trace``: baresip -s, every SIP message in the log."""
+        self.dir = Path(workdir)
+        self.sip_port = sip_port
+        self.rtp_ports = rtp_ports
+        self.audio_source = Path(audio_source)
+        self.user = user
+        self.answer = answer
+        self.registrar = registrar
+        self.auth_user = auth_user
+        self.auth_pass = auth_pass
+        self.regint = regint
+        self.codecs = list(codecs)
+        self.account_params = list(account_params)
+        self.extra_config = list(extra_config)
+        self.sip_trace = sip_trace
+        self.ctrl_port = _free_tcp_port()
+        self.rec_dir = self.dir / "rec"
+        self.lines: list[tuple[float, str]] = []  # (monotonic time, stdout line)
+        self.events: list[Event] = []
+        self.started_at: float | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._ctrl_task: asyncio.Task | None = None
+        self._ctrl_closed = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._responses: dict[str, asyncio.Future[dict]] = {}
+        self._changed = asyncio.Condition()
+        self._token = 0
+
+    # -- configuration ----------------------------------------------------------------------
+
+    @property
+    def aor(self) -> str:
+        host = self.registrar or "127.0.0.1"
+        return f"sip:{self.user}@{host}"
+
+    def account_line(self) -> str:
+        params = [f"audio_codecs={','.join(self.codecs)}"]
+        if self.answer:
+            params.append("answermode=auto")
+        if self.registrar:
+            params.append(f"regint={self.regint}")
+        else:
+            params.append("regint=0")
+        if self.auth_pass is not None:
+            params.append(f"auth_user={self.auth_user or self.user}")
+            params.append(f"auth_pass={self.auth_pass}")
+        params += self.account_params
+        return f"<{self.aor}>;" + ";".join(params)
+
+    def write_config(self) -> None:
+        """config, accounts, contacts and an empty uuid, as in ../shared/peers.md, except the
+        audio player: ALSA's "null" device does not pace, so each baresip burnt ~90% of a core
+        during a call; aubridge (a paced in-process device) costs ~1.5%."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rec_dir.mkdir(exist_ok=True)
+        lo, hi = self.rtp_ports
+        config = [
+            f"sip_listen 127.0.0.1:{self.sip_port}",
+            "net_interface 127.0.0.1",  # else the SDP advertises the other interface
+            "audio_player aubridge,sink",
+            "audio_alert aubridge,sink",
+            f"audio_source aufile,{self.audio_source}",
+            "ausrc_srate 8000",
+            "ausrc_channels 1",
+            f"rtp_ports {lo}-{hi}",
+            f"module_path {MODULES}",
+            "module g711.so",
+            "module sndfile.so",  # dump-*-dec.wav (received) and dump-*-enc.wav (sent)
+            "module aufile.so",
+            "module aubridge.so",
+            "module_tmp uuid.so",
+            "module_tmp account.so",
+            "module_app menu.so",  # the /dial, /hangup... commands
+            "module_app ctrl_tcp.so",
+            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
+            f"snd_path {self.rec_dir}",
+            *self.extra_config,
+        ]
+        (self.dir / "config").write_text("\n".join(config) + "\n")
+        (self.dir / "accounts").write_text(self.account_line() + "\n")
+        (self.dir / "contacts").write_text("")
+        (self.dir / "uuid").write_text("")
+
+    # -- process ----------------------------------------------------------------------------
+
+    async def start(self, *, seconds: float | None = None, commands: Iterable[str] = ()) -> None:
+        """Start baresip and connect to its control socket. ``seconds``: baresip -t, it quits
+        (hanging up with BYE) after that long, a safety net for a test that stops early.
+        ``commands``: baresip -e, run at start-up before we are connected (no events)."""
+        if self.proc is not None:
+            raise RuntimeError("already started")
+        self.write_config()
+        cmd = ["baresip", "-f", str(self.dir)]
+        if self.sip_trace:
+            cmd.append("-s")
+        for c in commands:
+            cmd += ["-e", c]
+        if seconds is not None:
+            cmd += ["-t", str(max(1, round(seconds)))]
+        self.started_at = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=self.dir,
+        )
+        self._tasks.append(asyncio.create_task(self._read_stdout()))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                reader, self._writer = await asyncio.open_connection("127.0.0.1", self.ctrl_port)
+                break
+            except OSError:
+                if self.proc.returncode is not None or time.monotonic() > deadline:
+                    await self.stop()
+                    message = f"baresip control socket never came up:\n{self.log}"
+                    raise RuntimeError(message) from None
+                await asyncio.sleep(0.02)
+        self._ctrl_task = asyncio.create_task(self._read_ctrl(reader))
+        self._tasks.append(self._ctrl_task)
+
+    async def _read_stdout(self) -> None:
+        assert self.proc and self.proc.stdout
+        pending = b""
+        while chunk := await self.proc.stdout.read(4096):
+            pending += chunk
+            *done, pending = re.split(rb"[\r\n]", pending)
+            now = time.monotonic()
+            for raw in done:
+                line = raw.decode(errors="replace").rstrip()
+                if line and not _STATUS_LINE.match(line):
+                    self.lines.append((now, line))
+        if pending.strip():
+            self.lines.append((time.monotonic(), pending.decode(errors="replace")))
+
+    async def _read_ctrl(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                size = await reader.readuntil(b":")
+                payload = await reader.readexactly(int(size[:-1]))
+                await reader.readexactly(1)  # the netstring's trailing ","
+                message = json.loads(payload)
+                if message.get("event"):
+                    async with self._changed:
+                        self.events.append(
+                            Event(time.monotonic(), message.get("type", ""), message)
+                        )
+                        self._changed.notify_all()
+                elif message.get("response"):
+                    future = self._responses.pop(str(message.get("token")), None)
+                    if future and not future.done():
+                        future.set_result(message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            async with self._changed:
+                self._ctrl_closed = True
+                self._changed.notify_all()
+
+    async def command(self, command: str, params: str | None = None, timeout: float = 5) -> dict:
+        """A menu command without its slash (``dial``, ``hangup``, ``quit``, ``reginfo``...);
+        returns baresip's response (``ok``, ``data``)."""
+        if self._writer is None:
+            raise RuntimeError("not started")
+        self._token += 1
+        token = str(self._token)
+        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._responses[token] = future
+        body: dict[str, str] = {"command": command, "token": token}
+        if params is not None:
+            body["params"] = params
+        data = json.dumps(body).encode()
+        self._writer.write(b"%d:%s," % (len(data), data))
+        await self._writer.drain()
+        return await asyncio.wait_for(future, timeout)
+
+    async def wait_event(
+        self, *types: str, timeout: float = 10, after: float | None = None
+    ) -> Event:
+        """The first event of one of ``types`` that arrived after ``after`` (monotonic time;
+        default: any time since start). Raises TimeoutError with the log."""
+        since = self.started_at if after is None else after
+
+        def match() -> Event | None:
+            return next((e for e in self.events if e.type in types and e.t >= since), None)
+
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    while (found := match()) is None:
+                        if self._ctrl_task is None or self._ctrl_closed:
+                            break  # not started, or baresip has exited: nothing more will come
+                        await self._changed.wait()
+        except TimeoutError:
+            found = None
+        if found is None:
+            raise TimeoutError(f"no {'/'.join(types)} event within {timeout} s:\n{self.log}")
+        return found
+
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit (e.g. after -t); its exit code."""
+        assert self.proc is not None
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return code
+
+    async def stop(self, timeout: float = 5) -> int | None:
+        """Quit cleanly (calls get a BYE and the WAV headers get written); kill if stuck."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None and self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self.command("quit", timeout=2)
+        if self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.terminate()
+                try:
+                    await asyncio.wait_for(self.proc.wait(), 2)
+                except TimeoutError:
+                    self.proc.kill()
+                    await self.proc.wait()
+        if self._writer is not None:
+            self._writer.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return self.proc.returncode
+
+    async def __aenter__(self) -> Baresip:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what tests use ---------------------------------------------------------------------
+
+    async def register(self, timeout: float = 10) -> Event:
+        """Start (if needed) and wait until the registrar answered 200 (REGISTER_OK)."""
+        if not self.registrar:
+            raise ValueError("no registrar configured")
+        if self.proc is None:
+            await self.start()
+        event = await self.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=timeout)
+        if event.type != "REGISTER_OK":
+            raise AssertionError(f"registration failed: {event.param}\n{self.log}")
+        return event
+
+    async def dial(self, uri: str, seconds: float, *, answer_timeout: float = 10) -> CallResult:
+        """Call ``uri``, stay ``seconds`` after it is answered, hang up (BYE), quit baresip.
+        Returns early if the call fails or the peer hangs up. Starts baresip if needed."""
+        if wav_seconds(self.audio_source) < seconds + 1:
+            raise ValueError(f"{self.audio_source} is shorter than the call: baresip would hang up")
+        if self.proc is None:
+            await self.start(seconds=seconds + answer_timeout + 10)
+        dialled = time.monotonic()
+        await self.command("dial", uri)
+        answer = await self.wait_event(
+            "CALL_ESTABLISHED", "CALL_CLOSED", timeout=answer_timeout, after=dialled
+        )
+        if answer.type == "CALL_ESTABLISHED":
+            with contextlib.suppress(TimeoutError):
+                await self.wait_event("CALL_CLOSED", timeout=seconds, after=dialled)
+            if not self._find("CALL_CLOSED", dialled):
+                await self.command("hangup")
+            with contextlib.suppress(TimeoutError):
+                await self.wait_event("CALL_CLOSED", timeout=5, after=dialled)
+        await self.stop()
+        return self.call_result(uri, dialled)
+
+    async def serve(self, seconds: float) -> Baresip:
+        """Auto-answer incoming calls for up to ``seconds`` (then baresip quits, hanging up).
+        Returns self: ``await phone.wait_event("CALL_ESTABLISHED")``, ``await phone.wait()``
+        or ``await phone.stop()``."""
+        self.answer = True
+        await self.start(seconds=seconds)
+        return self
+
+    async def register_and_dial(
+        self, uri: str, seconds: float, *, register_timeout: float = 10
+    ) -> CallResult:
+        """REGISTER first (waiting for the 200, challenges included), then dial."""
+        if self.proc is None:
+            await self.start(seconds=register_timeout + seconds + 20)
+        await self.register(timeout=register_timeout)
+        return await self.dial(uri, seconds)
+
+    def _find(self, type_: str, after: float) -> Event | None:
+        return next((e for e in self.events if e.type == type_ and e.t >= after), None)
+
+    def call_result(self, uri: str, dialled: float) -> CallResult:
+        def after(type_: str) -> float | None:
+            e = self._find(type_, dialled)
+            return None if e is None else e.t - dialled
+
+        closed = self._find("CALL_CLOSED", dialled)
+        reason = closed.param if closed else ""
+        return CallResult(
+            uri=uri,
+            established=self._find("CALL_ESTABLISHED", dialled) is not None,
+            close_reason=reason,
+            closed_by_peer="by peer" in reason,
+            ringing_after=after("CALL_RINGING"),
+            established_after=after("CALL_ESTABLISHED"),
+            media_after=after("CALL_RTPESTAB"),
+            closed_after=after("CALL_CLOSED"),
+            events=[e for e in self.events if e.t >= dialled],
+            log_tail="\n".join(line for _, line in self.lines[-25:]),
+        )
+
+    def recorded(self) -> list[Path]:
+        """Received audio, one WAV per call (sndfile's dump-<date-time>-dec.wav). Two calls
+        that start in the same second on one instance share a name: use one per call."""
+        return sorted(self.rec_dir.glob("dump-*-dec.wav"))
+
+    def sent(self) -> list[Path]:
+        """What baresip sent (after its encoder input filters): dump-*-enc.wav."""
+        return sorted(self.rec_dir.glob("dump-*-enc.wav"))
+
+    @property
+    def log(self) -> str:
+        """baresip's output (status lines dropped), with seconds since start."""
+        t0 = self.started_at or 0
+        return "\n".join(f"{t - t0:7.3f} {line}" for t, line in self.lines)

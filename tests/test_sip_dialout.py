@@ -1,0 +1,158 @@
+"""Dial-out through the outputs API, against a scripted phone that answers as told:
+ringing, answer, redirect, digest challenge, busy, no answer, hang-up by DELETE."""
+
+from __future__ import annotations
+
+import asyncio
+
+from audio_checks import assert_tone
+from sip_phone import Phone, decode, sdp_offer
+from test_rtp_output import api, publish_tone
+
+from gateway.sip.digest import DigestServer, parse_credentials
+
+
+async def start(gateway_factory, **sip):
+    return await gateway_factory(sip={"port": 0, **sip}, streams={"declared": ["room"]})
+
+
+async def dial(gw, uri: str, **extra) -> dict:
+    status, body = await api(gw, "POST", "/api/v1/streams/room/outputs",
+                             {"type": "sip", "uri": uri, **extra})
+    assert status == 201, body
+    return body
+
+
+async def state_of(gw, call_id: str) -> dict:
+    status, body = await api(gw, "GET", f"/api/v1/streams/room/outputs/{call_id}")
+    assert status == 200, body
+    return body
+
+
+async def test_dial_out_plays_the_stream_and_delete_hangs_up_with_bye(gateway_factory):
+    gw = await start(gateway_factory)
+    pub = await publish_tone(gw, "room", 440)
+    phone = Phone(gw.gateway.sip.port, "alice")
+    call = await dial(gw, f"sip:alice@127.0.0.1:{phone.port}")
+    assert call["state"] == "calling" and call["direction"] == "out"
+    invite = await phone.expect("INVITE")
+    assert b"m=audio" in invite.body and b"PCMU/8000" in invite.body
+    await phone.answer(invite, 180)
+    await asyncio.sleep(0.2)
+    assert (await state_of(gw, call["id"]))["state"] == "ringing"
+    await phone.answer(invite, 200, sdp_offer(phone.rtp_port, "0 101"))
+    ack = await phone.expect("ACK")
+    assert ack.cseq == (invite.cseq[0], "ACK")
+    packets = await phone.collect_rtp(2.0)
+    assert_tone(decode(packets)[4000:], 440, rate=8000, min_seconds=1.0)
+    info = await state_of(gw, call["id"])
+    assert info["state"] == "active" and info["codec"] == "PCMU" and info["packets"] > 50
+    status, _ = await api(gw, "DELETE", f"/api/v1/streams/room/outputs/{call['id']}")
+    assert status == 204
+    bye = await phone.expect("BYE")
+    await phone.answer(bye, 200)
+    assert bye.call_id == invite.call_id
+    ended = await state_of(gw, call["id"])
+    assert ended["state"] == "ended" and "API" in ended["end_reason"]
+    await pub.delete()
+    phone.close()
+
+
+async def test_dial_out_follows_a_redirect_and_answers_a_digest_challenge(gateway_factory):
+    gw = await start(gateway_factory, credentials=[{"realm": "pbx", "user": "gw",
+                                                     "password": "s3cret"}])
+    pub = await publish_tone(gw, "room", 440)
+    front = Phone(gw.gateway.sip.port, "front")
+    alice = Phone(gw.gateway.sip.port, "alice")
+    call = await dial(gw, f"sip:front@127.0.0.1:{front.port}")
+    first = await front.expect("INVITE")
+    await front.answer(first, 302, extra=f"Contact: <sip:alice@127.0.0.1:{alice.port}>\r\n")
+    await front.expect("ACK")
+    second = await alice.expect("INVITE")
+    assert second.uri.user == "alice" and second.call_id == first.call_id
+    server = DigestServer("pbx", b"0123456789abcdef0123456789abcdef")
+    now = 1000.0
+    challenge = server.challenges(now)[-1]  # MD5
+    await alice.answer(second, 407, extra=f"Proxy-Authenticate: {challenge}\r\n")
+    await alice.expect("ACK")
+    third = await alice.expect("INVITE")
+    credentials = parse_credentials(third.headers.get("Proxy-Authorization") or "")
+    assert server.verify(credentials, "INVITE", lambda user: "s3cret" if user == "gw" else None,
+                         now + 1).ok
+    assert third.cseq[0] > second.cseq[0]
+    await alice.answer(third, 200, sdp_offer(alice.rtp_port, "8"))
+    await alice.expect("ACK")
+    assert_tone(decode(await alice.collect_rtp(1.5), pt=8)[2000:], 440, rate=8000,
+                min_seconds=1.0)
+    info = await state_of(gw, call["id"])
+    assert info["state"] == "active" and info["uri"].startswith("sip:front@")
+    await pub.delete()
+    front.close()
+    alice.close()
+
+
+async def test_dial_out_busy_is_reported(gateway_factory):
+    gw = await start(gateway_factory)
+    phone = Phone(gw.gateway.sip.port)
+    call = await dial(gw, f"sip:bob@127.0.0.1:{phone.port}")
+    invite = await phone.expect("INVITE")
+    await phone.answer(invite, 486)
+    await phone.expect("ACK")
+    await asyncio.sleep(0.1)
+    info = await state_of(gw, call["id"])
+    assert info["state"] == "ended" and info["status"] == 486
+    assert gw.gateway.sip.ports.in_use == set()
+    phone.close()
+
+
+async def test_unanswered_dial_out_is_cancelled_at_its_timeout(gateway_factory):
+    gw = await start(gateway_factory)
+    phone = Phone(gw.gateway.sip.port)
+    call = await dial(gw, f"sip:bob@127.0.0.1:{phone.port}", timeout_s=1.5)
+    invite = await phone.expect("INVITE")
+    await phone.answer(invite, 180)
+    cancel = await phone.expect("CANCEL", timeout=4.0)
+    assert cancel.top_via.branch == invite.top_via.branch
+    await phone.answer(cancel, 200)
+    await phone.answer(invite, 487)
+    await phone.expect("ACK")
+    await asyncio.sleep(0.1)
+    info = await state_of(gw, call["id"])
+    assert info["state"] == "ended" and info["end_reason"] == "no answer"
+    phone.close()
+
+
+async def test_delete_while_ringing_cancels_and_a_crossing_200_gets_ack_and_bye(gateway_factory):
+    gw = await start(gateway_factory)
+    phone = Phone(gw.gateway.sip.port)
+    call = await dial(gw, f"sip:bob@127.0.0.1:{phone.port}")
+    invite = await phone.expect("INVITE")
+    await phone.answer(invite, 180)
+    await asyncio.sleep(0.1)
+    status, _ = await api(gw, "DELETE", f"/api/v1/streams/room/outputs/{call['id']}")
+    assert status == 204
+    cancel = await phone.expect("CANCEL")
+    await phone.answer(cancel, 200)
+    # The phone answered just before it saw the CANCEL: the 200 crosses it.
+    await phone.answer(invite, 200, sdp_offer(phone.rtp_port, "0"))
+    await phone.expect("ACK")
+    bye = await phone.expect("BYE")
+    await phone.answer(bye, 200)
+    assert gw.gateway.sip.calls == {}
+
+
+async def test_dial_out_bad_requests(gateway_factory):
+    gw = await start(gateway_factory)
+    cases = [
+        ({"type": "sip"}, "uri"),
+        ({"type": "sip", "uri": "mailto:x@y"}, "uri"),
+        ({"type": "sip", "uri": "sip:x@no-such-host.invalid"}, "uri"),
+        ({"type": "sip", "uri": "nobody"}, "uri"),  # not a registered user
+        ({"type": "sip", "uri": "sip:a@127.0.0.1", "timeout_s": 0}, "timeout_s"),
+        ({"type": "sip", "uri": "sip:a@127.0.0.1", "codec": "PCMU"}, "codec"),
+    ]
+    for body, field in cases:
+        status, problem = await api(gw, "POST", "/api/v1/streams/room/outputs", body)
+        assert status == 400, (body, problem)
+        assert problem["errors"][0]["field"] == field, (body, problem)
+    assert gw.gateway.sip.calls == {}
