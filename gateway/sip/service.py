@@ -87,7 +87,8 @@ class SipService:
         self.calls: dict[str, SipCall] = {}
         self.ended: deque[SipCall] = deque(maxlen=100)  # recent, so the API can say why
         self._by_dialog: dict[tuple[str, str, str], SipCall] = {}
-        self._pending: dict[int, SipCall] = {}  # id(invite server tx) -> call being answered
+        #: id(invite server tx) -> (call being answered, the To tag its 180 carried)
+        self._pending: dict[int, tuple[SipCall, str]] = {}
         self._answering: dict[int, asyncio.Task[Any]] = {}
         self._responses: dict[int, asyncio.Queue[Response | None]] = {}  # client tx waiters
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -109,8 +110,9 @@ class SipService:
 
     async def stop(self) -> None:
         """Hang up every call with BYE and unregister, then close the sockets."""
-        for call in list(self.calls.values()):
-            await self._end(call, "gateway shutting down", send_bye=True)
+        ending = [self._end(c, "gateway shutting down", send_bye=True) for c in self.calls.values()]
+        if ending:
+            await asyncio.wait([asyncio.ensure_future(e) for e in ending], timeout=5.0)
         for client in self.registrations:
             if client.state == "registered":
                 await self._register(client, client.unregister(self.endpoint.now()), 2.0)
@@ -255,8 +257,8 @@ class SipService:
         call.hangup_handler = self._hangup
         media.on_digit = lambda digit: self._on_digit(call, digit)
         media.on_latch = call.latched
-        self._pending[id(tx)] = call
         local_tag = new_tag()
+        self._pending[id(tx)] = (call, local_tag)
         try:
             if self.config.ring_ms > 0:
                 self._reply(tx, invite, 180, to_tag=local_tag)
@@ -319,13 +321,13 @@ class SipService:
 
     def _on_cancel(self, tx: ServerTransaction) -> None:
         task = self._answering.get(id(tx))
-        call = self._pending.pop(id(tx), None)
+        pending = self._pending.pop(id(tx), None)
         if task is None or task.done():
             return  # already answered: the CANCEL changes nothing (RFC 3261 §9.2)
         task.cancel()
-        if call is not None:
-            self.ports.release(call.media)
-        self._reply(tx, tx.request, 487)
+        if pending is not None:
+            self.ports.release(pending[0].media)
+        self._reply(tx, tx.request, 487, to_tag=pending[1] if pending else None)
         log.info("sip: call to %s cancelled before answer", tx.request.uri)
 
     def _on_timeout(self, tx: ServerTransaction | ClientTransaction) -> None:
@@ -493,8 +495,8 @@ class SipService:
             for call in list(self.calls.values()):
                 if call.state == "active" and call.media.idle_for() > self.config.rtp_timeout_s:
                     self.stats["rtp_timeouts"] += 1
-                    await self._end(call, f"no RTP from the phone for "
-                                          f"{self.config.rtp_timeout_s:g} s", send_bye=True)
+                    self._spawn(self._end(call, f"no RTP from the phone for "
+                                                f"{self.config.rtp_timeout_s:g} s", send_bye=True))
 
     # -- client transactions -------------------------------------------------------------
     async def _send_and_wait(self, request: Request, flow: Flow,

@@ -41,6 +41,14 @@ async def stats(request: web.Request) -> web.StreamResponse:
     return web.json_response(gateway_of(request).stats())
 
 
+async def sip_status(request: web.Request) -> web.StreamResponse:
+    sip = gateway_of(request).sip
+    if sip is None:
+        return web.json_response({"enabled": False})
+    return web.json_response({"enabled": True, **sip.info(),
+                              "active_calls": [c.info() for c in sip.calls.values()]})
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -51,4 +59,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/sessions", list_sessions)
     app.router.add_delete("/api/v1/sessions/{session}", delete_session)
     app.router.add_get("/api/v1/stats", stats)
+    app.router.add_get("/api/v1/sip", sip_status)
     app.router.add_get("/healthz", healthz)
