@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 import sys
 
@@ -39,6 +40,13 @@ def test_file_then_overrides(tmp_path):
         ("[webrtc]\nopus_bitrate = 1\n", "webrtc.opus_bitrate"),
         ("[http\n", "not valid TOML"),
         ('[webrtc]\nice_servers = [{url = "stun:x"}]\n', "'webrtc.ice_servers[0].urls'"),
+        ('[sip]\ncodecs = ["GSM"]\n', "'sip.codecs'"),
+        ('[sip]\nroutes = [{match = "a", listen = "b", pubish = "c"}]\n', "'sip.routes[0].pubish'"),
+        ('[sip]\nroutes = [{match = "(", listen = "b"}]\n', "'sip.routes[0].match'"),
+        ('[sip]\nregistrations = [{registrar = "sip:x", user = "u"}]\n',
+         "'sip.registrations[0].password'"),
+        ("[sip]\nrtp_port_min = 30000\nrtp_port_max = 20000\n", "sip.rtp_port_min"),
+        ('[sip]\ntransports = ["sctp"]\n', "'sip.transports'"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, words):
@@ -96,6 +104,21 @@ async def test_serve_starts_and_answers(tmp_path):
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.1)
         assert body == {"streams": []}
+        # the embedded defaults answer SIP on 5060 too (README: scripts/run)
+        loop = asyncio.get_running_loop()
+        sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sip.bind(("127.0.0.1", 0))
+        sip.setblocking(False)
+        local = sip.getsockname()[1]
+        options = (
+            f"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{local};"
+            "branch=z9hG4bKcli\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
+            "Call-ID: cli\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        await loop.sock_sendto(sip, options.encode(), ("127.0.0.1", 5060))
+        reply = await asyncio.wait_for(loop.sock_recv(sip, 4096), 5)
+        sip.close()
+        assert reply.startswith(b"SIP/2.0 200")
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
