@@ -115,6 +115,10 @@ class SipConfig:
     users: dict[str, str] = field(default_factory=dict)
     #: Challenge INVITEs too (digest with `users`); OPTIONS are always answered.
     auth_calls: bool = False
+    #: Digest algorithms challenged with, one WWW-Authenticate each. MD5 alone by default:
+    #: some phones (baresip 1.0) cannot handle two challenges; add "SHA-256" first for
+    #: phones that can (RFC 7616).
+    digest_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
     #: Upstream registrations: [{registrar = "sip:pbx.example.org", user = "gw",
     #: password = "...", expires = 300}] (optional: aor, contact_user, username).
     registrations: list[dict] = field(default_factory=list)
@@ -220,6 +224,8 @@ def validate_sip(sip: SipConfig) -> None:
             raise ConfigError(f"unknown configuration key 'sip.credentials[{i}].{min(unknown)}'")
         if not isinstance(cred.get("user"), str) or not isinstance(cred.get("password"), str):
             raise ConfigError(f"'sip.credentials[{i}]' needs 'user' and 'password'")
+    if not sip.digest_algorithms or set(sip.digest_algorithms) - {"MD5", "SHA-256"}:
+        raise ConfigError("configuration key 'sip.digest_algorithms' must list MD5 and/or SHA-256")
     if sip.max_calls < 1:
         raise ConfigError("configuration key 'sip.max_calls' must be at least 1")
 

@@ -17,7 +17,14 @@ SRC = ("198.51.100.7", 40123)
 
 def make_registrar(**kwargs) -> Registrar:
     users = kwargs.pop("users", {"alice": "wonderland", "bob": "builder"})
+    kwargs.setdefault("algorithms", ("SHA-256", "MD5"))  # both, so both are exercised
     return Registrar(REALM, users, SECRET, **kwargs)
+
+
+def test_default_challenge_is_md5_alone() -> None:
+    """baresip 1.0 fails on a second WWW-Authenticate header, whatever its order."""
+    registrar = Registrar(REALM, {"alice": "x"}, SECRET)
+    assert [c.algorithm for c in registrar.digest.challenges(0.0)] == ["MD5"]
 
 
 def register(

@@ -116,6 +116,7 @@ class Registrar:
         max_expires: int = 3600,
         default_expires: int = 3600,
         max_bindings_per_user: int = 10,
+        algorithms: tuple[str, ...] = ("MD5",),
     ) -> None:
         if not 0 < min_expires <= max_expires:
             raise ValueError(f"need 0 < min_expires <= max_expires, got {min_expires}, "
@@ -129,7 +130,9 @@ class Registrar:
         # The default applies to contacts that did not ask: it must never earn them a 423.
         self.default_expires = min(max(int(default_expires), self.min_expires), self.max_expires)
         self.max_bindings_per_user = int(max_bindings_per_user)
-        self.digest = DigestServer(realm, secret)
+        #: One challenge per algorithm; MD5 alone by default: some phones (baresip 1.0)
+        #: fail on a second WWW-Authenticate header whatever its order.
+        self.digest = DigestServer(realm, secret, algorithms=algorithms)
         self._bindings: dict[str, list[Binding]] = {}
 
     # -- queries ---------------------------------------------------------------------------

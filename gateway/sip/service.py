@@ -92,7 +92,8 @@ class SipService:
         self._answering: dict[int, asyncio.Task[Any]] = {}
         self._responses: dict[int, asyncio.Queue[Response | None]] = {}  # client tx waiters
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.registrar = Registrar(config.realm, dict(config.users), secrets.token_bytes(32))
+        self.registrar = Registrar(config.realm, dict(config.users), secrets.token_bytes(32),
+                                   algorithms=tuple(config.digest_algorithms))
         self.registrations: list[RegistrationClient] = []
         self.stats: dict[str, int] = {
             "calls_total": 0, "calls_refused": 0, "rtp_timeouts": 0, "dial_outs": 0,
