@@ -248,3 +248,64 @@ async def test_unusable_offers_get_488_and_leave_nothing_behind(gateway_factory,
     await phone.send(phone.request("ACK", "room", cseq=1))
     assert gw.gateway.sip.calls == {} and gw.gateway.sip.ports.in_use == set()
     phone.close()
+
+
+async def test_wideband_codecs_when_the_phone_offers_them(gateway_factory):
+    from gateway.codecs.spec import G722, OPUS
+    from gateway.codecs.transcode import make_decoder
+
+    gw = await start(gateway_factory)
+    pub = await publish_tone(gw, "room", 440)
+    for formats, spec, rtpmap in (("0 9 101", G722, b"G722/8000"),
+                                  ("0 111", OPUS, b"opus/48000/2")):
+        phone = Phone(gw.gateway.sip.port)
+        answer = await phone.invite("room", formats=formats)
+        assert answer.status == 200 and rtpmap in answer.body, answer.body
+        packets = sorted(await phone.collect_rtp(1.5), key=lambda p: p[1])
+        decoder = make_decoder(spec)
+        pcm = np.concatenate([decoder.decode(p[3]) for p in packets if p[0] == spec.payload_type])
+        assert_tone(pcm[9600:], 440, min_seconds=1.0)  # decoded at 48 kHz
+        await phone.bye("room")
+        phone.close()
+    await pub.delete()
+
+
+async def test_calls_on_one_stream_and_codec_share_one_encoder(gateway_factory):
+    gw = await start(gateway_factory)
+    pub = await publish_tone(gw, "room", 440)
+    phones = [Phone(gw.gateway.sip.port, f"p{i}") for i in range(6)]
+    for phone in phones:
+        assert (await phone.invite("room", formats="0")).status == 200
+    status, stream = await api(gw, "GET", "/api/v1/streams/room")
+    pcmu = [e for e in stream["encoders"] if e["codec"] == "PCMU"]
+    assert len(pcmu) == 1, stream["encoders"]  # six calls, one encoder
+    assert stream["listeners_by_kind"]["sip"] == 6
+    for phone in phones:
+        assert_tone(decode(await phone.collect_rtp(0.6)), 440, rate=8000, min_seconds=0.5)
+        phone.close()
+    await pub.delete()
+
+
+async def test_advertised_address_is_what_sdp_and_contact_say(gateway_factory):
+    gw = await start(gateway_factory, advertised_host="192.0.2.10")
+    phone = Phone(gw.gateway.sip.port)
+    answer = await phone.invite("quiet")
+    assert answer.status == 200
+    assert b"c=IN IP4 192.0.2.10" in answer.body
+    assert answer.contact is not None and answer.contact.uri.host == "192.0.2.10"
+    # bound to loopback all the same: the phone still gets its RTP (from 127.0.0.1)
+    assert len(await phone.collect_rtp(0.5)) > 10
+    phone.close()
+
+
+async def test_sip_info_dtmf_is_received(gateway_factory):
+    gw = await start(gateway_factory)
+    phone = Phone(gw.gateway.sip.port)
+    assert (await phone.invite("quiet")).status == 200
+    body = "Signal=5\r\nDuration=160\r\n"
+    await phone.send(phone.request("INFO", "quiet", body, in_dialog=True).replace(
+        b"application/sdp", b"application/dtmf-relay"))
+    assert (await phone.final()).status == 200
+    [call] = gw.gateway.sip.calls.values()
+    assert [d["digit"] for d in call.digits] == ["5"]
+    phone.close()

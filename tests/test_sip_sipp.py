@@ -130,3 +130,20 @@ async def test_gateway_registers_upstream_with_digest_and_refreshes_before_expir
     assert 1.0 <= refresh_after < expires, f"refreshed after {refresh_after} s"
     [client] = gw.gateway.sip.registrations
     assert client.registrations >= 2
+
+
+async def test_sipp_dials_in_over_tcp(gateway_factory):
+    need_program("sipp")
+    gw = await start(gateway_factory)
+    pub = await publish_tone(gw, "room", 440)
+    media = rtp_socket()
+    sipp = start_sipp("uac_listen.xml", target(gw), local_port=free_port(),
+                      keys={"rtp_port": media.getsockname()[1], "listen_ms": 2000},
+                      extra=["-t", "t1"])
+    packets = await collect(media, 3.0)
+    result = await sipp
+    assert result.ok, result.describe()
+    assert "TCP message sent" in result.trace
+    assert_tone(decode(packets)[4000:], 440, rate=8000, min_seconds=1.0)
+    media.close()
+    await pub.delete()
