@@ -309,3 +309,15 @@ async def test_sip_info_dtmf_is_received(gateway_factory):
     [call] = gw.gateway.sip.calls.values()
     assert [d["digit"] for d in call.digits] == ["5"]
     phone.close()
+
+
+async def test_offerless_reinvite_gets_the_current_sdp_and_keeps_the_call(gateway_factory):
+    gw = await start(gateway_factory)
+    phone = Phone(gw.gateway.sip.port)
+    first = await phone.invite("quiet")
+    await phone.send(phone.request("INVITE", "quiet", in_dialog=True))
+    refresh = await phone.final()
+    assert refresh.status == 200 and refresh.body == first.body
+    await phone.ack("quiet", refresh)
+    assert len(gw.gateway.sip.calls) == 1 and len(await phone.collect_rtp(0.5)) > 10
+    phone.close()

@@ -77,6 +77,7 @@ class SipCall:
         self.codec: CodecSpec | None = None
         self.payload_type: int | None = None
         self.on_hold = False
+        self.local_sdp = ""  # our last SDP (offer or answer), for offerless re-INVITEs
         self.sdp_session = secrets.randbits(31)
         self.sdp_version = 1
         self.started = time.time()

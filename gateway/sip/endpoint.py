@@ -51,6 +51,7 @@ class EndpointSettings:
     rate_per_s: float = 50.0
     rate_burst: int = 100
     max_transactions: int = 10000
+    max_connections: int = 1000  # TCP; beyond it new connections are closed at once
     user_agent: str = "audio-gateway"
 
 
@@ -62,6 +63,7 @@ class Counters:
     too_large: int = 0
     rate_limited: int = 0
     send_errors: int = 0
+    connections_refused: int = 0
 
 
 class SipEndpoint:
@@ -322,6 +324,10 @@ class SipStream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
+        if len(self.endpoint._connections) >= self.endpoint.settings.max_connections:
+            self.endpoint.counters.connections_refused += 1
+            transport.close()
+            return
         self.endpoint._connections[self.peer] = self
 
     def data_received(self, data: bytes) -> None:

@@ -278,6 +278,7 @@ class SipService:
             raise
         self._pending.pop(id(tx), None)
         call.dialog = dialog
+        call.local_sdp = sdp
         if publish is not None:
             try:
                 media.publish(dict(offer.codecs))
@@ -407,8 +408,14 @@ class SipService:
         """Hold, resume, codec change or a new address: answer and re-wire the media."""
         assert call.dialog is not None
         tag = call.dialog.local_tag
-        if request.content_type != SDP or not request.body:
-            self._reply(tx, request, 488, "SDP Offer Required", to_tag=tag)
+        contact = [("Contact", str(self._contact(call.flow or ("UDP", "", 0))))]
+        if not request.body:  # offerless (session refresh): our SDP is the offer, unchanged
+            call.dialog.refresh_target(request)
+            self._reply(tx, request, 200, headers=contact, body=call.local_sdp.encode(),
+                        to_tag=tag)
+            return
+        if request.content_type != SDP:
+            self._reply(tx, request, 415, headers=[("Accept", SDP)], to_tag=tag)
             return
         try:
             offer = parse_audio(request.body.decode("utf-8", "replace"))
@@ -431,9 +438,8 @@ class SipService:
             call.media.remote = None  # latch again: the phone may have moved
             call.start_sending(spec, pt, (offer.address, offer.port), bitrate=bitrate)
         call.invite_tx = tx
-        self._reply(tx, request, 200, headers=[("Contact", str(self._contact(call.flow or
-                                                                              ("UDP", "", 0))))],
-                    body=sdp.encode(), to_tag=tag)
+        call.local_sdp = sdp
+        self._reply(tx, request, 200, headers=contact, body=sdp.encode(), to_tag=tag)
         log.info("sip call %s re-INVITE: %s, %s", call.id, spec.name,
                  "on hold" if offer.on_hold else "active")
 
@@ -558,9 +564,10 @@ class SipService:
 
     async def _dial(self, call: SipCall, target: Uri, flow: Flow, timeout_s: float) -> None:
         media = call.media
-        offer = build_audio(self.endpoint.advertised_host, media.port,
-                            offer_codecs(self.preference), TELEPHONE_EVENT_PT,
-                            session_id=call.sdp_session).encode()
+        call.local_sdp = build_audio(self.endpoint.advertised_host, media.port,
+                                     offer_codecs(self.preference), TELEPHONE_EVENT_PT,
+                                     session_id=call.sdp_session)
+        offer = call.local_sdp.encode()
         call_id = new_call_id(self.endpoint.advertised_host)
         local = Address(Uri("sip", self.endpoint.advertised_host, call.stream.name),
                         params={"tag": new_tag()})
