@@ -1,32 +1,30 @@
 """SIP call control: dial-in, dial-out, OPTIONS, REGISTER, re-INVITE, BYE, CANCEL, DTMF.
 
 The sans-IO pieces (messages, transactions, dialogs, digest, SDP, registrar) decide
-what the protocol says; this module decides what the gateway does with a call: which
-stream it hears and feeds, when it ends, and how it shows up in the API.
+what the protocol says; this module and its parts (``dial_in``, ``dial_out``,
+``upstream``) decide what the gateway does with a call: which stream it hears and feeds,
+when it ends, and how it shows up in the API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import SipConfig
-from ..core.registry import StreamRegistry, UnknownStream
-from ..core.stream import Stream, StreamBusy
+from ..core.registry import StreamRegistry
 from ..egress.rtp import RtpOutputs
-from ..sdp import SdpError, answer, build_audio, choose_codec, offer_codecs, parse_audio
-from .call import SipCall, SipSource
-from .dialog import Dialog, new_call_id, new_tag
-from .digest import DigestError, answer_challenge, parse_challenge
-from .endpoint import EndpointError, EndpointSettings, SipEndpoint
-from .media import CallMedia, MediaPorts, MediaPortsExhausted
-from .message import Address, Headers, Request, Response, SipParseError, Uri, response_to
+from .call import SipCall
+from .dial_in import ALLOW, SDP, DialIn
+from .dial_out import DialOut
+from .dialog import new_tag
+from .endpoint import EndpointSettings, SipEndpoint
+from .media import MediaPorts
+from .message import Request, Response, SipParseError, response_to
 from .registrar import Registrar
 from .registration import RegistrationClient
 from .transaction import (
@@ -41,28 +39,13 @@ from .transaction import (
     StrayResponse,
     TransactionTimeout,
 )
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER"
-SDP = "application/sdp"
-TELEPHONE_EVENT_PT = 101
-MAX_REDIRECTS = 5
+class SipService(DialIn, DialOut, Upstream):
+    """Owns the SIP endpoint, the calls and the registrar; dispatches what arrives."""
 
-
-class DialError(ValueError):
-    """A dial-out request cannot be placed (bad URI, unknown user); sent back as 400."""
-
-
-@dataclass
-class Route:
-    """Where a dial-in goes: the stream the caller hears, and the one it feeds."""
-
-    listen: str | None
-    publish: str | None
-
-
-class SipService:
     def __init__(self, config: SipConfig, registry: StreamRegistry, outputs: RtpOutputs,
                  opus_bitrate: int = 64000) -> None:
         self.config = config
@@ -192,146 +175,6 @@ class SipService:
     def _capabilities(self) -> list[tuple[str, str]]:
         return [("Allow", ALLOW), ("Accept", SDP), ("Accept-Language", "en")]
 
-    # -- dial-in ---------------------------------------------------------------------
-    def route(self, user: str) -> Route:
-        for rule in self.config.routes:
-            match = re.fullmatch(rule["match"], user)
-            if match:
-                listen = match.expand(rule["listen"]) if rule.get("listen") else None
-                publish = match.expand(rule["publish"]) if rule.get("publish") else None
-                return Route(listen, publish)
-        return Route(user, None)
-
-    def _stream(self, name: str) -> Stream:
-        """An existing stream, or a new one where configuration allows it."""
-        stream = self.registry.streams.get(name)
-        if stream is not None:
-            return stream
-        if not self.config.create_streams:
-            raise UnknownStream(name)
-        return self.registry.get_or_create(name)
-
-    async def _answer(self, invite: Request, tx: ServerTransaction, flow: Flow) -> None:
-        """Answer a dial-in: route, check, ring, negotiate, wire the media."""
-        user = invite.uri.user or ""
-        if len(self.calls) >= self.config.max_calls:
-            self.stats["calls_refused"] += 1
-            self._reply(tx, invite, 503, "Too Many Calls", [("Retry-After", "10")])
-            return
-        if self.config.auth_calls and self.config.users:
-            _, challenge = self.registrar.check_auth(invite, self.endpoint.now())
-            if challenge is not None:
-                self.endpoint.respond(tx, challenge)
-                return
-        route = self.route(user)
-        try:
-            listen = self._stream(route.listen) if route.listen else None
-            publish = self.registry.get_or_create(route.publish) if route.publish else None
-        except (UnknownStream, ValueError):
-            self._reply(tx, invite, 404, f"No Stream {user[:40]}")
-            return
-        if publish is not None and publish.source is not None:
-            self._reply(tx, invite, 486, "Stream Has A Sender",
-                        [("Warning", f'399 gateway "stream {publish.name} already has a sender"')])
-            return
-        if listen is None:
-            listen = publish  # publish-only route: the caller hears its own stream's ring
-        assert listen is not None
-        if invite.content_type != SDP or not invite.body:
-            self._reply(tx, invite, 488, "SDP Offer Required")
-            return
-        try:
-            offer = parse_audio(invite.body.decode("utf-8", "replace"))
-            choose_codec(offer, self.preference)
-        except SdpError as exc:
-            self._reply(tx, invite, 488, None, [("Warning", f'304 gateway "{exc}"')])
-            return
-        try:
-            media = await self.ports.open(CallMedia())
-        except (MediaPortsExhausted, OSError) as exc:
-            log.warning("sip: refusing call to %s: %s", user, exc)
-            self._reply(tx, invite, 503, "No Media Ports", [("Retry-After", "10")])
-            return
-        call = SipCall("in", str(invite.from_.uri), listen, media, self.outputs)
-        call.invite_tx = tx
-        call.flow = flow
-        call.hangup_handler = self._hangup
-        media.on_digit = lambda digit: self._on_digit(call, digit)
-        media.on_latch = call.latched
-        local_tag = new_tag()
-        self._pending[id(tx)] = (call, local_tag)
-        try:
-            if self.config.ring_ms > 0:
-                self._reply(tx, invite, 180, to_tag=local_tag)
-                await asyncio.sleep(self.config.ring_ms / 1000)
-            sdp, pt, spec = answer(offer, self.endpoint.advertised_host, media.port,
-                                   self.preference, call.sdp_session, call.sdp_version)
-            dialog = Dialog.as_uas(invite, local_tag)
-        except (SdpError, SipParseError) as exc:
-            self._pending.pop(id(tx), None)
-            self.ports.release(media)
-            self._reply(tx, invite, 400 if isinstance(exc, SipParseError) else 488, str(exc)[:60])
-            return
-        except asyncio.CancelledError:
-            self._pending.pop(id(tx), None)
-            self.ports.release(media)
-            raise
-        self._pending.pop(id(tx), None)
-        call.dialog = dialog
-        call.local_sdp = sdp
-        if publish is not None:
-            try:
-                media.publish(dict(offer.codecs))
-                call.source = SipSource(call)
-                publish.attach(call.source)  # type: ignore[arg-type]
-                call.publish_to = publish
-            except StreamBusy:
-                self.ports.release(media)
-                self._reply(tx, invite, 486, "Stream Has A Sender")
-                return
-        media.telephone_event = offer.telephone_event
-        self._activate(call, offer.address, offer.port, spec, pt, offer.on_hold)
-        self._reply(tx, invite, 200, headers=[("Contact", str(self._contact(flow))),
-                                              ("Allow", ALLOW)],
-                    body=sdp.encode(), to_tag=local_tag)
-        log.info("sip call %s: %s dialed %s: hears %s%s, %s/%d", call.id, call.peer, user,
-                 listen.name, f", feeds {publish.name}" if publish else "", spec.name,
-                 media.port)
-
-    def _contact(self, flow: Flow) -> Address:
-        return self.endpoint.contact("gateway", flow[0])
-
-    def _activate(self, call: SipCall, host: str, port: int, spec, pt: int,  # type: ignore[no-untyped-def]
-                  on_hold: bool) -> None:
-        """The call is up: it hears its stream, and it is listed."""
-        call.state = "active"
-        call.answered = time.time()
-        call.on_hold = on_hold
-        bitrate = self.opus_bitrate if spec.name == "opus" else None
-        call.start_sending(spec, pt, (host, port), bitrate=bitrate)
-        call.media.last_activity = time.monotonic()
-        assert call.dialog is not None
-        self.calls[call.id] = call
-        self._by_dialog[call.dialog.id] = call
-        call.stream.add_listener(call)  # type: ignore[arg-type]
-        self.stats["calls_total"] += 1
-
-    def _on_ack(self, ack: Request) -> None:
-        call = self._find_dialog(ack)
-        if call is not None and call.state == "active":
-            call.invite_tx = None
-
-    def _on_cancel(self, tx: ServerTransaction) -> None:
-        task = self._answering.get(id(tx))
-        pending = self._pending.pop(id(tx), None)
-        if task is None or task.done():
-            return  # already answered: the CANCEL changes nothing (RFC 3261 §9.2)
-        task.cancel()
-        if pending is not None:
-            self.ports.release(pending[0].media)
-        self._reply(tx, tx.request, 487, to_tag=pending[1] if pending else None)
-        log.info("sip: call to %s cancelled before answer", tx.request.uri)
-
     def _on_timeout(self, tx: ServerTransaction | ClientTransaction) -> None:
         queue = self._responses.get(id(tx))
         if queue is not None:
@@ -341,30 +184,6 @@ class SipService:
             call = self._find_dialog(tx.request, by_invite=True)
             if call is not None and call.state == "active" and call.invite_tx is tx:
                 self._spawn(self._end(call, "no ACK for our 200", send_bye=True))
-
-    def _on_stray(self, response: Response, flow: Flow) -> None:
-        """A 2xx for an INVITE we gave up on (crossed CANCEL): ACK it, then BYE."""
-        try:
-            number, method = response.cseq
-        except SipParseError:
-            return
-        if method != "INVITE" or not 200 <= response.status < 300:
-            return
-        if self._find_dialog(response, incoming=False) is not None:
-            return  # a retransmitted 2xx of a live call: its ACK already went
-        self._spawn(self._ack_and_bye(response, flow, number))
-
-    async def _ack_and_bye(self, response: Response, flow: Flow, cseq: int) -> None:
-        contact = response.contact
-        if contact is None:
-            return
-        dialog = Dialog(response.call_id, response.from_.tag or "", response.to.tag or "",
-                        response.from_, response.to, contact.uri)
-        self.endpoint.send_stateless(dialog.request("ACK", self.endpoint.via(flow[0]),
-                                                    cseq=cseq), flow)
-        dialog.local_cseq = cseq
-        bye = dialog.request("BYE", self.endpoint.via(flow[0]))
-        await self._send_and_wait(bye, flow, 5.0)
 
     # -- in-dialog requests ------------------------------------------------------------
     def _find_dialog(self, message: Request | Response, incoming: bool = True,
@@ -403,65 +222,6 @@ class SipService:
         else:
             self._reply(tx, request, 501, to_tag=call.dialog.local_tag,
                         headers=[("Allow", ALLOW)])
-
-    def _reinvite(self, call: SipCall, request: Request, tx: ServerTransaction) -> None:
-        """Hold, resume, codec change or a new address: answer and re-wire the media."""
-        assert call.dialog is not None
-        tag = call.dialog.local_tag
-        contact = [("Contact", str(self._contact(call.flow or ("UDP", "", 0))))]
-        if not request.body:  # offerless (session refresh): our SDP is the offer, unchanged
-            call.dialog.refresh_target(request)
-            self._reply(tx, request, 200, headers=contact, body=call.local_sdp.encode(),
-                        to_tag=tag)
-            return
-        if request.content_type != SDP:
-            self._reply(tx, request, 415, headers=[("Accept", SDP)], to_tag=tag)
-            return
-        try:
-            offer = parse_audio(request.body.decode("utf-8", "replace"))
-            call.sdp_version += 1
-            sdp, pt, spec = answer(offer, self.endpoint.advertised_host, call.media.port,
-                                   self.preference, call.sdp_session, call.sdp_version)
-        except SdpError as exc:
-            self._reply(tx, request, 488, None, [("Warning", f'304 gateway "{exc}"')], to_tag=tag)
-            return
-        call.dialog.refresh_target(request)
-        call.media.telephone_event = offer.telephone_event
-        if call.publish_to is not None:
-            call.media.publish(dict(offer.codecs))
-        call.hold(offer.on_hold)
-        output = call.output
-        if output is None or spec != call.codec or pt != call.payload_type or (
-            call.media.remote is None and output.sockaddr[:2] != (offer.address, offer.port)
-        ):
-            bitrate = self.opus_bitrate if spec.name == "opus" else None
-            call.media.remote = None  # latch again: the phone may have moved
-            call.start_sending(spec, pt, (offer.address, offer.port), bitrate=bitrate)
-        call.invite_tx = tx
-        call.local_sdp = sdp
-        self._reply(tx, request, 200, headers=contact, body=sdp.encode(), to_tag=tag)
-        log.info("sip call %s re-INVITE: %s, %s", call.id, spec.name,
-                 "on hold" if offer.on_hold else "active")
-
-    def _info(self, call: SipCall, request: Request) -> None:
-        """SIP INFO DTMF (application/dtmf-relay), for phones that do not send RFC 4733."""
-        if request.content_type != "application/dtmf-relay":
-            return
-        match = re.search(rb"Signal\s*=\s*([0-9*#A-Da-d])", request.body)
-        if match:
-            self._on_digit(call, match.group(1).decode().upper())
-
-    def _on_digit(self, call: SipCall, digit: str) -> None:
-        log.info("sip call %s: DTMF %s", call.id, digit)
-        command = call.note_digit(digit)
-        if command is None or not self.config.dtmf_switch:
-            return
-        name = self.config.dtmf_streams.get(command, command)
-        stream = self.registry.streams.get(name)
-        if stream is None:
-            log.info("sip call %s: DTMF *%s#: no stream %r", call.id, command, name)
-            return
-        call.switch_to(stream)
 
     # -- ending calls ------------------------------------------------------------------
     async def _hangup(self, call: SipCall, reason: str) -> None:
@@ -524,230 +284,6 @@ class SipService:
             self._responses.pop(id(tx), None)
 
     # -- dial-out ----------------------------------------------------------------------
-    async def dial(self, stream: Stream, uri: str, timeout_s: float | None = None) -> SipCall:
-        """Place a call that plays ``stream``; returns at once, the call proceeds."""
-        try:
-            target = Uri.parse(uri if ":" in uri else f"sip:{uri}@{self.endpoint.advertised_host}")
-        except SipParseError as exc:
-            raise DialError(f"uri: {exc}") from None
-        if target.scheme != "sip":
-            raise DialError("uri: only sip: URIs can be dialled")
-        if len(self.calls) >= self.config.max_calls:
-            raise DialError("too many calls")
-        flow = await self._target_flow(target)
-        media = await self.ports.open(CallMedia())
-        call = SipCall("out", str(target), stream, media, self.outputs)
-        call.hangup_handler = self._hangup
-        call.flow = flow
-        media.on_digit = lambda digit: self._on_digit(call, digit)
-        media.on_latch = call.latched
-        self.calls[call.id] = call
-        stream.add_listener(call)  # type: ignore[arg-type]
-        self.stats["dial_outs"] += 1
-        self._spawn(self._dial(call, target, flow, timeout_s or self.config.dial_timeout_s))
-        return call
-
-    async def _target_flow(self, target: Uri) -> Flow:
-        """Where to send: a registered user's binding, else the URI's host."""
-        if target.user and target.host in (self.endpoint.advertised_host, "localhost") and (
-            target.port in (None, self.endpoint.port)
-        ):
-            bindings = self.registrar.lookup(target.user, self.endpoint.now())
-            if not bindings:
-                raise DialError(f"uri: user {target.user!r} is not registered here")
-            host, port = bindings[0].source
-            return ("UDP", host, port)
-        try:
-            return await self.endpoint.flow_for(target)
-        except EndpointError as exc:
-            raise DialError(f"uri: {exc.strerror}") from None
-
-    async def _dial(self, call: SipCall, target: Uri, flow: Flow, timeout_s: float) -> None:
-        media = call.media
-        call.local_sdp = build_audio(self.endpoint.advertised_host, media.port,
-                                     offer_codecs(self.preference), TELEPHONE_EVENT_PT,
-                                     session_id=call.sdp_session)
-        offer = call.local_sdp.encode()
-        call_id = new_call_id(self.endpoint.advertised_host)
-        local = Address(Uri("sip", self.endpoint.advertised_host, call.stream.name),
-                        params={"tag": new_tag()})
-        cseq = 1
-        auth: list[tuple[str, str]] = []
-        tried_realms: set[str] = set()
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        request_uri = target
-        for _ in range(MAX_REDIRECTS + 3):
-            invite = self._invite(request_uri, target, local, call_id, cseq, flow, offer, auth)
-            result = await self._run_invite(call, invite, flow, deadline)
-            if result is None:
-                return
-            if 300 <= result.status < 400:
-                contact = result.contact
-                if contact is None:
-                    break
-                request_uri = contact.uri
-                flow = await self.endpoint.flow_for(request_uri)
-                call.flow = flow
-                cseq += 1
-                continue
-            if result.status in (401, 407) and call.state != "ended":
-                header = "WWW-Authenticate" if result.status == 401 else "Proxy-Authenticate"
-                auth = self._authorize(result, header, request_uri, tried_realms)
-                if auth:
-                    cseq += 1
-                    continue
-            break
-        reason = f"{result.status} {result.reason}" if result is not None else "failed"
-        await self._end(call, call.end_reason or reason, send_bye=False)
-
-    def _invite(self, request_uri: Uri, target: Uri, local: Address, call_id: str, cseq: int,
-                flow: Flow, body: bytes, auth: list[tuple[str, str]]) -> Request:
-        headers = Headers()
-        headers.add("Via", str(self.endpoint.via(flow[0])))
-        headers.add("Max-Forwards", "70")
-        headers.add("From", str(local))
-        headers.add("To", str(Address(target)))
-        headers.add("Call-ID", call_id)
-        headers.add("CSeq", f"{cseq} INVITE")
-        headers.add("Contact", str(self.endpoint.contact("gateway", flow[0])))
-        headers.add("Allow", ALLOW)
-        for name, value in auth:
-            headers.add(name, value)
-        headers.add("Content-Type", SDP)
-        return Request("INVITE", request_uri, headers, body)
-
-    def _authorize(self, response: Response, header: str, uri: Uri,
-                   tried: set[str]) -> list[tuple[str, str]]:
-        """Authorization for a 401/407 from configured credentials; [] if none fit."""
-        for value in response.headers.get_all(header) or []:
-            try:
-                challenge = parse_challenge(value)
-            except DigestError:
-                continue
-            if challenge.realm in tried and not challenge.stale:
-                continue
-            cred = next((c for c in self.config.credentials
-                         if c.get("realm", "*") in ("*", challenge.realm)), None)
-            if cred is None:
-                continue
-            tried.add(challenge.realm)
-            try:
-                answer_ = answer_challenge(challenge, "INVITE", str(uri), cred["user"],
-                                           cred["password"])
-            except DigestError:
-                continue
-            name = "Authorization" if header == "WWW-Authenticate" else "Proxy-Authorization"
-            return [(name, str(answer_))]
-        return []
-
-    async def _run_invite(self, call: SipCall, invite: Request, flow: Flow,
-                          deadline: float) -> Response | None:
-        """Send one INVITE; None when the call got connected (or ended for good)."""
-        tx = self.endpoint.request(invite, flow)
-        call.invite_tx = tx
-        queue: asyncio.Queue[Response | None] = asyncio.Queue()
-        self._responses[id(tx)] = queue
-        loop = asyncio.get_running_loop()
-        cancelled = False
-        try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0 and not cancelled:
-                    call.end_reason = call.end_reason or "no answer"
-                    call.cancelled = True
-                    self.endpoint.cancel(tx)
-                    cancelled = True
-                try:
-                    response = await asyncio.wait_for(queue.get(),
-                                                      max(remaining, 0.0) if not cancelled
-                                                      else 40.0)
-                except TimeoutError:
-                    if cancelled:
-                        await self._end(call, "no answer", send_bye=False)
-                        return None
-                    continue
-                if response is None:
-                    call.end_reason = call.end_reason or "timeout"
-                    await self._end(call, "timeout (no response)", send_bye=False)
-                    return None
-                call.status = response.status
-                if response.status < 200:
-                    if response.status in (180, 183) and call.state == "calling":
-                        call.state = "ringing"
-                    continue
-                if response.status >= 300:
-                    return response
-                await self._connected(call, invite, response, flow)
-                return None
-        finally:
-            self._responses.pop(id(tx), None)
-
-    async def _connected(self, call: SipCall, invite: Request, response: Response,
-                         flow: Flow) -> None:
-        """A 2xx: ACK it; start the media, or hang up if we cancelled meanwhile."""
-        try:
-            dialog = Dialog.as_uac(invite, response)
-        except SipParseError as exc:
-            await self._end(call, f"bad 2xx: {exc}", send_bye=False)
-            return
-        call.dialog = dialog
-        ack = dialog.request("ACK", self.endpoint.via(flow[0]), cseq=invite.cseq[0])
-        self.endpoint.send_stateless(ack, flow)
-        if call.cancelled:  # DELETE or the dial timeout crossed the 200: hang up at once
-            call.state = "active"
-            await self._end(call, call.end_reason, send_bye=True)
-            return
-        try:
-            desc = parse_audio(response.body.decode("utf-8", "replace"))
-            pt, spec = choose_codec(desc, self.preference)
-        except SdpError as exc:
-            call.state = "active"
-            await self._end(call, f"unusable answer: {exc}", send_bye=True)
-            return
-        call.media.telephone_event = desc.telephone_event
-        self.calls.pop(call.id, None)
-        call.stream.remove_listener(call)  # type: ignore[arg-type]
-        self._activate(call, desc.address, desc.port, spec, pt, desc.on_hold)
-        log.info("sip call %s: %s answered, playing %s as %s", call.id, call.peer,
-                 call.stream.name, spec.name)
-
-    # -- upstream registration -----------------------------------------------------------
-    def _registration_client(self, entry: dict[str, Any]) -> RegistrationClient:
-        registrar = Uri.parse(entry["registrar"])
-        aor = Uri.parse(entry["aor"]) if entry.get("aor") else Uri(
-            "sip", registrar.host, entry["user"])
-        contact = self.endpoint.contact(entry.get("contact_user", entry["user"])).uri
-        return RegistrationClient(registrar, aor, contact, entry.get("username", entry["user"]),
-                                  entry["password"], int(entry.get("expires", 300)))
-
-    async def _keep_registered(self, client: RegistrationClient) -> None:
-        """Register, refresh before expiry, retry with backoff after failures."""
-        loop = asyncio.get_running_loop()
-        while True:
-            request = client.poll(self.endpoint.now())
-            if request is None:
-                deadline = client.next_deadline()
-                await asyncio.sleep(1.0 if deadline is None
-                                    else max(0.05, deadline - loop.time()))
-                continue
-            response = await self._register(client, request, 40.0)
-            if response is None:
-                client.on_timeout(self.endpoint.now())
-            else:
-                client.on_response(response, self.endpoint.now())
-            log.info("sip registration to %s: %s", client.registrar, client.state)
-
-    async def _register(self, client: RegistrationClient, request: Request,
-                        timeout: float) -> Response | None:
-        """Send one REGISTER of ``client`` (None: no final response in time)."""
-        try:
-            flow = await self.endpoint.flow_for(client.registrar)
-        except EndpointError as exc:
-            log.warning("sip registration to %s: %s", client.registrar, exc.strerror)
-            return None
-        request.headers.add("Via", str(self.endpoint.via(flow[0])), first=True)
-        return await self._send_and_wait(request, flow, timeout)
-
     # -- API view ----------------------------------------------------------------------
     def find_call(self, call_id: str) -> SipCall | None:
         """A live call, or one that ended recently (its state and end reason stay visible)."""

@@ -13,7 +13,7 @@ from ..core.stream import StreamBusy
 from ..egress.rtp import OutputError
 from ..ingress.rtp import InputError, open_rtp_input
 from ..sdp import SdpError, parse_audio
-from ..sip.service import DialError
+from ..sip.dial_out import DialError
 from .keys import gateway_of
 from .problem import problem
 

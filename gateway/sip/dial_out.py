@@ -1,0 +1,254 @@
+"""Dial-out: the gateway calls a phone and plays it a stream (redirects, digest, CANCEL)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..config import SipConfig
+from ..core.stream import Stream
+from ..sdp import SdpError, build_audio, choose_codec, offer_codecs, parse_audio
+from .call import SipCall
+from .dial_in import ALLOW, SDP
+from .dialog import Dialog, new_call_id, new_tag
+from .digest import DigestError, answer_challenge, parse_challenge
+from .endpoint import EndpointError, SipEndpoint
+from .media import CallMedia, MediaPorts
+from .message import Address, Headers, Request, Response, SipParseError, Uri
+from .registrar import Registrar
+from .transaction import Flow
+
+log = logging.getLogger(__name__)
+
+TELEPHONE_EVENT_PT = 101
+MAX_REDIRECTS = 5
+
+
+class DialError(ValueError):
+    """A dial-out request cannot be placed (bad URI, unknown user); sent back as 400."""
+
+
+class DialOut:
+    """Mixed into SipService: the calling side of calls."""
+
+    # set by SipService.__init__
+    config: SipConfig
+    endpoint: SipEndpoint
+    ports: MediaPorts
+    calls: dict[str, SipCall]
+    registrar: Registrar
+    stats: dict[str, int]
+    preference: tuple[str, ...]
+
+
+    def _on_stray(self, response: Response, flow: Flow) -> None:
+        """A 2xx for an INVITE we gave up on (crossed CANCEL): ACK it, then BYE."""
+        try:
+            number, method = response.cseq
+        except SipParseError:
+            return
+        if method != "INVITE" or not 200 <= response.status < 300:
+            return
+        if self._find_dialog(response, incoming=False) is not None:
+            return  # a retransmitted 2xx of a live call: its ACK already went
+        self._spawn(self._ack_and_bye(response, flow, number))
+
+    async def _ack_and_bye(self, response: Response, flow: Flow, cseq: int) -> None:
+        contact = response.contact
+        if contact is None:
+            return
+        dialog = Dialog(response.call_id, response.from_.tag or "", response.to.tag or "",
+                        response.from_, response.to, contact.uri)
+        self.endpoint.send_stateless(dialog.request("ACK", self.endpoint.via(flow[0]),
+                                                    cseq=cseq), flow)
+        dialog.local_cseq = cseq
+        bye = dialog.request("BYE", self.endpoint.via(flow[0]))
+        await self._send_and_wait(bye, flow, 5.0)
+
+    async def dial(self, stream: Stream, uri: str, timeout_s: float | None = None) -> SipCall:
+        """Place a call that plays ``stream``; returns at once, the call proceeds."""
+        try:
+            target = Uri.parse(uri if ":" in uri else f"sip:{uri}@{self.endpoint.advertised_host}")
+        except SipParseError as exc:
+            raise DialError(f"uri: {exc}") from None
+        if target.scheme != "sip":
+            raise DialError("uri: only sip: URIs can be dialled")
+        if len(self.calls) >= self.config.max_calls:
+            raise DialError("too many calls")
+        flow = await self._target_flow(target)
+        media = await self.ports.open(CallMedia())
+        call = SipCall("out", str(target), stream, media, self.outputs)
+        call.hangup_handler = self._hangup
+        call.flow = flow
+        media.on_digit = lambda digit: self._on_digit(call, digit)
+        media.on_latch = call.latched
+        self.calls[call.id] = call
+        stream.add_listener(call)  # type: ignore[arg-type]
+        self.stats["dial_outs"] += 1
+        self._spawn(self._dial(call, target, flow, timeout_s or self.config.dial_timeout_s))
+        return call
+
+    async def _target_flow(self, target: Uri) -> Flow:
+        """Where to send: a registered user's binding, else the URI's host."""
+        if target.user and target.host in (self.endpoint.advertised_host, "localhost") and (
+            target.port in (None, self.endpoint.port)
+        ):
+            bindings = self.registrar.lookup(target.user, self.endpoint.now())
+            if not bindings:
+                raise DialError(f"uri: user {target.user!r} is not registered here")
+            host, port = bindings[0].source
+            return ("UDP", host, port)
+        try:
+            return await self.endpoint.flow_for(target)
+        except EndpointError as exc:
+            raise DialError(f"uri: {exc.strerror}") from None
+
+    async def _dial(self, call: SipCall, target: Uri, flow: Flow, timeout_s: float) -> None:
+        media = call.media
+        call.local_sdp = build_audio(self.endpoint.advertised_host, media.port,
+                                     offer_codecs(self.preference), TELEPHONE_EVENT_PT,
+                                     session_id=call.sdp_session)
+        offer = call.local_sdp.encode()
+        call_id = new_call_id(self.endpoint.advertised_host)
+        local = Address(Uri("sip", self.endpoint.advertised_host, call.stream.name),
+                        params={"tag": new_tag()})
+        cseq = 1
+        auth: list[tuple[str, str]] = []
+        tried_realms: set[str] = set()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        request_uri = target
+        for _ in range(MAX_REDIRECTS + 3):
+            invite = self._invite(request_uri, target, local, call_id, cseq, flow, offer, auth)
+            result = await self._run_invite(call, invite, flow, deadline)
+            if result is None:
+                return
+            if 300 <= result.status < 400:
+                contact = result.contact
+                if contact is None:
+                    break
+                request_uri = contact.uri
+                flow = await self.endpoint.flow_for(request_uri)
+                call.flow = flow
+                cseq += 1
+                continue
+            if result.status in (401, 407) and call.state != "ended":
+                header = "WWW-Authenticate" if result.status == 401 else "Proxy-Authenticate"
+                auth = self._authorize(result, header, request_uri, tried_realms)
+                if auth:
+                    cseq += 1
+                    continue
+            break
+        reason = f"{result.status} {result.reason}" if result is not None else "failed"
+        await self._end(call, call.end_reason or reason, send_bye=False)
+
+    def _invite(self, request_uri: Uri, target: Uri, local: Address, call_id: str, cseq: int,
+                flow: Flow, body: bytes, auth: list[tuple[str, str]]) -> Request:
+        headers = Headers()
+        headers.add("Via", str(self.endpoint.via(flow[0])))
+        headers.add("Max-Forwards", "70")
+        headers.add("From", str(local))
+        headers.add("To", str(Address(target)))
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", f"{cseq} INVITE")
+        headers.add("Contact", str(self.endpoint.contact("gateway", flow[0])))
+        headers.add("Allow", ALLOW)
+        for name, value in auth:
+            headers.add(name, value)
+        headers.add("Content-Type", SDP)
+        return Request("INVITE", request_uri, headers, body)
+
+    def _authorize(self, response: Response, header: str, uri: Uri,
+                   tried: set[str]) -> list[tuple[str, str]]:
+        """Authorization for a 401/407 from configured credentials; [] if none fit."""
+        for value in response.headers.get_all(header) or []:
+            try:
+                challenge = parse_challenge(value)
+            except DigestError:
+                continue
+            if challenge.realm in tried and not challenge.stale:
+                continue
+            cred = next((c for c in self.config.credentials
+                         if c.get("realm", "*") in ("*", challenge.realm)), None)
+            if cred is None:
+                continue
+            tried.add(challenge.realm)
+            try:
+                answer_ = answer_challenge(challenge, "INVITE", str(uri), cred["user"],
+                                           cred["password"])
+            except DigestError:
+                continue
+            name = "Authorization" if header == "WWW-Authenticate" else "Proxy-Authorization"
+            return [(name, str(answer_))]
+        return []
+
+    async def _run_invite(self, call: SipCall, invite: Request, flow: Flow,
+                          deadline: float) -> Response | None:
+        """Send one INVITE; None when the call got connected (or ended for good)."""
+        tx = self.endpoint.request(invite, flow)
+        call.invite_tx = tx
+        queue: asyncio.Queue[Response | None] = asyncio.Queue()
+        self._responses[id(tx)] = queue
+        loop = asyncio.get_running_loop()
+        cancelled = False
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0 and not cancelled:
+                    call.end_reason = call.end_reason or "no answer"
+                    call.cancelled = True
+                    self.endpoint.cancel(tx)
+                    cancelled = True
+                try:
+                    response = await asyncio.wait_for(queue.get(),
+                                                      max(remaining, 0.0) if not cancelled
+                                                      else 40.0)
+                except TimeoutError:
+                    if cancelled:
+                        await self._end(call, "no answer", send_bye=False)
+                        return None
+                    continue
+                if response is None:
+                    call.end_reason = call.end_reason or "timeout"
+                    await self._end(call, "timeout (no response)", send_bye=False)
+                    return None
+                call.status = response.status
+                if response.status < 200:
+                    if response.status in (180, 183) and call.state == "calling":
+                        call.state = "ringing"
+                    continue
+                if response.status >= 300:
+                    return response
+                await self._connected(call, invite, response, flow)
+                return None
+        finally:
+            self._responses.pop(id(tx), None)
+
+    async def _connected(self, call: SipCall, invite: Request, response: Response,
+                         flow: Flow) -> None:
+        """A 2xx: ACK it; start the media, or hang up if we cancelled meanwhile."""
+        try:
+            dialog = Dialog.as_uac(invite, response)
+        except SipParseError as exc:
+            await self._end(call, f"bad 2xx: {exc}", send_bye=False)
+            return
+        call.dialog = dialog
+        ack = dialog.request("ACK", self.endpoint.via(flow[0]), cseq=invite.cseq[0])
+        self.endpoint.send_stateless(ack, flow)
+        if call.cancelled:  # DELETE or the dial timeout crossed the 200: hang up at once
+            call.state = "active"
+            await self._end(call, call.end_reason, send_bye=True)
+            return
+        try:
+            desc = parse_audio(response.body.decode("utf-8", "replace"))
+            pt, spec = choose_codec(desc, self.preference)
+        except SdpError as exc:
+            call.state = "active"
+            await self._end(call, f"unusable answer: {exc}", send_bye=True)
+            return
+        call.media.telephone_event = desc.telephone_event
+        self.calls.pop(call.id, None)
+        call.stream.remove_listener(call)  # type: ignore[arg-type]
+        self._activate(call, desc.address, desc.port, spec, pt, desc.on_hold)
+        log.info("sip call %s: %s answered, playing %s as %s", call.id, call.peer,
+                 call.stream.name, spec.name)
+
