@@ -10,13 +10,16 @@ from typing import Any
 from aiohttp import web
 
 from .config import Config, ConfigError
+from .core.events import EventBus
 from .core.registry import StreamRegistry
+from .egress.analysis import Processing
 from .egress.encoders import SharedEncoder
+from .egress.recordings import Recordings
 from .egress.rtp import RtpOutputs
 from .ingress.rtp import RtpInput, open_rtp_input
 from .sip.endpoint import EndpointError
 from .sip.service import SipService
-from .web import api, outputs, webrtc_http
+from .web import api, live, outputs, recordings, webrtc_http
 from .web.keys import GATEWAY, MAX_BODY
 from .web.outputs import FieldError, parse_input, parse_output
 from .web.problem import error_middleware_factory
@@ -48,6 +51,10 @@ class Gateway:
         self.sessions: dict[str, WebRTCSession] = {}
         self.rtp_outputs = RtpOutputs(config.rtp.multicast_interface or None)
         self.rtp_inputs: dict[str, RtpInput] = {}
+        self.events = EventBus()
+        self.recordings = Recordings(config.recording, self.registry, self.events,
+                                     w.opus_bitrate)
+        self.processing = Processing(config.processing, self.registry, self.events)
         self.sip: SipService | None = None
         if config.sip.enabled:
             self.sip = SipService(config.sip, self.registry, self.rtp_outputs, w.opus_bitrate)
@@ -72,6 +79,9 @@ class Gateway:
         return webrtc_http.sender_is_stale(session, self.config.webrtc.takeover_after_s)
 
     async def start(self) -> None:
+        self.processing.check()
+        self.processing.start()
+        await self.recordings.start()
         self.registry.start()
         await self._start_configured_io()
         if self.sip is not None:
@@ -103,6 +113,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.sip is not None:
             await self.sip.stop()
+        await self.recordings.stop()
+        self.processing.stop()
         self.rtp_outputs.close()
         for rtp_input in list(self.rtp_inputs.values()):
             await rtp_input.close("gateway shutting down")
@@ -143,6 +155,8 @@ def create_app(config: Config) -> web.Application:
     webrtc_http.add_routes(app)
     api.add_routes(app)
     outputs.add_routes(app)
+    recordings.add_routes(app)
+    live.add_routes(app)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/publish", _page("publish.html"))
     app.router.add_get("/listen", _page("listen.html"))

@@ -129,12 +129,50 @@ class SipConfig:
 
 
 @dataclass
+class RecordingConfig:
+    #: Where recordings are written (one sub-directory per stream).
+    directory: str = "recordings"
+    #: Default format of recordings: "wav" (16-bit PCM) or "opus" (Ogg/Opus).
+    format: str = "wav"
+    #: WAV sample rate (resampled from the gateway's 48 kHz when lower).
+    sample_rate: int = 48000
+    #: Start a new file after this many seconds (WAV tops out at ~12 h at 48 kHz).
+    segment_s: float = 3600.0
+    #: Record digital silence while the stream has no sender, so file time = wall-clock
+    #: time; false leaves those gaps out.
+    record_gaps: bool = True
+    #: Data reaches the file at least this often; a crash loses at most this much.
+    flush_interval_s: float = 1.0
+    #: fsync after each flush (survives power cuts, costs a disk sync per second).
+    fsync: bool = False
+    #: Delete finished recordings older than this (0: keep).
+    max_age_days: float = 0.0
+    #: Delete the oldest finished recordings beyond this total (0: no limit).
+    max_total_mb: float = 0.0
+    #: Streams recorded whenever they exist: ["lobby"], or [{stream = "x", format = "opus"}].
+    auto: list = field(default_factory=list)
+
+
+@dataclass
+class ProcessingConfig:
+    #: Level, loudness, voice activity and silence alarm on every stream.
+    analysers: bool = True
+    #: The silence alarm: below this level for this long raises it.
+    silence_threshold_dbfs: float = -60.0
+    silence_after_s: float = 10.0
+    #: User processors: [{stream = "lobby", processor = "mymod:MyClass", options = {}}].
+    plugins: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     sip: SipConfig = field(default_factory=SipConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     log_level: str = "info"
 
 
@@ -182,7 +220,42 @@ def validate(config: Config) -> Config:
     if not 6000 <= w.opus_bitrate <= 510000:
         raise ConfigError("configuration key 'webrtc.opus_bitrate' must be 6000-510000")
     validate_sip(config.sip)
+    validate_recording(config.recording)
+    validate_processing(config.processing)
     return config
+
+
+def validate_recording(rec: RecordingConfig) -> None:
+    if rec.format not in ("wav", "opus"):
+        raise ConfigError("configuration key 'recording.format' must be 'wav' or 'opus'")
+    if rec.sample_rate not in (8000, 16000, 24000, 48000):
+        raise ConfigError("configuration key 'recording.sample_rate' must be 8000, 16000, "
+                          "24000 or 48000")
+    if not 1.0 <= rec.segment_s <= 12 * 3600:
+        raise ConfigError("configuration key 'recording.segment_s' must be 1-43200")
+    if not 0.02 <= rec.flush_interval_s <= 10:
+        raise ConfigError("configuration key 'recording.flush_interval_s' must be 0.02-10")
+    for i, entry in enumerate(rec.auto):
+        if isinstance(entry, str):
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("stream"), str):
+            raise ConfigError(f"configuration key 'recording.auto[{i}]' needs a stream name")
+        unknown = set(entry) - {"stream", "format", "sample_rate"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'recording.auto[{i}].{min(unknown)}'")
+
+
+def validate_processing(proc: ProcessingConfig) -> None:
+    for i, entry in enumerate(proc.plugins):
+        unknown = set(entry) - {"stream", "processor", "options"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'processing.plugins[{i}]."
+                              f"{min(unknown)}'")
+        if not isinstance(entry.get("processor"), str) or not entry["processor"]:
+            raise ConfigError(f"configuration key 'processing.plugins[{i}].processor' must be "
+                              "'module:Class' or an entry point name")
+        if not isinstance(entry.get("stream"), str):
+            raise ConfigError(f"configuration key 'processing.plugins[{i}].stream' is required")
 
 
 def validate_sip(sip: SipConfig) -> None:

@@ -42,3 +42,42 @@ def active(samples: np.ndarray, threshold_dbfs: float = -40, rate: int = RATE) -
         if rms_dbfs(samples[i : i + block]) > threshold_dbfs:
             return samples[i:]
     return samples[:0]
+
+
+def step_tone(steps: list[float], step_frames: int = 50, amplitude: float = 0.3):
+    """A ToneTrack generator: frequency steps[k] during frames [k*step_frames, ...)."""
+    frame = 960
+
+    def generate(index: int) -> np.ndarray:
+        freq = steps[(index // step_frames) % len(steps)]
+        n = np.arange(index * frame, (index + 1) * frame)
+        return (np.sin(2 * np.pi * freq * n / RATE) * amplitude * 32767).astype(np.int16)
+
+    return generate
+
+
+def tone_track(samples: np.ndarray, rate: int, window_s: float = 0.02) -> np.ndarray:
+    """Dominant frequency of each ``window_s`` block (0 for silent blocks)."""
+    size = int(rate * window_s)
+    out = []
+    for i in range(0, len(samples) - size + 1, size):
+        block = samples[i : i + size]
+        out.append(dominant_frequency(block, rate) if rms_dbfs(block) > -40 else 0.0)
+    return np.array(out)
+
+
+def step_times(samples: np.ndarray, rate: int, steps: list[float],
+               window_s: float = 0.01) -> list[tuple[float, float]]:
+    """(time in s, new frequency) of each change between the known step frequencies."""
+    freqs = tone_track(samples, rate, window_s)
+    nearest = [min(steps, key=lambda s: abs(s - f)) if f else None for f in freqs]
+    changes = []
+    for i in range(1, len(nearest)):
+        if nearest[i] is not None and nearest[i - 1] is not None and nearest[i] != nearest[i - 1]:
+            # the window holding the change is mixed: count the change at its middle
+            changes.append(((i + 0.5) * window_s, float(nearest[i])))
+    merged: list[tuple[float, float]] = []
+    for t, f in changes:  # a mixed window can flicker: keep the first of close changes
+        if not merged or t - merged[-1][0] > 0.2:
+            merged.append((t, f))
+    return merged

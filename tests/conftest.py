@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,7 @@ async def gateway_factory():
             "http": {"port": port},
             "webrtc": {"host_addresses": ["127.0.0.1"]},
             "sip": {"port": 0},
+            "recording": {"directory": tempfile.mkdtemp(prefix="gateway-rec-")},
         }
         for section, values in overrides.items():
             base.setdefault(section, {}).update(values)

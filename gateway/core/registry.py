@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 
 from .audio import FRAME_SECONDS
 from .stream import Stream
@@ -47,6 +48,9 @@ class StreamRegistry:
         self.clock_late_ticks = 0  # ticks skipped because the loop stalled
         self.ticks = 0
         self._task: asyncio.Task[None] | None = None
+        #: Called with each stream as it is created or removed (analysers, auto-recording).
+        self.on_created: list[Callable[[Stream], None]] = []
+        self.on_removed: list[Callable[[Stream], None]] = []
         for name in declared:
             self.streams[name] = Stream(check_stream_name(name), ring_frames, persistent=True)
 
@@ -64,10 +68,22 @@ class StreamRegistry:
             stream = Stream(check_stream_name(name), self.ring_frames)
             self.streams[name] = stream
             log.info("stream %s created", name)
+            self._notify(self.on_created, stream)
         return stream
+
+    def _notify(self, hooks: list[Callable[[Stream], None]], stream: Stream) -> None:
+        for hook in hooks:
+            try:
+                hook(stream)
+            except Exception:
+                log.exception("stream %s: hook %r failed", stream.name, hook)
 
     # -- clock -------------------------------------------------------------------
     def start(self) -> None:
+        """Start the clock; hooks hear about the declared streams now."""
+        for stream in list(self.streams.values()):
+            if stream.persistent:
+                self._notify(self.on_created, stream)
         if self._task is None:
             self._task = asyncio.create_task(self._run_clock(), name="media-clock")
 
@@ -110,4 +126,5 @@ class StreamRegistry:
             elif now - stream.idle_since > self.idle_timeout:
                 log.info("stream %s removed after %.0f s idle", name, self.idle_timeout)
                 del self.streams[name]
+                self._notify(self.on_removed, stream)
                 stream.close()

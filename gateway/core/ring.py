@@ -58,9 +58,13 @@ class Ring(Generic[T]):
         self._closed = True
         self._wake()
 
-    def reader(self) -> RingReader[T]:
-        """A new reader positioned at the live head (late joiners hear what comes next)."""
-        return RingReader(self)
+    def reader(self, passive: bool = False) -> RingReader[T]:
+        """A new reader positioned at the live head (late joiners hear what comes next).
+
+        A ``passive`` reader (the stream's own analysers) is not counted in ``readers``,
+        so it does not keep an otherwise idle stream alive.
+        """
+        return RingReader(self, passive)
 
     def get(self, index: int) -> T:
         """The item at ``index``; the caller must ensure it has not been overwritten."""
@@ -85,15 +89,17 @@ class Ring(Generic[T]):
 class RingReader(Generic[T]):
     """One consumer's cursor into a ring."""
 
-    __slots__ = ("ring", "cursor", "skipped", "delivered", "_open")
+    __slots__ = ("ring", "cursor", "skipped", "delivered", "_open", "_counted")
 
-    def __init__(self, ring: Ring[T]) -> None:
+    def __init__(self, ring: Ring[T], passive: bool = False) -> None:
         self.ring = ring
         self.cursor = ring.head
         self.skipped = 0
         self.delivered = 0
         self._open = True
-        ring.readers += 1
+        self._counted = not passive
+        if self._counted:
+            ring.readers += 1
 
     @property
     def lag(self) -> int:
@@ -137,4 +143,5 @@ class RingReader(Generic[T]):
     def close(self) -> None:
         if self._open:
             self._open = False
-            self.ring.readers -= 1
+            if self._counted:
+                self.ring.readers -= 1

@@ -55,6 +55,7 @@ class Stream:
         self.source: FrameSource | None = None
         self.listeners: dict[str, Listener] = {}
         self.egress: dict[Any, Any] = {}  # shared encoders by key; owned by egress.encoders
+        self.analysis: Any = None  # levels, loudness, plug-ins; owned by egress.analysis
         self.created = time.time()
         self.idle_since: float | None = time.monotonic()
         self.frames_from_sender = 0
@@ -119,5 +120,6 @@ class Stream:
             "frames_silence": self.frames_silence,
             "duration_s": round(self.ring.head * FRAME_SAMPLES / 48000, 2),
             "encoders": [enc.info() for enc in self.egress.values()],
+            "analysis": self.analysis.snapshot() if self.analysis is not None else None,
             "persistent": self.persistent,
         }

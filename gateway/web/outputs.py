@@ -12,10 +12,12 @@ from ..core.registry import UnknownStream
 from ..core.stream import StreamBusy
 from ..egress.rtp import OutputError
 from ..ingress.rtp import InputError, open_rtp_input
+from ..recording.store import RecordingError
 from ..sdp import SdpError, parse_audio
 from ..sip.dial_out import DialError
 from .keys import gateway_of
 from .problem import problem
+from .recordings import storage_problem
 
 
 class FieldError(ValueError):
@@ -73,7 +75,7 @@ def _no_unknown(body: dict[str, Any], known: set[str]) -> None:
 
 def parse_output(body: dict[str, Any], default_bitrate: int) -> dict[str, Any]:
     """Validate an output request (API or config file) into RtpOutputs.create() arguments."""
-    field(body, "type", str, choices=("rtp", "sip"))  # sip: handled by create_sip_output
+    field(body, "type", str, choices=("rtp", "sip", "recording"))
     spec = _codec(body)
     try:
         ptime = check_ptime(spec, field(body, "ptime", int, 20))
@@ -146,6 +148,34 @@ async def create_sip_output(request: web.Request, body: dict[str, Any]) -> web.S
     return resp
 
 
+def parse_recording_output(body: dict[str, Any]) -> dict[str, Any]:
+    """{"type": "recording", "format": "wav" | "opus", "sample_rate": 16000}"""
+    _no_unknown(body, {"type", "stream", "format", "sample_rate"})
+    fmt = field(body, "format", str, None, choices=("wav", "opus"))
+    rate = field(body, "sample_rate", int, None, choices=(8000, 16000, 24000, 48000))
+    if rate is not None and fmt == "opus":
+        raise FieldError("sample_rate", "applies to WAV only (Opus is 48 kHz)")
+    return {"fmt": fmt, "sample_rate": rate}
+
+
+async def create_recording_output(request: web.Request,
+                                  body: dict[str, Any]) -> web.StreamResponse:
+    gw = gateway_of(request)
+    name = request.match_info["stream"]
+    try:
+        args = parse_recording_output(body)
+    except FieldError as exc:
+        return bad_fields(exc)
+    stream = stream_for_io(gw, name)
+    try:
+        recorder = await gw.recordings.record(stream, **args)
+    except (OSError, RecordingError) as exc:
+        return storage_problem(exc)
+    resp = web.json_response(recorder.info(), status=201)
+    resp.headers["Location"] = f"/api/v1/streams/{name}/outputs/{recorder.id}"
+    return resp
+
+
 async def create_output(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     name = request.match_info["stream"]
@@ -153,6 +183,8 @@ async def create_output(request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
         if body.get("type") == "sip":
             return await create_sip_output(request, body)
+        if body.get("type") == "recording":
+            return await create_recording_output(request, body)
         args = parse_output(body, gw.config.webrtc.opus_bitrate)
     except FieldError as exc:
         return bad_fields(exc)
@@ -182,7 +214,8 @@ def _find(request: web.Request, kind: str):  # type: ignore[no-untyped-def]
     if kind == "input":
         item = gw.rtp_inputs.get(key)
     else:
-        item = gw.rtp_outputs.outputs.get(key) or (gw.sip.find_call(key) if gw.sip else None)
+        item = (gw.rtp_outputs.outputs.get(key) or gw.recordings.find(key)
+                or (gw.sip.find_call(key) if gw.sip else None))
     if item is None or item.stream.name != request.match_info["stream"]:
         raise web.HTTPNotFound(text=f"no such {kind}")
     return item
@@ -196,6 +229,7 @@ async def list_outputs(request: web.Request) -> web.StreamResponse:
     outputs = [o.info() for o in gw.rtp_outputs.outputs.values() if o.stream.name == name]
     if gw.sip is not None:
         outputs += [call.info() for call in gw.sip.calls_on(name)]
+    outputs += [r.info() for r in gw.recordings.active.values() if r.stream.name == name]
     return web.json_response({"outputs": outputs})
 
 
@@ -211,8 +245,13 @@ async def output_sdp(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_output(request: web.Request) -> web.StreamResponse:
-    """Stop an RTP output, or hang up a call (BYE; CANCEL while it is still ringing)."""
-    await _find(request, "output").close("stopped through the API")
+    """Stop an RTP output, finalize a recording, or hang up a call (BYE; CANCEL while it
+    is still ringing)."""
+    output = _find(request, "output")
+    if output.kind == "recording":
+        await gateway_of(request).recordings.stop_recording(output, "stopped through the API")
+    else:
+        await output.close("stopped through the API")
     return web.Response(status=204)
 
 

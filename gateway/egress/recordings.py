@@ -1,0 +1,120 @@
+"""Every recording of the gateway: started by the API or the config, listed, retained.
+
+File work (recovery after a crash, listing, retention) runs in threads; the event loop
+only starts and stops recorders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import RecordingConfig
+from ..core.events import EventBus
+from ..core.registry import StreamRegistry
+from ..core.stream import Stream
+from ..recording.store import RecordingStore
+from .recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 60.0
+
+
+class Recordings:
+    def __init__(self, config: RecordingConfig, registry: StreamRegistry, events: EventBus,
+                 opus_bitrate: int = 64000) -> None:
+        self.config = config
+        self.registry = registry
+        self.events = events
+        self.opus_bitrate = opus_bitrate
+        self.store = RecordingStore(
+            Path(config.directory),
+            max_age_s=config.max_age_days * 86400 or None,
+            max_total_bytes=int(config.max_total_mb * 1e6) or None,
+        )
+        self.active: dict[str, Recorder] = {}
+        self.recovered: list[dict[str, Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Repair what a crash left behind, then start the configured automatic recordings."""
+        try:
+            self.recovered = await asyncio.to_thread(self.store.recover)
+        except OSError as exc:
+            log.error("recordings directory %s: %s", self.config.directory, exc)
+        for item in self.recovered:
+            log.warning("recording recovered after an interrupted run: %s (%.1f s)",
+                        item.get("id"), item.get("duration_s", 0.0))
+        self.registry.on_created.append(self._auto)
+        for stream in list(self.registry.streams.values()):
+            self._auto(stream)
+        self._spawn(self._retain())
+
+    async def stop(self) -> None:
+        """Finalize every recording (shutdown)."""
+        await asyncio.gather(*(r.close("gateway shutting down") for r in self.active.values()))
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def record(self, stream: Stream, fmt: str | None = None,
+                     sample_rate: int | None = None) -> Recorder:
+        recorder = Recorder(
+            stream, self.store, self.events, fmt or self.config.format,
+            sample_rate or self.config.sample_rate, self.config.segment_s,
+            self.config.record_gaps, self.config.flush_interval_s, self.config.fsync,
+            self.opus_bitrate,
+        )
+        await recorder.start()
+        self.active[recorder.id] = recorder
+        self.events.publish("recording_started", stream.name, recording=recorder.id)
+        return recorder
+
+    async def stop_recording(self, recorder: Recorder, reason: str) -> None:
+        await recorder.close(reason)
+        self.active.pop(recorder.id, None)
+        self.events.publish("recording_stopped", recorder.stream.name, recording=recorder.id,
+                            reason=reason)
+
+    async def delete(self, recording_id: str) -> None:
+        """Remove a finished recording (KeyError: unknown; RecordingError: in progress)."""
+        await asyncio.to_thread(self.store.delete, recording_id)
+
+    def find(self, recorder_id: str) -> Recorder | None:
+        return self.active.get(recorder_id)
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.list)
+
+    def _auto(self, stream: Stream) -> None:
+        for entry in self.config.auto:
+            spec = {"stream": entry} if isinstance(entry, str) else entry
+            if fnmatch.fnmatchcase(stream.name, spec["stream"]):
+                self._spawn(self._auto_record(stream, spec))
+                return
+
+    async def _auto_record(self, stream: Stream, spec: dict[str, Any]) -> None:
+        try:
+            await self.record(stream, spec.get("format"), spec.get("sample_rate"))
+        except OSError as exc:
+            log.error("automatic recording of %s failed to start: %s", stream.name, exc)
+            self.events.publish("recording_failed", stream.name, error=str(exc))
+
+    async def _retain(self) -> None:
+        while True:
+            try:
+                deleted = await asyncio.to_thread(self.store.enforce_retention, time.time())
+                for path in deleted:
+                    log.info("recording %s deleted by retention", path)
+            except OSError as exc:
+                log.warning("recording retention: %s", exc)
+            await asyncio.sleep(RETENTION_EVERY_S)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

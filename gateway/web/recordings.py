@@ -1,0 +1,61 @@
+"""Recordings over HTTP: list, download (with Range, so a browser can seek), delete."""
+
+from __future__ import annotations
+
+import errno
+import mimetypes
+
+from aiohttp import web
+
+from ..recording.store import RecordingError
+from .keys import gateway_of
+from .problem import problem
+
+CONTENT_TYPES = {".wav": "audio/wav", ".opus": "audio/ogg", ".part": "application/octet-stream"}
+
+
+async def list_recordings(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    items = await gw.recordings.list()
+    return web.json_response({"recordings": items,
+                              "active": [r.info() for r in gw.recordings.active.values()]})
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    try:
+        path = gw.recordings.store.path_of(request.match_info["id"])
+    except KeyError:
+        return problem(404, "Not Found", "no such recording")
+    name = path.name[: -len(".part")] if path.name.endswith(".part") else path.name
+    suffix = "." + name.rsplit(".", 1)[-1]
+    ctype = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return web.FileResponse(path, headers={
+        "Content-Type": ctype,
+        "Content-Disposition": f'attachment; filename="{name}"',
+    })
+
+
+async def delete_recording(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    try:
+        await gw.recordings.delete(request.match_info["id"])
+    except KeyError:
+        return problem(404, "Not Found", "no such recording")
+    except RecordingError as exc:
+        return problem(409, "Conflict", str(exc))
+    return web.Response(status=204)
+
+
+def storage_problem(exc: OSError | RecordingError) -> web.Response:
+    """A recording that cannot start: the disk is full (507) or not writable (500)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return problem(507, "Insufficient Storage", f"cannot record: {exc.strerror}")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return problem(500, "Internal Server Error", f"cannot record: {reason}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/recordings", list_recordings)
+    app.router.add_get("/api/v1/recordings/{id}", get_recording)
+    app.router.add_delete("/api/v1/recordings/{id}", delete_recording)
