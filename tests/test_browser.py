@@ -144,6 +144,12 @@ async def test_aiortc_publishes_and_the_chromium_listen_page_plays_it(gateway, t
         peak = await page.text_content("#peak")
         hz = float(peak.split("~")[1].split()[0])
         assert abs(hz - 880) < 30, peak
+        # the gateway's own meter, fed by the live SSE feed, shows the 0.3-scale tone
+        await page.wait_for_function("document.getElementById('gwlevel').value > -20")
+        # short-term loudness needs its 3 s window first
+        await page.locator("#gwinfo").filter(has_text="LUFS").wait_for(timeout=6000)
+        info = await page.text_content("#gwinfo")
+        assert "dBFS RMS" in info and "sound" in info, info
         await page.screenshot(path=str(artifacts / "browser-listen.png"))
         stream = gateway.gateway.registry.streams["tone880"]
         assert len(stream.listeners) == 1
