@@ -19,7 +19,7 @@ from .egress.rtp import RtpOutputs
 from .ingress.rtp import RtpInput, open_rtp_input
 from .sip.endpoint import EndpointError
 from .sip.service import SipService
-from .web import api, live, outputs, recordings, webrtc_http
+from .web import api, dashboard, live, metrics, openapi, outputs, recordings, webrtc_http
 from .web.keys import GATEWAY, MAX_BODY
 from .web.outputs import FieldError, parse_input, parse_output
 from .web.problem import error_middleware_factory
@@ -157,6 +157,9 @@ def create_app(config: Config) -> web.Application:
     outputs.add_routes(app)
     recordings.add_routes(app)
     live.add_routes(app)
+    metrics.add_routes(app)
+    dashboard.add_routes(app)
+    openapi.add_routes(app)  # last: it documents every route added before it
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/publish", _page("publish.html"))
     app.router.add_get("/listen", _page("listen.html"))
