@@ -20,6 +20,7 @@ from .ingress.rtp import RtpInput, open_rtp_input
 from .sip.endpoint import EndpointError
 from .sip.service import SipService
 from .web import api, dashboard, live, metrics, openapi, outputs, recordings, webrtc_http
+from .web.auth import AUTH, Authenticator, auth_middleware_factory
 from .web.keys import GATEWAY, MAX_BODY
 from .web.outputs import FieldError, parse_input, parse_output
 from .web.problem import error_middleware_factory
@@ -79,6 +80,13 @@ class Gateway:
         return webrtc_http.sender_is_stale(session, self.config.webrtc.takeover_after_s)
 
     async def start(self) -> None:
+        if not self.config.auth.enabled:
+            if self.config.http.allow_insecure:
+                log.warning("no credentials configured and --insecure: anyone who reaches "
+                            "%s may publish, listen and dial out", self.config.http.host)
+            else:
+                log.warning("no credentials configured: access control is off, so the "
+                            "gateway serves loopback only (configure [auth] to open it up)")
         self.processing.check()
         self.processing.start()
         await self.recordings.start()
@@ -138,8 +146,10 @@ class Gateway:
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        client_max_size=config.http.max_body_bytes, middlewares=[error_middleware_factory()]
+        client_max_size=config.http.max_body_bytes,
+        middlewares=[error_middleware_factory(), auth_middleware_factory()],
     )
+    app[AUTH] = Authenticator(config.auth)
     gateway = Gateway(config)
     app[GATEWAY] = gateway
     app[MAX_BODY] = config.http.max_body_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import cli_client
@@ -28,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default: all interfaces except loopback)",
     )
     serve.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    serve.add_argument("--log-format", choices=["auto", "json", "text"],
+                       help="json (default when stderr is not a terminal) or text")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow serving beyond loopback with no credentials configured")
     check = sub.add_parser("config", help="configuration tools")
     check.add_argument("action", choices=["check"], help="check: validate a file and exit")
     check.add_argument("file", help="TOML file to validate")
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli_client.run(args)
     if args.command == "config":
         try:
-            config_mod.load(args.file)
+            config_mod.load(args.file, environ=dict(os.environ))
         except config_mod.ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -57,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["webrtc"]["host_addresses"] = args.ice_host
     if args.log_level:
         overrides["log_level"] = args.log_level
+    if args.log_format:
+        overrides["log_format"] = args.log_format
+    if args.insecure:
+        overrides["http"]["allow_insecure"] = True
     try:
-        cfg = config_mod.load(args.config, overrides)
+        cfg = config_mod.load(args.config, overrides, dict(os.environ))
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

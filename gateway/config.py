@@ -6,6 +6,7 @@ Every key is validated at start; an unknown or mistyped key is an error that nam
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ class HttpConfig:
     port: int = 8080
     #: Largest accepted request body (SDP offers, JSON) in bytes.
     max_body_bytes: int = 65536
+    #: Listening on a non-loopback address with no credentials configured is refused
+    #: unless this is true (`gateway serve --insecure`).
+    allow_insecure: bool = False
+    #: SIGTERM: seconds to hang up calls, close sessions and finalize recordings.
+    shutdown_timeout_s: float = 10.0
 
 
 @dataclass
@@ -40,7 +46,7 @@ class StreamsConfig:
 @dataclass
 class WebRTCConfig:
     #: STUN/TURN servers, e.g. [{urls = "stun:stun.example.org:3478"}]. None by default.
-    ice_servers: list[dict] = field(default_factory=list)
+    ice_servers: list[dict] = field(default_factory=list, repr=False)
     #: Addresses to gather ICE host candidates on (empty: all but loopback).
     host_addresses: list[str] = field(default_factory=list)
     #: 1:1 NAT: {"10.0.0.5" = "203.0.113.7"} rewrites candidates in answers.
@@ -112,7 +118,7 @@ class SipConfig:
     #: Digest realm of the registrar and of call authentication.
     realm: str = "audio-gateway"
     #: Users allowed to REGISTER (and call, when auth_calls): {alice = "password"}.
-    users: dict[str, str] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict, repr=False)
     #: Challenge INVITEs too (digest with `users`); OPTIONS are always answered.
     auth_calls: bool = False
     #: Digest algorithms challenged with, one WWW-Authenticate each. MD5 alone by default:
@@ -121,10 +127,12 @@ class SipConfig:
     digest_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
     #: Upstream registrations: [{registrar = "sip:pbx.example.org", user = "gw",
     #: password = "...", expires = 300}] (optional: aor, contact_user, username).
-    registrations: list[dict] = field(default_factory=list)
+    registrations: list[dict] = field(default_factory=list, repr=False)
     #: Credentials for challenges met when dialing out: [{realm = "pbx", user = "gw",
     #: password = "..."}] (realm "*" or absent: any realm).
-    credentials: list[dict] = field(default_factory=list)
+    credentials: list[dict] = field(default_factory=list, repr=False)
+    #: Source addresses (CIDR) allowed to send SIP requests; empty: everyone.
+    allow_from: list[str] = field(default_factory=list)
     user_agent: str = "audio-gateway"
 
 
@@ -165,6 +173,23 @@ class ProcessingConfig:
 
 
 @dataclass
+class AuthConfig:
+    #: API keys: [{name = "ops", key = "long-random-string", scopes = ["admin"]}]. Scopes:
+    #: "admin", "publish:<stream pattern>", "listen:<stream pattern>" (shell patterns).
+    keys: list[dict] = field(default_factory=list, repr=False)
+    #: Secret for signed tokens (JWT); their "scope" claim lists scopes like the keys'.
+    jwt_secret: str = field(default="", repr=False)
+    #: Accepted JWT algorithms (HMAC ones use jwt_secret).
+    jwt_algorithms: list[str] = field(default_factory=lambda: ["HS256"])
+    #: /metrics without a token (a scraper on a trusted network); otherwise admin.
+    public_metrics: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys or self.jwt_secret)
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
@@ -173,7 +198,10 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "info"
+    #: "json", "text", or "auto": JSON when stderr is not a terminal.
+    log_format: str = "auto"
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -222,7 +250,73 @@ def validate(config: Config) -> Config:
     validate_sip(config.sip)
     validate_recording(config.recording)
     validate_processing(config.processing)
+    validate_auth(config.auth)
+    if config.log_format not in ("auto", "json", "text"):
+        raise ConfigError("configuration key 'log_format' must be auto, json or text")
+    validate_exposure(config)
     return config
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_exposure(config: Config) -> None:
+    """No credentials: only loopback, unless the operator insists (http.allow_insecure)."""
+    if config.http.allow_insecure:
+        return
+    if not config.auth.enabled and not is_loopback(config.http.host):
+        raise ConfigError(
+            f"refusing to serve HTTP on {config.http.host} with no credentials configured: "
+            "add [auth] keys or jwt_secret, or pass --insecure (http.allow_insecure = true)"
+        )
+    sip = config.sip
+    sip_guarded = (sip.users and sip.auth_calls) or sip.allow_from
+    if sip.enabled and not sip_guarded and not is_loopback(sip.bind_host):
+        raise ConfigError(
+            f"refusing to serve SIP on {sip.bind_host} to anyone: set sip.allow_from, or "
+            "sip.users with sip.auth_calls = true, or pass --insecure (http.allow_insecure)"
+        )
+
+
+SCOPE = re.compile(r"^(admin|(publish|listen):[A-Za-z0-9._~*?\[\]-]+)$")
+
+
+def validate_auth(auth: AuthConfig) -> None:
+    names = set()
+    for i, key in enumerate(auth.keys):
+        unknown = set(key) - {"name", "key", "scopes"}
+        if unknown:
+            raise ConfigError(f"unknown configuration key 'auth.keys[{i}].{min(unknown)}'")
+        secret = key.get("key")
+        if not isinstance(secret, str) or len(secret) < 16:
+            raise ConfigError(f"configuration key 'auth.keys[{i}].key' must be a string of at "
+                              "least 16 characters")
+        check_scopes(key.get("scopes"), f"auth.keys[{i}].scopes")
+        name = key.get("name", f"key{i}")
+        if name in names:
+            raise ConfigError(f"configuration key 'auth.keys[{i}].name': {name!r} used twice")
+        names.add(name)
+    if auth.jwt_secret and len(auth.jwt_secret) < 32:
+        raise ConfigError("configuration key 'auth.jwt_secret' must be at least 32 characters")
+    bad = set(auth.jwt_algorithms) - {"HS256", "HS384", "HS512"}
+    if bad or not auth.jwt_algorithms:
+        raise ConfigError("configuration key 'auth.jwt_algorithms' must list HS256/HS384/HS512")
+
+
+def check_scopes(scopes: object, where: str) -> list[str]:
+    if not isinstance(scopes, list) or not scopes:
+        raise ConfigError(f"configuration key '{where}' must be a non-empty list")
+    for scope in scopes:
+        if not isinstance(scope, str) or not SCOPE.match(scope):
+            raise ConfigError(f"configuration key '{where}': bad scope {scope!r} (use admin, "
+                              "publish:<pattern> or listen:<pattern>)")
+    return scopes
 
 
 def validate_recording(rec: RecordingConfig) -> None:
@@ -299,12 +393,44 @@ def validate_sip(sip: SipConfig) -> None:
             raise ConfigError(f"'sip.credentials[{i}]' needs 'user' and 'password'")
     if not sip.digest_algorithms or set(sip.digest_algorithms) - {"MD5", "SHA-256"}:
         raise ConfigError("configuration key 'sip.digest_algorithms' must list MD5 and/or SHA-256")
+    for i, cidr in enumerate(sip.allow_from):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"configuration key 'sip.allow_from[{i}]': {exc}") from None
     if sip.max_calls < 1:
         raise ConfigError("configuration key 'sip.max_calls' must be at least 1")
 
 
-def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` ({"http": {...}})."""
+ENV_PREFIX = "GATEWAY_"
+
+
+def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``GATEWAY_SIP__PORT=5070`` → {"sip": {"port": 5070}} (``GATEWAY__LOG_LEVEL`` for a
+    top-level key); values are TOML literals
+    (numbers, true/false, ["lists"], {tables}), anything else a string."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if not key:
+            raise ConfigError(f"environment variable {name}: expected GATEWAY_SECTION__KEY")
+        if section:
+            out.setdefault(section, {})[key] = value
+        else:  # GATEWAY__LOG_LEVEL: a top-level key
+            out[key] = value
+    return out
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+         environ: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``GATEWAY_*`` variables of ``environ``,
+    then ``overrides`` ({"http": {...}}: the command line)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -314,9 +440,10 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    for section, values in (overrides or {}).items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
+    for layer in (env_overrides(environ or {}), overrides or {}):
+        for section, values in layer.items():
+            if isinstance(values, dict) and isinstance(data.get(section, {}), dict):
+                data.setdefault(section, {}).update(values)
+            else:
+                data[section] = values
     return validate(_build(Config, data, ""))

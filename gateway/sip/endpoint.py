@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import re
 import socket
@@ -52,6 +53,8 @@ class EndpointSettings:
     rate_burst: int = 100
     max_transactions: int = 10000
     max_connections: int = 1000  # TCP; beyond it new connections are closed at once
+    #: Networks allowed to send SIP; empty: all. Others are dropped and counted.
+    allow_from: tuple[str, ...] = ()
     user_agent: str = "audio-gateway"
 
 
@@ -64,6 +67,7 @@ class Counters:
     rate_limited: int = 0
     send_errors: int = 0
     connections_refused: int = 0
+    forbidden: int = 0  # from sources outside allow_from
 
 
 class SipEndpoint:
@@ -74,6 +78,7 @@ class SipEndpoint:
         self.layer = TransactionLayer(timers or Timers(), settings.max_transactions)
         self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
         self.counters = Counters()
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allow_from]
         self.port = settings.port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
@@ -180,6 +185,9 @@ class SipEndpoint:
         """One datagram or one framed stream message from ``flow``."""
         self.counters.received += 1
         transport, host, port = flow
+        if self.allowed and not self._allowed(host):
+            self.counters.forbidden += 1
+            return
         if not self.limiter.allow(host, self.now()):
             self.counters.rate_limited += 1
             return
@@ -199,6 +207,13 @@ class SipEndpoint:
         if isinstance(message, Request):
             stamp_received(message, host, port)
         self._dispatch(self.layer.receive(message, flow, self.now()))
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.allowed)
 
     def _reject_too_large(self, data: bytes, flow: Flow) -> None:
         """413 when the headers are readable enough to answer, else silence (§18.1.1)."""

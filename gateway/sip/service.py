@@ -62,6 +62,7 @@ class SipService(DialIn, DialOut, Upstream):
                 rate_per_s=config.rate_limit_per_s,
                 rate_burst=config.rate_limit_burst,
                 user_agent=config.user_agent,
+                allow_from=tuple(config.allow_from),
             ),
             self._on_event,
         )
@@ -306,6 +307,7 @@ class SipService(DialIn, DialOut, Upstream):
             "messages_malformed": counters.malformed,
             "messages_too_large": counters.too_large,
             "rate_limited": counters.rate_limited,
+            "forbidden_sources": counters.forbidden,
             "registrations": [
                 {"registrar": str(c.registrar), "state": c.state,
                  "last_status": c.last_status} for c in self.registrations

@@ -70,13 +70,13 @@ class WebRTCClient:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.location: str | None = None
         self.answer_codec: str | None = None
+        self.token: str | None = None
 
     async def negotiate(self, token: str | None = None) -> None:
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
-        headers = {"Content-Type": "application/sdp"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        self.token = token
+        headers = {"Content-Type": "application/sdp", **self._auth()}
         async with aiohttp.ClientSession() as http:
             async with http.post(self.url, data=self.pc.localDescription.sdp, headers=headers) as r:
                 body = await r.text()
@@ -84,6 +84,9 @@ class WebRTCClient:
                     raise RuntimeError(f"{self.url}: {r.status} {body}")
                 self.location = r.headers["Location"]
         await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def connected(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -96,7 +99,8 @@ class WebRTCClient:
         status = 0
         if self.location:
             async with aiohttp.ClientSession() as http:
-                async with http.delete(self.base_url + self.location) as r:
+                async with http.delete(self.base_url + self.location,
+                                       headers=self._auth()) as r:
                     status = r.status
         await self.pc.close()
         return status
