@@ -17,6 +17,7 @@ from .egress.encoders import SharedEncoder
 from .egress.recordings import Recordings
 from .egress.rtp import RtpOutputs
 from .ingress.rtp import RtpInput, open_rtp_input
+from .logs import request_id_middleware_factory
 from .sip.endpoint import EndpointError
 from .sip.service import SipService
 from .web import api, dashboard, live, metrics, openapi, outputs, recordings, webrtc_http
@@ -53,6 +54,7 @@ class Gateway:
         self.rtp_outputs = RtpOutputs(config.rtp.multicast_interface or None)
         self.rtp_inputs: dict[str, RtpInput] = {}
         self.events = EventBus()
+        self.stopping = asyncio.Event()  # set when shutdown begins: no new sessions
         self.recordings = Recordings(config.recording, self.registry, self.events,
                                      w.opus_bitrate)
         self.processing = Processing(config.processing, self.registry, self.events)
@@ -119,18 +121,30 @@ class Gateway:
                     raise ConfigError(f"{where}[{i}]: {exc}") from None
 
     async def stop(self) -> None:
-        if self.sip is not None:
-            await self.sip.stop()
-        await self.recordings.stop()
-        self.processing.stop()
-        self.rtp_outputs.close()
-        for rtp_input in list(self.rtp_inputs.values()):
-            await rtp_input.close("gateway shutting down")
-        for session in list(self.sessions.values()):
-            await session.close("gateway shutting down")
+        """Graceful shutdown: refuse new sessions, hang up calls (BYE), finalize
+        recordings, send RTCP BYE, close sessions; bounded by http.shutdown_timeout_s."""
+        self.stopping.set()
+        log.info("shutting down: %d sessions, %d calls, %d recordings", len(self.sessions),
+                 len(self.sip.calls) if self.sip else 0, len(self.recordings.active))
+        try:
+            await asyncio.wait_for(self._stop_everything(),
+                                   max(1.0, self.config.http.shutdown_timeout_s - 0.5))
+        except TimeoutError:
+            log.error("shutdown took longer than %.0f s; stopping anyway",
+                      self.config.http.shutdown_timeout_s)
         for task in list(self._tasks):
             task.cancel()
         await self.registry.stop()
+
+    async def _stop_everything(self) -> None:
+        await asyncio.gather(
+            self.sip.stop() if self.sip is not None else asyncio.sleep(0),
+            self.recordings.stop(),
+            *(s.close("gateway shutting down") for s in list(self.sessions.values())),
+            *(i.close("gateway shutting down") for i in list(self.rtp_inputs.values())),
+        )
+        self.processing.stop()
+        self.rtp_outputs.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -147,7 +161,8 @@ class Gateway:
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.http.max_body_bytes,
-        middlewares=[error_middleware_factory(), auth_middleware_factory()],
+        middlewares=[request_id_middleware_factory(), error_middleware_factory(),
+                     auth_middleware_factory()],
     )
     app[AUTH] = Authenticator(config.auth)
     gateway = Gateway(config)

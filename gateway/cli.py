@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from . import cli_client
+from . import cli_client, logs
 from . import config as config_mod
 
 
@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(cfg.log_level, cfg.log_format)
     from aiohttp import web
 
     from .app import create_app
@@ -81,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gateway").info(
         "gateway listening on http://%s:%d/", cfg.http.host, cfg.http.port
     )
-    web.run_app(create_app(cfg), host=cfg.http.host, port=cfg.http.port, print=None)
+    web.run_app(create_app(cfg), host=cfg.http.host, port=cfg.http.port, print=None,
+                shutdown_timeout=cfg.http.shutdown_timeout_s)
+    logging.getLogger("gateway").info("gateway stopped")
     return 0
 
 

@@ -107,7 +107,9 @@ class Recordings:
     async def _retain(self) -> None:
         while True:
             try:
-                deleted = await asyncio.to_thread(self.store.enforce_retention, time.time())
+                deleted = []
+                if self.store.directory.is_dir():  # made by the first recording
+                    deleted = await asyncio.to_thread(self.store.enforce_retention, time.time())
                 for path in deleted:
                     log.info("recording %s deleted by retention", path)
             except OSError as exc:

@@ -45,6 +45,7 @@ class DialIn:
     registrar: Registrar
     stats: dict[str, int]
     preference: tuple[str, ...]
+    stopping: bool
 
 
     def route(self, user: str) -> Route:
@@ -68,6 +69,9 @@ class DialIn:
     async def _answer(self, invite: Request, tx: ServerTransaction, flow: Flow) -> None:
         """Answer a dial-in: route, check, ring, negotiate, wire the media."""
         user = invite.uri.user or ""
+        if self.stopping:
+            self._reply(tx, invite, 503, "Shutting Down", [("Retry-After", "30")])
+            return
         if len(self.calls) >= self.config.max_calls:
             self.stats["calls_refused"] += 1
             self._reply(tx, invite, 503, "Too Many Calls", [("Retry-After", "10")])

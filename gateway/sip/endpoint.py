@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..logs import request_id
 from .dialog import new_branch
 from .limits import RateLimiter
 from .message import (
@@ -206,7 +207,11 @@ class SipEndpoint:
             return
         if isinstance(message, Request):
             stamp_received(message, host, port)
-        self._dispatch(self.layer.receive(message, flow, self.now()))
+        token = request_id.set(f"sip:{message.call_id[:48]}")
+        try:
+            self._dispatch(self.layer.receive(message, flow, self.now()))
+        finally:
+            request_id.reset(token)
 
     def _allowed(self, host: str) -> bool:
         try:

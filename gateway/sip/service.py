@@ -69,6 +69,7 @@ class SipService(DialIn, DialOut, Upstream):
         self.ports = MediaPorts(config.bind_host, config.rtp_port_min, config.rtp_port_max)
         self.preference = tuple(config.codecs)
         self.calls: dict[str, SipCall] = {}
+        self.stopping = False  # shutting down: new calls get 503
         self.ended: deque[SipCall] = deque(maxlen=100)  # recent, so the API can say why
         self._by_dialog: dict[tuple[str, str, str], SipCall] = {}
         #: id(invite server tx) -> (call being answered, the To tag its 180 carried)
@@ -95,6 +96,7 @@ class SipService(DialIn, DialOut, Upstream):
 
     async def stop(self) -> None:
         """Hang up every call with BYE and unregister, then close the sockets."""
+        self.stopping = True
         ending = [self._end(c, "gateway shutting down", send_bye=True) for c in self.calls.values()]
         if ending:
             await asyncio.wait([asyncio.ensure_future(e) for e in ending], timeout=5.0)

@@ -42,13 +42,19 @@ async def events(request: web.Request) -> web.StreamResponse:
         for event in list(gw.events.recent):
             if stream is None or event.get("stream") == stream:
                 await _send(resp, event["type"], event)
-        while True:
-            try:
-                event = await asyncio.wait_for(subscription.get(), KEEPALIVE_S)
-            except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+        stopping = asyncio.ensure_future(gw.stopping.wait())
+        while not gw.stopping.is_set():
+            getting = asyncio.ensure_future(subscription.get())
+            done, _ = await asyncio.wait({getting, stopping}, timeout=KEEPALIVE_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if getting not in done:
+                getting.cancel()
+                if not gw.stopping.is_set():
+                    await resp.write(b": keep-alive\n\n")
                 continue
+            event = getting.result()
             await _send(resp, event["type"], event)
+        stopping.cancel()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -64,7 +70,7 @@ async def levels(request: web.Request) -> web.StreamResponse:
         return problem(404, "Not Found", f"no stream named {name!r}")
     resp = await _open(request)
     try:
-        while True:
+        while not gw.stopping.is_set():
             stream = gw.registry.streams.get(name)
             if stream is None:
                 await _send(resp, "ended", {"stream": name})

@@ -53,6 +53,8 @@ async def _offer(request: web.Request, role: str) -> web.StreamResponse:
         check_offer(offer)
     except OfferError as exc:
         return problem(400, "Bad Request", str(exc))
+    if gw.stopping.is_set():
+        return problem(503, "Service Unavailable", "the gateway is shutting down")
     if len(gw.sessions) >= gw.config.webrtc.max_sessions:
         return problem(503, "Service Unavailable", "session limit reached")
     try:
