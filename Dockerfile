@@ -1,9 +1,15 @@
-# Audio gateway: WHIP/WHEP over HTTP on 8080, WebRTC media over UDP (ephemeral ports).
-# Media servers in containers need host networking or published UDP ranges plus an
-# advertised address: see docs/nat-and-containers.md.
+# Audio gateway. Ports: 8080/tcp HTTP (WHIP/WHEP, API, pages); 5060/udp+tcp SIP;
+# 20000-29999/udp RTP of SIP calls; WebRTC media on ephemeral UDP ports (use host
+# networking, see docs/nat-and-containers.md). Mount a config with [auth] credentials at
+# /config/gateway.toml: without credentials the gateway refuses to listen beyond loopback.
 FROM python:3.12-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GATEWAY_HTTP__HOST=0.0.0.0 \
+    GATEWAY_SIP__BIND_HOST=0.0.0.0 \
+    GATEWAY_RECORDING__DIRECTORY=/recordings
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -11,12 +17,13 @@ COPY gateway ./gateway
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /app gateway \
     && mkdir -p /config /recordings \
-    && chown gateway /recordings
+    && chown 10001 /recordings
 
-USER gateway
-EXPOSE 8080/tcp
+USER 10001
+EXPOSE 8080/tcp 5060/udp 5060/tcp 20000-29999/udp
 VOLUME ["/config", "/recordings"]
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"]
 ENTRYPOINT ["gateway", "serve"]
-CMD ["--host", "0.0.0.0", "--port", "8080"]
+CMD ["--config", "/config/gateway.toml"]
