@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 import time
 
 import soundfile

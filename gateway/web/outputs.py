@@ -84,6 +84,9 @@ def parse_output(body: dict[str, Any], default_bitrate: int) -> dict[str, Any]:
     ttl = field(body, "ttl", int, 16)
     if not 1 <= ttl <= 255:
         raise FieldError("ttl", "must be 1-255")
+    bitrate = field(body, "bitrate", int, default_bitrate)
+    if not 6000 <= bitrate <= 510000:  # else libopus refuses, or PyAV overflows (a 500)
+        raise FieldError("bitrate", "must be 6000-510000")
     known = {"type", "stream", "host", "port", "codec", "rate", "ptime", "ttl", "bitrate"}
     _no_unknown(body, known)
     return {
@@ -92,7 +95,7 @@ def parse_output(body: dict[str, Any], default_bitrate: int) -> dict[str, Any]:
         "port": field(body, "port", int),
         "ptime": ptime,
         "ttl": ttl,
-        "bitrate": field(body, "bitrate", int, default_bitrate),
+        "bitrate": bitrate,
     }
 
 
@@ -192,7 +195,8 @@ async def create_output(request: web.Request) -> web.StreamResponse:
     try:
         output = await gw.rtp_outputs.create(stream, **args)
     except OutputError as exc:
-        errors = [{"field": "host", "message": str(exc)}]
+        errors = [{"field": "port" if str(exc).startswith("port") else "host",
+                   "message": str(exc)}]
         return problem(400, "Bad Request", str(exc), errors=errors)
     resp = web.json_response(output.info(), status=201)
     resp.headers["Location"] = f"/api/v1/streams/{name}/outputs/{output.id}"
@@ -275,7 +279,8 @@ async def create_input(request: web.Request) -> web.StreamResponse:
     except InputError as exc:
         if exc.conflict:
             return problem(409, "Conflict", str(exc))
-        return problem(400, "Bad Request", str(exc))
+        errors = [{"field": "port", "message": str(exc)}]
+        return problem(400, "Bad Request", str(exc), errors=errors)
     except StreamBusy as exc:
         return problem(409, "Conflict", str(exc))
     gw.rtp_inputs[rtp_input.id] = rtp_input

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from .keys import MAX_BODY
+
+log = logging.getLogger(__name__)
 
 
 def problem(status: int, title: str, detail: str = "", **extra: object) -> web.Response:
@@ -16,7 +20,8 @@ def problem(status: int, title: str, detail: str = "", **extra: object) -> web.R
 
 
 def error_middleware_factory():  # type: ignore[no-untyped-def]
-    """Turn aiohttp's own HTTP errors (404, 405, 413) into problem details too."""
+    """Turn aiohttp's own HTTP errors (404, 405, 413), and unexpected exceptions (500),
+    into problem details too."""
 
     @web.middleware
     async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -33,5 +38,10 @@ def error_middleware_factory():  # type: ignore[no-untyped-def]
                 if name in exc.headers:
                     resp.headers[name] = exc.headers[name]
             return resp
+        except Exception as exc:  # a bug: still answer in the one error shape, and log it
+            if isinstance(exc, ConnectionError) or request.writer.output_size > 0:
+                raise  # the client is gone, or a streamed reply (SSE) has begun
+            log.exception("%s %s failed", request.method, request.path)
+            return problem(500, "Internal Server Error", "unexpected error; see the log")
 
     return middleware

@@ -16,6 +16,7 @@
 
 const FAST_MS = 500;
 const SLOW_MS = 2000;
+const ENDED_MS = 60000; // how long an ended call stays listed
 const HIDDEN_MS = 5000;
 const EVENT_TYPES = [
   "silence", "voice", "recording_started", "recording_stopped", "recording_failed",
@@ -149,6 +150,8 @@ class Card {
     this.q(".listen").href = pageLink("listen", name);
     this.outputs = [];
     this.outputsDirty = true;
+    this.calls = new Set(); // ids of SIP calls in the list or dialed here
+    this.ended = new Map(); // call id -> {info, until}: ended calls, kept on view a while
     this.kinds = "";
     this.otherListeners = 0;
     this.visible = true;
@@ -195,7 +198,8 @@ class Card {
       button.disabled = true;
       clearError(out, form);
       try {
-        await api("POST", this.path("/outputs"), body(form));
+        const created = await api("POST", this.path("/outputs"), body(form));
+        if (created && created.type === "sip") this.calls.add(created.id);
         reset(form);
         this.outputsDirty = true;
         refreshNow();
@@ -229,12 +233,29 @@ class Card {
 
   async loadOutputs() {
     this.outputsDirty = false;
+    let outputs;
     try {
-      this.outputs = (await api("GET", this.path("/outputs"))).outputs;
+      outputs = (await api("GET", this.path("/outputs"))).outputs;
     } catch (err) {
       if (err.status === 404) this.outputs = [];
       else this.outputsDirty = true; // try again next tick
+      return;
     }
+    // An ended call leaves the list; ask for it once so that its status and reason
+    // (busy, no answer, hung up) stay on view for a minute.
+    const present = new Set(outputs.map((o) => o.id));
+    const gone = [...this.calls].filter((id) => !present.has(id));
+    for (const o of outputs) if (o.type === "sip") this.calls.add(o.id);
+    await Promise.all(gone.map(async (id) => {
+      this.calls.delete(id);
+      try {
+        const info = await api("GET", this.path(`/outputs/${enc(id)}`));
+        if (info.state === "ended") this.ended.set(id, { info, until: Date.now() + ENDED_MS });
+      } catch (err) {
+        // forgotten already: nothing to show
+      }
+    }));
+    this.outputs = outputs;
   }
 
   update(s) {
@@ -245,7 +266,8 @@ class Card {
     meter.hidden = !a;
     if (a) {
       meter.value = Math.max(-60, Math.min(0, a.meter_dbfs));
-      const lufs = a.short_term_lufs === null ? "" : ` · ${a.short_term_lufs.toFixed(1)} LUFS`;
+      const st = a.short_term_lufs;
+      const lufs = st === null || st < -70 ? "" : ` · ${st.toFixed(1)} LUFS`;
       const level = a.meter_dbfs <= -119 ? "silence" : `${a.meter_dbfs.toFixed(1)} dBFS`;
       setText(this.q(".level-text"), level + lufs + (a.voice ? " · sound" : ""));
       const alarm = this.q(".alarm");
@@ -288,6 +310,11 @@ class Card {
         .map(webrtcEntry),
       ...this.outputs.map((o) => outputEntry(o, this)),
     ];
+    const now = Date.now();
+    for (const [id, { info, until }] of this.ended) {
+      if (until < now) this.ended.delete(id);
+      else if (!entries.some((e) => e.id === id)) entries.push(outputEntry(info, this));
+    }
     const body = this.q(".listeners tbody");
     const seen = new Set();
     for (const [i, e] of entries.entries()) {
@@ -508,8 +535,14 @@ function openEvents() {
     refreshNow(); // anything missed while disconnected
   };
   feed.onerror = () => {
-    setText(state, "events: reconnecting");
     state.className = "feed muted";
+    if (feed.readyState !== EventSource.CLOSED) {
+      setText(state, "events: reconnecting"); // the browser retries by itself
+      return;
+    }
+    // refused (an HTTP error): the browser gives up, so try again later; polling goes on
+    setText(state, "events: unavailable, retrying");
+    setTimeout(openEvents, 10000);
   };
   for (const type of EVENT_TYPES) feed.addEventListener(type, onEvent);
 }
