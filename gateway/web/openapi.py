@@ -5,10 +5,11 @@ codecs, packet times, recording formats) with the handlers that enforce them.
 tests/test_openapi.py keeps it honest: every route the app serves must be described here
 and every path described here must be served, and a fuzzer drives the API from it.
 
-Access control (gateway/web/auth.py): each operation's ``x-scopes`` names what its
-bearer token needs: ``publish`` or ``listen`` (``publish:<stream pattern>``), ``read``
-(any valid token), ``admin`` (which allows everything), or nothing (public); ``security``
-says the same in OpenAPI terms. tests/test_openapi.py checks it against ``auth.required``.
+Access control (gateway/web/auth.py): each operation's ``x-scopes`` names what its bearer
+token needs: ``publish`` or ``listen`` (a ``publish:<pattern>`` / ``listen:<pattern>``
+scope matching the stream in the path), ``read`` (any valid token), ``admin`` (which
+allows everything), or nothing (public); ``security`` says the same in OpenAPI terms.
+tests/test_openapi.py checks both against ``auth.required``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def _nullable(schema: Schema) -> Schema:
 
 
 CODEC_NAMES = [*(c.name for c in CODECS.values()), "L16"]
+L16_RATE = {"type": "integer", "description": f"L16 sample rate: one of {sorted(L16)}, "
+                                              "default 48000 (other codecs ignore it)"}
+#: The rate of L16 is checked; other codecs accept any integer and ignore it.
+L16_RATES = {"if": {"required": ["codec"], "properties": {"codec": {"const": "L16"}}},
+             "then": {"properties": {"rate": {"enum": sorted(L16)}}}}
 ALL_PTIMES = sorted({p for ptimes in PTIMES.values() for p in ptimes})
 
 # -- example SDP offers (valid for check_offer; no ICE candidates, so nothing is dialled) -
@@ -124,15 +130,14 @@ def _schemas() -> dict[str, Schema]:
                      "description": "destination: unicast or multicast address, or a name"},
             "port": {"type": "integer", "minimum": 1, "maximum": 65535, "examples": [5004]},
             "codec": ref("Codec"),
-            "rate": {"type": "integer", "enum": sorted(L16),
-                     "description": "L16 sample rate (other codecs ignore it)"},
+            "rate": L16_RATE,
             "ptime": {"type": "integer", "enum": ALL_PTIMES, "default": 20,
                       "description": "packet time, ms; Opus has no 30"},
             "ttl": {"type": "integer", "minimum": 1, "maximum": 255, "default": 16},
             "bitrate": {"type": "integer", "minimum": 6000, "maximum": 510000,
                         "description": "Opus bit rate, b/s (default `webrtc.opus_bitrate`)"},
             "stream": {**STR, "description": "ignored (the config-file form names the stream)"},
-        }, extra=False, description="Send the stream as RTP to host:port."),
+        }, extra=False, description="Send the stream as RTP to host:port.", **L16_RATES),
         "SipOutputRequest": _obj(["type", "uri"], {
             "type": {"const": "sip"},
             "uri": {**STR, "minLength": 1, "examples": ["sip:alice@pbx.example.org"],
@@ -164,12 +169,12 @@ def _schemas() -> dict[str, Schema]:
             "port": {"type": "integer", "minimum": 0, "maximum": 65535,
                      "description": "UDP port to listen on (`rtp.bind_host`); 0: any free"},
             "codec": ref("Codec"),
-            "rate": {"type": "integer", "enum": sorted(L16),
-                     "description": "L16 sample rate (other codecs ignore it)"},
+            "rate": L16_RATE,
             "payload_type": {"type": "integer", "minimum": 0, "maximum": 127,
                              "description": "default: the codec's usual one"},
             "stream": {**STR, "description": "ignored (the config-file form names the stream)"},
-        }, extra=False, description="Receive RTP on a port and make it the stream's sender."),
+        }, extra=False, description="Receive RTP on a port and make it the stream's sender.",
+            **L16_RATES),
         # -- response bodies --------------------------------------------------------
         "Encoder": _obj(["codec", "clock_rate", "bitrate", "ptime", "subscribers",
                          "frames_encoded"], {
@@ -301,16 +306,13 @@ def _header(description: str) -> Schema:
 
 def _responses() -> dict[str, Schema]:
     return {
-        "BadRequest": _problem("The request is malformed."),
         "FieldErrors": _problem("A field is missing, of the wrong type or out of range; "
                                 "`errors` names it.", "ValidationProblem"),
         "NotFound": _problem("No such stream, session, output, input or recording."),
-        "MethodNotAllowed": _problem("Not supported on this resource.",
+        "MethodNotAllowed": _problem("Any method a path does not list here.",
                                      headers={"Allow": _header("the methods it supports")}),
-        "Conflict": _problem("The resource is busy (see `detail`)."),
         "PayloadTooLarge": _problem("The body is larger than `http.max_body_bytes`."),
         "UnsupportedMediaType": _problem("Send `application/sdp`."),
-        "ServiceUnavailable": _problem("A limit is reached, or the network refuses."),
         "Unauthorized": _problem("No valid bearer token.",
                                  headers={"WWW-Authenticate": _header("Bearer")}),
         "Forbidden": _problem("The token lacks the scope this operation needs."),
@@ -370,6 +372,8 @@ def _whip_whep(prefix: str, role: str, scope: str, offer: str) -> dict[str, Sche
         f"{prefix}_options", "CORS preflight / discover WHIP-WHEP", [tag], [],
         {"204": {"description": "Accepted methods and media types.", "headers": {
             "Accept-Post": _header("`application/sdp`"), **CORS_HEADERS}}},
+        description="Answers for any name: a preflight says nothing about the stream.",
+        parameters=[_path_param("stream", "stream name (not checked)")],
     )
     return {
         f"/{prefix}/{{stream}}": {
@@ -421,7 +425,9 @@ def _whip_whep(prefix: str, role: str, scope: str, offer: str) -> dict[str, Sche
                 requestBody={"required": False, "content": {
                     "application/trickle-ice-sdpfrag": {"schema": STR}}},
             ),
-            "options": {**options, "operationId": f"{prefix}_session_options"},
+            "options": {**options, "operationId": f"{prefix}_session_options",
+                        "parameters": [_path_param("stream", "stream name (not checked)"),
+                                       SESSION]},
         },
     }
 
@@ -513,7 +519,8 @@ def _paths() -> dict[str, Schema]:
         ), "get": _op(
             "list_inputs", "The stream's inputs, with counters", ["inputs"], ["listen"],
             {"200": _json("The inputs.", _obj(["inputs"], {
-                "inputs": {"type": "array", "items": ref("RtpInput")}}))},
+                "inputs": {"type": "array", "items": ref("RtpInput")}})),
+             "404": _r("NotFound")},
         )},
         f"{io}/inputs/{{input}}": {"parameters": [STREAM, INPUT], "get": _op(
             "get_input", "One input", ["inputs"], ["listen"],

@@ -292,6 +292,8 @@ async def create_input(request: web.Request) -> web.StreamResponse:
 async def list_inputs(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     name = request.match_info["stream"]
+    if name not in gw.registry.streams:
+        return problem(404, "Not Found", f"no stream named {name!r}")
     inputs = [i.info() for i in gw.rtp_inputs.values() if i.stream.name == name]
     return web.json_response({"inputs": inputs})
 
