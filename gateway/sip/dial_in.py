@@ -8,16 +8,14 @@ import re
 import time
 from dataclasses import dataclass
 
-from ..config import SipConfig
 from ..core.registry import UnknownStream
 from ..core.stream import Stream, StreamBusy
 from ..sdp import SdpError, answer, choose_codec, parse_audio
 from .call import SipCall, SipSource
 from .dialog import Dialog, new_tag
-from .endpoint import SipEndpoint
-from .media import CallMedia, MediaPorts, MediaPortsExhausted
+from .media import CallMedia, MediaPortsExhausted
 from .message import Address, Request, SipParseError
-from .registrar import Registrar
+from .parts import ServicePart
 from .transaction import Flow, ServerTransaction
 
 log = logging.getLogger(__name__)
@@ -34,18 +32,8 @@ class Route:
     publish: str | None
 
 
-class DialIn:
+class DialIn(ServicePart):
     """Mixed into SipService: the answering side of calls."""
-
-    # set by SipService.__init__
-    config: SipConfig
-    endpoint: SipEndpoint
-    ports: MediaPorts
-    calls: dict[str, SipCall]
-    registrar: Registrar
-    stats: dict[str, int]
-    preference: tuple[str, ...]
-    stopping: bool
 
 
     def route(self, user: str) -> Route:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..config import SipConfig
 from ..core.stream import Stream
 from ..sdp import SdpError, build_audio, choose_codec, offer_codecs, parse_audio
 from .call import SipCall
 from .dial_in import ALLOW, SDP
 from .dialog import Dialog, new_call_id, new_tag
 from .digest import DigestError, answer_challenge, parse_challenge
-from .endpoint import EndpointError, SipEndpoint
-from .media import CallMedia, MediaPorts
+from .endpoint import EndpointError
+from .media import CallMedia
 from .message import Address, Headers, Request, Response, SipParseError, Uri
-from .registrar import Registrar
+from .parts import ServicePart
 from .transaction import Flow
 
 log = logging.getLogger(__name__)
@@ -28,17 +27,8 @@ class DialError(ValueError):
     """A dial-out request cannot be placed (bad URI, unknown user); sent back as 400."""
 
 
-class DialOut:
+class DialOut(ServicePart):
     """Mixed into SipService: the calling side of calls."""
-
-    # set by SipService.__init__
-    config: SipConfig
-    endpoint: SipEndpoint
-    ports: MediaPorts
-    calls: dict[str, SipCall]
-    registrar: Registrar
-    stats: dict[str, int]
-    preference: tuple[str, ...]
 
 
     def _on_stray(self, response: Response, flow: Flow) -> None:

@@ -6,16 +6,15 @@ import asyncio
 import logging
 from typing import Any
 
-from .endpoint import EndpointError, SipEndpoint
+from .endpoint import EndpointError
 from .message import Request, Response, Uri
+from .parts import ServicePart
 from .registration import RegistrationClient
 
 log = logging.getLogger(__name__)
 
-class Upstream:
+class Upstream(ServicePart):
     """Mixed into SipService: one task per configured registration."""
-
-    endpoint: SipEndpoint  # set by SipService.__init__
 
     def _registration_client(self, entry: dict[str, Any]) -> RegistrationClient:
         registrar = Uri.parse(entry["registrar"])
