@@ -100,6 +100,9 @@ class SipConfig:
     dial_timeout_s: float = 60.0
     #: Concurrent calls; a call beyond it is refused with 503.
     max_calls: int = 500
+    #: Open SIP transactions (each lives ~32 s after its final response); new requests
+    #: beyond it get 503, except BYE and CANCEL.
+    max_transactions: int = 10000
     #: Largest SIP message accepted, bytes (larger: 413, or dropped if unreadable).
     max_message_bytes: int = 16384
     #: Requests per second (and burst) per source address; excess is dropped and counted.

@@ -633,3 +633,20 @@ def test_random_interleavings_never_raise_and_leave_nothing_behind(ops: list) ->
         layer.poll(deadline)
     assert layer.transactions == 0
     assert layer._accepted == {} and layer._heap == []
+
+
+def test_bye_and_cancel_pass_the_transaction_cap():
+    """A full table must not keep calls up: BYE still gets through (up to 2x the cap)."""
+    layer = TransactionLayer(max_transactions=1)
+    flow = ("UDP", "192.0.2.1", 5060)
+
+    def request(method: str, branch: str) -> Request:
+        return parse_message(
+            f"{method} sip:x@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{branch}"
+            f"\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c{branch}\r\n"
+            f"CSeq: 2 {method}\r\nContent-Length: 0\r\n\r\n".encode())
+
+    assert isinstance(layer.receive(request("OPTIONS", "a1"), flow, 0.0)[0], RequestReceived)
+    assert layer.receive(request("OPTIONS", "a2"), flow, 0.0) == []  # 503
+    assert isinstance(layer.receive(request("BYE", "a3"), flow, 0.0)[0], RequestReceived)
+    assert layer.receive(request("BYE", "a4"), flow, 0.0) == []  # beyond twice the cap

@@ -58,9 +58,7 @@ class CallMedia(asyncio.DatagramProtocol):
             self.rtcp_packets += 1
             self.last_activity = time.monotonic()
             return
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpError:
+        if len(data) < 12 or data[0] >> 6 != 2:
             self.malformed += 1
             return
         self.packets += 1
@@ -69,6 +67,13 @@ class CallMedia(asyncio.DatagramProtocol):
             self.remote = addr
             if self.on_latch is not None:
                 self.on_latch(addr)
+        if self.playout is None and data[1] & 0x7F != self.telephone_event:
+            return  # a listen-only call: the packet proves the phone lives, nothing more
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.malformed += 1
+            return
         if packet.payload_type == self.telephone_event:
             digit = self.dtmf.feed(packet.timestamp, packet.marker, packet.payload)
             if digit is not None and self.on_digit is not None:
@@ -133,10 +138,8 @@ class MediaPorts:
 
     async def open(self, media: CallMedia) -> CallMedia:
         loop = asyncio.get_running_loop()
-        candidates = [p for p in range(self.port_min, self.port_max, 2) if p not in self.in_use]
-        random.shuffle(candidates)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        for port in candidates[:64]:
+        for port in self._candidates(64):
             rtp = socket.socket(family, socket.SOCK_DGRAM)
             rtcp = socket.socket(family, socket.SOCK_DGRAM)
             try:
@@ -161,6 +164,19 @@ class MediaPorts:
         raise MediaPortsExhausted(
             errno.EADDRINUSE, f"no free RTP port in {self.port_min}-{self.port_max}"
         )
+
+    def _candidates(self, count: int) -> list[int]:
+        """Up to ``count`` random free even ports, without walking the whole range."""
+        pairs = (self.port_max - self.port_min) // 2
+        if len(self.in_use) > pairs // 2:  # crowded: pick from the free ones
+            free = [p for p in range(self.port_min, self.port_max, 2) if p not in self.in_use]
+            return random.sample(free, min(count, len(free)))
+        picked: set[int] = set()
+        while len(picked) < min(count, pairs - len(self.in_use)):
+            port = self.port_min + 2 * random.randrange(pairs)
+            if port not in self.in_use:
+                picked.add(port)
+        return list(picked)
 
     def release(self, media: CallMedia) -> None:
         media.close()

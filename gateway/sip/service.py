@@ -63,6 +63,7 @@ class SipService(DialIn, DialOut, Upstream):
                 rate_burst=config.rate_limit_burst,
                 user_agent=config.user_agent,
                 allow_from=tuple(config.allow_from),
+                max_transactions=config.max_transactions,
             ),
             self._on_event,
         )
@@ -252,6 +253,7 @@ class SipService(DialIn, DialOut, Upstream):
         if call.dialog is not None:
             self._by_dialog.pop(call.dialog.id, None)
         self.ports.release(call.media)
+        call.media.on_digit = call.media.on_latch = None  # no cycle: freed without the GC
         log.info("sip call %s ended: %s (%.0f s, %d packets sent)", call.id, call.end_reason,
                  time.time() - (call.answered or call.started), call.media.packets)
         if send_bye and was_active and call.dialog is not None and call.flow is not None:
@@ -309,6 +311,7 @@ class SipService(DialIn, DialOut, Upstream):
             "messages_malformed": counters.malformed,
             "messages_too_large": counters.too_large,
             "rate_limited": counters.rate_limited,
+            "overload_rejected": self.endpoint.layer.rejected_overload,
             "forbidden_sources": counters.forbidden,
             "registrations": [
                 {"registrar": str(c.registrar), "state": c.state,

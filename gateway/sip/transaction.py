@@ -665,7 +665,11 @@ class TransactionLayer:
             return [AckReceived(request, None, flow)]
         if tx is not None:
             return tx._on_retransmission()
-        if self.transactions >= self.max_transactions:
+        # Requests that end calls (BYE, CANCEL) are let through past the cap: refusing
+        # them would keep sending media to phones that hung up. A bounded headroom.
+        ends_call = request.method in ("BYE", "CANCEL") and (
+            self.transactions < self.max_transactions * 2)
+        if self.transactions >= self.max_transactions and not ends_call:
             self.rejected_overload += 1
             busy = response_to(request, 503, to_tag=_local_tag(request),
                                headers=[("Retry-After", "5")])

@@ -128,7 +128,8 @@ def _schemas() -> dict[str, Schema]:
             "type": {"const": "rtp"},
             "host": {**STR, "minLength": 1, "examples": ["239.1.1.1", "127.0.0.1"],
                      "description": "destination: unicast or multicast address, or a name"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "examples": [5004]},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65534, "examples": [5004],
+                     "description": "RTP port; RTCP goes to port + 1"},
             "codec": ref("Codec"),
             "rate": L16_RATE,
             "ptime": {"type": "integer", "enum": ALL_PTIMES, "default": 20,
@@ -136,16 +137,16 @@ def _schemas() -> dict[str, Schema]:
             "ttl": {"type": "integer", "minimum": 1, "maximum": 255, "default": 16},
             "bitrate": {"type": "integer", "minimum": 6000, "maximum": 510000,
                         "description": "Opus bit rate, b/s (default `webrtc.opus_bitrate`)"},
-            "stream": {**STR, "description": "ignored (the config-file form names the stream)"},
+            "stream": {"description": "ignored (the config-file form names the stream)"},
         }, extra=False, description="Send the stream as RTP to host:port.", **L16_RATES),
         "SipOutputRequest": _obj(["type", "uri"], {
             "type": {"const": "sip"},
-            "uri": {**STR, "minLength": 1, "examples": ["sip:alice@pbx.example.org"],
+            "uri": {**STR, "pattern": r"\S", "examples": ["sip:alice@pbx.example.org"],
                     "description": "the phone to call; a bare user calls a registered user"},
             "timeout_s": {"type": "number", "minimum": 1, "maximum": 600,
                           "description": "give up ringing after this (default "
                                          "`sip.dial_timeout_s`)"},
-            "stream": {**STR, "description": "ignored"},
+            "stream": {"description": "ignored"},
         }, extra=False, description="Call a phone that plays the stream (SIP dial-out)."),
         "RecordingOutputRequest": _obj(["type"], {
             "type": {"const": "recording"},
@@ -153,7 +154,7 @@ def _schemas() -> dict[str, Schema]:
                        "description": "default `recording.format`"},
             "sample_rate": {"type": "integer", "enum": [8000, 16000, 24000, 48000],
                             "description": "WAV only (Opus is 48 kHz)"},
-            "stream": {**STR, "description": "ignored"},
+            "stream": {"description": "ignored"},
         }, extra=False, description="Record the stream to a file."),
         "OutputRequest": {
             "oneOf": [ref("RtpOutputRequest"), ref("SipOutputRequest"),
@@ -172,7 +173,7 @@ def _schemas() -> dict[str, Schema]:
             "rate": L16_RATE,
             "payload_type": {"type": "integer", "minimum": 0, "maximum": 127,
                              "description": "default: the codec's usual one"},
-            "stream": {**STR, "description": "ignored (the config-file form names the stream)"},
+            "stream": {"description": "ignored (the config-file form names the stream)"},
         }, extra=False, description="Receive RTP on a port and make it the stream's sender.",
             **L16_RATES),
         # -- response bodies --------------------------------------------------------

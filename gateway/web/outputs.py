@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..codecs.spec import CodecSpec, check_ptime, codec_by_name
+from ..codecs.spec import L16, CodecSpec, check_ptime, codec_by_name
 from ..core.registry import UnknownStream
 from ..core.stream import StreamBusy
 from ..egress.rtp import OutputError
@@ -61,10 +61,14 @@ def bad_fields(exc: FieldError) -> web.Response:
 
 
 def _codec(body: dict[str, Any]) -> CodecSpec:
+    name, rate = field(body, "codec", str, "PCMU"), field(body, "rate", int, None)
     try:
-        return codec_by_name(field(body, "codec", str, "PCMU"), field(body, "rate", int, None))
+        spec = codec_by_name(name, rate)
     except ValueError as exc:
         raise FieldError("codec", str(exc)) from None
+    if rate is not None and spec.name == "L16" and spec.clock_rate != rate:  # rate 0
+        raise FieldError("rate", f"L16 rate must be one of {sorted(L16)}, got {rate}")
+    return spec
 
 
 def _no_unknown(body: dict[str, Any], known: set[str]) -> None:
@@ -89,10 +93,14 @@ def parse_output(body: dict[str, Any], default_bitrate: int) -> dict[str, Any]:
         raise FieldError("bitrate", "must be 6000-510000")
     known = {"type", "stream", "host", "port", "codec", "rate", "ptime", "ttl", "bitrate"}
     _no_unknown(body, known)
+    host = field(body, "host", str)
+    port = field(body, "port", int)
+    if not 1 <= port <= 65534:  # RTCP goes to port + 1
+        raise FieldError("port", "must be 1-65534 (RTCP goes to port + 1)")
     return {
         "spec": spec,
-        "host": field(body, "host", str),
-        "port": field(body, "port", int),
+        "host": host,
+        "port": port,
         "ptime": ptime,
         "ttl": ttl,
         "bitrate": bitrate,
@@ -123,6 +131,8 @@ def parse_sip_output(body: dict[str, Any]) -> dict[str, Any]:
     """Validate a dial-out request: {"type": "sip", "uri": "sip:alice@pbx", "timeout_s": 30}."""
     _no_unknown(body, {"type", "stream", "uri", "timeout_s"})
     uri = field(body, "uri", str)
+    if not uri.strip():
+        raise FieldError("uri", "must not be empty")
     timeout = field(body, "timeout_s", float, None)
     if timeout is not None and not 1 <= timeout <= 600:
         raise FieldError("timeout_s", "must be 1-600")
