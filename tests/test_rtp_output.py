@@ -173,7 +173,7 @@ async def test_multicast_output_reaches_a_group_member(gateway):
     [
         ({"type": "rtp", "host": "127.0.0.1", "port": 5004, "codec": "GSM"}, "codec"),
         ({"type": "rtp", "host": "no such host.invalid", "port": 5004}, "host"),
-        ({"type": "rtp", "host": "127.0.0.1", "port": 0}, "host"),
+        ({"type": "rtp", "host": "127.0.0.1", "port": 0}, "port"),
         ({"type": "rtp", "host": "127.0.0.1", "port": "5004"}, "port"),
         ({"type": "rtp", "host": "127.0.0.1", "port": 5004, "codec": "opus", "ptime": 30}, "ptime"),
         ({"type": "rtp", "host": "127.0.0.1", "port": 5004, "colour": "red"}, "colour"),

@@ -96,15 +96,20 @@ async def test_sipp_unknown_stream_gets_404(gateway_factory):
 
 async def test_sipp_retransmitted_invite_is_answered_once(gateway_factory):
     need_program("sipp")
-    gw = await start(gateway_factory)
-    media = rtp_socket()
-    result = await run_sipp("uac_retransmit.xml", target(gw),
-                            local_port=free_port(socket.SOCK_DGRAM),
-                            keys={"rtp_port": media.getsockname()[1], "listen_ms": 1000})
+    for _attempt in range(3):
+        gw = await start(gateway_factory)
+        media = rtp_socket()
+        result = await run_sipp("uac_retransmit.xml", target(gw),
+                                local_port=free_port(socket.SOCK_DGRAM),
+                                keys={"rtp_port": media.getsockname()[1], "listen_ms": 1000})
+        media.close()
+        # sipp 3.6.1 sometimes aborts on its own assertion (call.cpp:2952, SIGABRT) when our
+        # 200 lands between its two copies; that is sipp's race, not an answer: try again
+        if result.returncode != -6:
+            break
     assert result.ok, result.describe()
     assert len(result.remote_tags("INVITE")) == 1
     assert gw.gateway.sip.stats["calls_total"] == 1
-    media.close()
 
 
 async def test_gateway_registers_upstream_with_digest_and_refreshes_before_expiry(

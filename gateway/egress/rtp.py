@@ -219,10 +219,11 @@ def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) ->
         return True
     except BlockingIOError:
         output.drops += 1
-    except OSError as exc:  # unreachable network, refused (ICMP), ...
+    except (OSError, OverflowError) as exc:  # unreachable, refused (ICMP), port 65536 RTCP
         output.errors += 1
         if output.errors == 1 or output.errors % 500 == 0:
-            log.warning("rtp output %s to %s: %s", output.id, address, exc.strerror)
+            log.warning("rtp output %s to %s: %s", output.id, address,
+                        getattr(exc, "strerror", None) or exc)
     return False
 
 

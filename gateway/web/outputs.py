@@ -32,7 +32,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise FieldError("body", "send JSON with Content-Type: application/json")
     try:
         body = json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, LookupError) as exc:  # Lookup: charset
         raise FieldError("body", f"not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise FieldError("body", "must be a JSON object")
@@ -274,7 +274,11 @@ async def create_input(request: web.Request) -> web.StreamResponse:
     name = request.match_info["stream"]
     try:
         if request.content_type == "application/sdp":
-            args = parse_input_sdp(await request.text())
+            try:
+                sdp = await request.text()
+            except (UnicodeDecodeError, LookupError) as exc:  # bad bytes, unknown charset
+                raise FieldError("sdp", f"not valid text: {exc}") from None
+            args = parse_input_sdp(sdp)
         else:
             args = parse_input(await json_body(request))
     except FieldError as exc:

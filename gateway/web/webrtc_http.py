@@ -48,7 +48,10 @@ async def _offer(request: web.Request, role: str) -> web.StreamResponse:
         check_stream_name(name)
     except ValueError as exc:
         return problem(400, "Bad Request", str(exc))
-    offer = await request.text()
+    try:
+        offer = await request.text()
+    except (UnicodeDecodeError, LookupError) as exc:  # bad bytes, unknown charset
+        return problem(400, "Bad Request", f"SDP offer is not valid text: {exc}")
     try:
         check_offer(offer)
     except OfferError as exc:
