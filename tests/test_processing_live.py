@@ -122,3 +122,15 @@ async def test_streams_matching_the_config_are_recorded_automatically(gateway_fa
     assert rec["gap_frames"] >= 40
     status, other = await api(gw, "GET", "/api/v1/streams/other/outputs")
     assert status == 404 or not other["outputs"]
+
+
+async def test_declared_auto_streams_are_recorded_once_and_listing_needs_no_directory(
+    gateway_factory, tmp_path
+):
+    gw = await gateway_factory(streams={"declared": ["s1", "s2"]},
+                               recording={"directory": str(tmp_path / "later"), "auto": ["s1"]})
+    await asyncio.sleep(0.3)
+    assert [r.stream.name for r in gw.gateway.recordings.active.values()] == ["s1"]
+    gw2 = await gateway_factory(recording={"directory": str(tmp_path / "never")})
+    status, listing = await api(gw2, "GET", "/api/v1/recordings")
+    assert status == 200 and listing["recordings"] == []

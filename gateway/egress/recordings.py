@@ -50,9 +50,7 @@ class Recordings:
         for item in self.recovered:
             log.warning("recording recovered after an interrupted run: %s (%.1f s)",
                         item.get("id"), item.get("duration_s", 0.0))
-        self.registry.on_created.append(self._auto)
-        for stream in list(self.registry.streams.values()):
-            self._auto(stream)
+        self.registry.on_created.append(self._auto)  # declared streams: at registry.start
         self._spawn(self._retain())
 
     async def stop(self) -> None:
@@ -88,9 +86,13 @@ class Recordings:
         return self.active.get(recorder_id)
 
     async def list(self) -> list[dict[str, Any]]:
+        if not self.store.directory.is_dir():  # made by the first recording
+            return []
         return await asyncio.to_thread(self.store.list)
 
     def _auto(self, stream: Stream) -> None:
+        if any(r.stream is stream and r.state == "recording" for r in self.active.values()):
+            return
         for entry in self.config.auto:
             spec = {"stream": entry} if isinstance(entry, str) else entry
             if fnmatch.fnmatchcase(stream.name, spec["stream"]):
