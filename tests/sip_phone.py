@@ -149,17 +149,7 @@ class Phone:
     # -- media -------------------------------------------------------------------------
     async def collect_rtp(self, seconds: float) -> list[tuple[int, int, int, bytes]]:
         """RTP packets arriving in the next ``seconds`` (pt, sequence, timestamp, payload)."""
-        got: list[tuple[int, int, int, bytes]] = []
-        try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    data = await self._loop.sock_recv(self.rtp, 4096)
-                    if len(data) >= 12 and not 192 <= data[1] <= 223:
-                        _, mpt, seq, ts = struct.unpack("!BBHI", data[:8])
-                        got.append((mpt & 0x7F, seq, ts, data[12:]))
-        except TimeoutError:
-            pass
-        return got
+        return await collect_rtp(self.rtp, seconds)
 
     def drain_rtp(self) -> None:
         while True:
@@ -181,6 +171,22 @@ class Phone:
     def close(self) -> None:
         self.sip.close()
         self.rtp.close()
+
+
+async def collect_rtp(sock: socket.socket, seconds: float) -> list[tuple[int, int, int, bytes]]:
+    """RTP packets arriving on ``sock`` in the next ``seconds`` (RTCP skipped)."""
+    loop = asyncio.get_running_loop()
+    got: list[tuple[int, int, int, bytes]] = []
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                data = await loop.sock_recv(sock, 4096)
+                if len(data) >= 12 and not 192 <= data[1] <= 223:
+                    _, mpt, seq, ts = struct.unpack("!BBHI", data[:8])
+                    got.append((mpt & 0x7F, seq, ts, data[12:]))
+    except TimeoutError:
+        pass
+    return got
 
 
 def _udp() -> socket.socket:

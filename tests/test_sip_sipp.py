@@ -10,7 +10,7 @@ import socket
 from audio_checks import assert_tone
 from conftest import free_port, need_program
 from peers.sipp import run_sipp, start_sipp
-from sip_phone import decode
+from sip_phone import collect_rtp, decode
 from test_rtp_output import publish_tone
 
 
@@ -25,20 +25,6 @@ def rtp_socket() -> socket.socket:
     return sock
 
 
-async def collect(sock: socket.socket, seconds: float) -> list[tuple[int, int, int, bytes]]:
-    loop = asyncio.get_running_loop()
-    packets = []
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                data = await loop.sock_recv(sock, 4096)
-                packets.append((data[1] & 0x7F, int.from_bytes(data[2:4], "big"),
-                                int.from_bytes(data[4:8], "big"), data[12:]))
-    except TimeoutError:
-        pass
-    return packets
-
-
 def target(gw) -> str:
     return f"127.0.0.1:{gw.gateway.sip.port}"
 
@@ -50,7 +36,7 @@ async def test_sipp_dials_in_hears_the_stream_for_5_s_and_hangs_up(gateway_facto
     media = rtp_socket()
     sipp = start_sipp("uac_listen.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM),
                       keys={"rtp_port": media.getsockname()[1], "listen_ms": 5000})
-    packets = await collect(media, 6.0)
+    packets = await collect_rtp(media, 6.0)
     result = await sipp
     assert result.ok, result.describe()
     assert 240 <= len(packets) <= 260, len(packets)  # 5 s of 20 ms packets
@@ -81,7 +67,7 @@ async def test_sipp_cancel_before_answer_gets_487(gateway_factory):
     assert result.ok, result.describe()
     assert [m.status for m in result.responses("INVITE")][-1] == 487
     assert gw.gateway.sip.calls == {} and gw.gateway.sip.ports.in_use == set()
-    assert await collect(media, 0.5) == []  # no media for a call that never connected
+    assert await collect_rtp(media, 0.5) == []  # no media for a call that never connected
     media.close()
 
 
@@ -145,7 +131,7 @@ async def test_sipp_dials_in_over_tcp(gateway_factory):
     sipp = start_sipp("uac_listen.xml", target(gw), local_port=free_port(),
                       keys={"rtp_port": media.getsockname()[1], "listen_ms": 2000},
                       extra=["-t", "t1"])
-    packets = await collect(media, 3.0)
+    packets = await collect_rtp(media, 3.0)
     result = await sipp
     assert result.ok, result.describe()
     assert "TCP message sent" in result.trace

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ class Recorder:
         self._resampler = Resampler(SAMPLE_RATE, self.sample_rate) if (
             self.sample_rate != SAMPLE_RATE) else None
         self._task: asyncio.Task[None] | None = None
+        #: Told once when the recording is stopped (the manager forgets it then).
+        self.on_close: Callable[[Recorder, str], None] | None = None
         self._reader: Any = None
         self._encoder: Any = None
 
@@ -94,6 +97,9 @@ class Recorder:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close(self, reason)
         if was == "recording":
             log.info("recording %s of stream %s stopped (%s): %.1f s", self.id,
                      self.stream.name, reason, self.frames * FRAME_MS / 1000)

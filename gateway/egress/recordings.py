@@ -55,7 +55,8 @@ class Recordings:
 
     async def stop(self) -> None:
         """Finalize every recording (shutdown)."""
-        await asyncio.gather(*(r.close("gateway shutting down") for r in self.active.values()))
+        await asyncio.gather(*(r.close("gateway shutting down")
+                               for r in list(self.active.values())))
         for task in list(self._tasks):
             task.cancel()
 
@@ -68,12 +69,13 @@ class Recordings:
             self.opus_bitrate,
         )
         await recorder.start()
+        recorder.on_close = self._closed
         self.active[recorder.id] = recorder
         self.events.publish("recording_started", stream.name, recording=recorder.id)
         return recorder
 
-    async def stop_recording(self, recorder: Recorder, reason: str) -> None:
-        await recorder.close(reason)
+    def _closed(self, recorder: Recorder, reason: str) -> None:
+        """Every way a recording is stopped (API DELETE, listener close, shutdown) ends here."""
         self.active.pop(recorder.id, None)
         self.events.publish("recording_stopped", recorder.stream.name, recording=recorder.id,
                             reason=reason)

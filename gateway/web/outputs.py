@@ -261,11 +261,7 @@ async def output_sdp(request: web.Request) -> web.StreamResponse:
 async def delete_output(request: web.Request) -> web.StreamResponse:
     """Stop an RTP output, finalize a recording, or hang up a call (BYE; CANCEL while it
     is still ringing)."""
-    output = _find(request, "output")
-    if output.kind == "recording":
-        await gateway_of(request).recordings.stop_recording(output, "stopped through the API")
-    else:
-        await output.close("stopped through the API")
+    await _find(request, "output").close("stopped through the API")
     return web.Response(status=204)
 
 
