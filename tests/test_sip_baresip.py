@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 import pytest
 from audio_checks import assert_tone
-from conftest import free_port, need_program
+from conftest import need_program
 from peers.baresip import Baresip, read_wav, write_tone_wav
 from test_rtp_output import api, publish_tone
 
@@ -24,8 +23,8 @@ def rtp_range() -> tuple[int, int]:
 
 def phone(tmp_path, name: str, freq: float, **kwargs) -> Baresip:
     wav = write_tone_wav(tmp_path / f"{name}.wav", freq, 40)
-    return Baresip(tmp_path / name, sip_port=free_port(socket.SOCK_DGRAM),
-                   rtp_ports=rtp_range(), audio_source=wav, user=name, **kwargs)
+    return Baresip(tmp_path / name, rtp_ports=rtp_range(), audio_source=wav, user=name,
+                   **kwargs)
 
 
 def recorded_audio(bs: Baresip):

@@ -1,8 +1,8 @@
 """Headless baresip as a real SIP phone in tests, driven from asyncio.
 
-    async with Baresip(tmp_path / "phone", sip_port=free_port(socket.SOCK_DGRAM),
-                       rtp_ports=(p, p + 19), audio_source=write_tone_wav(wav, 440, 30)) as phone:
-        call = await phone.dial(f"sip:live@127.0.0.1:{sip_port}", seconds=4)
+    async with Baresip(tmp_path / "phone", rtp_ports=(p, p + 19),
+                       audio_source=write_tone_wav(wav, 440, 30)) as phone:
+        call = await phone.dial(f"sip:live@127.0.0.1:{gateway_sip_port}", seconds=4)
     assert call.established, call.describe()
     samples, rate = read_wav(phone.recorded()[0])
 
@@ -84,6 +84,27 @@ def _free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
+def free_sip_port() -> int:
+    """A port p where baresip can bind all it binds: UDP p, TCP p and TCP p+1 (its SIP/TLS
+    transport, which baresip 1.0 cannot turn off). Still racy, hence the retry in start()."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                with socket.socket() as t, socket.socket() as tls:
+                    t.bind(("127.0.0.1", port))
+                    tls.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port p with UDP p, TCP p and TCP p+1 free")
+
+
+class _PortTaken(Exception):
+    """baresip exited because a port it was told to bind was taken."""
+
+
 @dataclass
 class Event:
     """One ctrl_tcp event (``type`` e.g. CALL_ESTABLISHED, REGISTER_OK), with arrival time."""
@@ -133,7 +154,7 @@ class Baresip:
         self,
         workdir: str | Path,
         *,
-        sip_port: int,
+        sip_port: int | None = None,
         rtp_ports: tuple[int, int],
         audio_source: str | Path,
         user: str = "caller",
@@ -152,7 +173,8 @@ class Baresip:
         also where the REGISTER goes); without it the account never registers (regint=0).
         ``sip_trace``: baresip -s, every SIP message in the log."""
         self.dir = Path(workdir)
-        self.sip_port = sip_port
+        self._own_sip_port = sip_port is None
+        self.sip_port = free_sip_port() if sip_port is None else sip_port
         self.rtp_ports = rtp_ports
         self.audio_source = Path(audio_source)
         self.user = user
@@ -239,9 +261,26 @@ class Baresip:
     async def start(self, *, seconds: float | None = None, commands: Iterable[str] = ()) -> None:
         """Start baresip and connect to its control socket. ``seconds``: baresip -t, it quits
         (hanging up with BYE) after that long, a safety net for a test that stops early.
-        ``commands``: baresip -e, run at start-up before we are connected (no events)."""
+        ``commands``: baresip -e, run at start-up before we are connected (no events).
+        Ports the harness picked itself are picked again if another process took one of
+        them between the pick and baresip's bind (seen once in CI)."""
         if self.proc is not None:
             raise RuntimeError("already started")
+        for attempt in range(5):
+            try:
+                await self._start_once(seconds, commands)
+                return
+            except _PortTaken:
+                if attempt == 4:
+                    raise RuntimeError(f"baresip could not bind its ports:\n{self.log}") from None
+                self.proc = None
+                self.lines.clear()
+                self._tasks.clear()
+                self.ctrl_port = _free_tcp_port()
+                if self._own_sip_port:
+                    self.sip_port = free_sip_port()
+
+    async def _start_once(self, seconds: float | None, commands: Iterable[str]) -> None:
         self.write_config()
         cmd = ["baresip", "-f", str(self.dir)]
         if self.sip_trace:
@@ -267,6 +306,8 @@ class Baresip:
             except OSError:
                 if self.proc.returncode is not None or time.monotonic() > deadline:
                     await self.stop()
+                    if "Address already in use" in self.log:
+                        raise _PortTaken from None
                     message = f"baresip control socket never came up:\n{self.log}"
                     raise RuntimeError(message) from None
                 await asyncio.sleep(0.02)
