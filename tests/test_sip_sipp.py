@@ -34,7 +34,7 @@ async def test_sipp_dials_in_hears_the_stream_for_5_s_and_hangs_up(gateway_facto
     gw = await start(gateway_factory)
     pub = await publish_tone(gw, "room", 440)
     media = rtp_socket()
-    sipp = start_sipp("uac_listen.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM),
+    sipp = start_sipp("uac_listen.xml", target(gw),
                       keys={"rtp_port": media.getsockname()[1], "listen_ms": 5000})
     packets = await collect_rtp(media, 6.0)
     result = await sipp
@@ -52,7 +52,7 @@ async def test_sipp_dials_in_hears_the_stream_for_5_s_and_hangs_up(gateway_facto
 async def test_sipp_options(gateway_factory):
     need_program("sipp")
     gw = await start(gateway_factory)
-    result = await run_sipp("uac_options.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM))
+    result = await run_sipp("uac_options.xml", target(gw))
     assert result.ok, result.describe()
     [ok] = result.responses("OPTIONS")
     assert ok.status == 200 and "INVITE" in (ok.header("Allow") or "")
@@ -62,7 +62,7 @@ async def test_sipp_cancel_before_answer_gets_487(gateway_factory):
     need_program("sipp")
     gw = await start(gateway_factory, ring_ms=3000)
     media = rtp_socket()
-    result = await run_sipp("uac_cancel.xml", target(gw), local_port=free_port(socket.SOCK_DGRAM),
+    result = await run_sipp("uac_cancel.xml", target(gw),
                             keys={"rtp_port": media.getsockname()[1]})
     assert result.ok, result.describe()
     assert [m.status for m in result.responses("INVITE")][-1] == 487
@@ -75,7 +75,7 @@ async def test_sipp_unknown_stream_gets_404(gateway_factory):
     need_program("sipp")
     gw = await start(gateway_factory)
     result = await run_sipp("uac_unknown.xml", target(gw), service="nosuchstream",
-                            local_port=free_port(socket.SOCK_DGRAM), keys={"rtp_port": 4000})
+                            keys={"rtp_port": 4000})
     assert result.ok, result.describe()
     assert gw.gateway.sip.calls == {}
 
@@ -86,7 +86,6 @@ async def test_sipp_retransmitted_invite_is_answered_once(gateway_factory):
         gw = await start(gateway_factory)
         media = rtp_socket()
         result = await run_sipp("uac_retransmit.xml", target(gw),
-                                local_port=free_port(socket.SOCK_DGRAM),
                                 keys={"rtp_port": media.getsockname()[1], "listen_ms": 1000})
         media.close()
         # sipp 3.6.1 sometimes aborts on its own assertion (call.cpp:2952, SIGABRT) when our
@@ -128,7 +127,7 @@ async def test_sipp_dials_in_over_tcp(gateway_factory):
     gw = await start(gateway_factory)
     pub = await publish_tone(gw, "room", 440)
     media = rtp_socket()
-    sipp = start_sipp("uac_listen.xml", target(gw), local_port=free_port(),
+    sipp = start_sipp("uac_listen.xml", target(gw),
                       keys={"rtp_port": media.getsockname()[1], "listen_ms": 2000},
                       extra=["-t", "t1"])
     packets = await collect_rtp(media, 3.0)

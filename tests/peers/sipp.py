@@ -1,7 +1,7 @@
 """Run SIPp scenarios against the gateway without blocking the event loop it runs in.
 
     result = await run_sipp(SCENARIOS / "uac_listen.xml", f"127.0.0.1:{sip_port}",
-                            local_port=free_port(socket.SOCK_DGRAM), service="live",
+                            service="live",
                             keys={"rtp_port": str(rtp_port), "listen_ms": "3000"})
     assert result.ok, result.describe()
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ async def run_sipp(
     scenario: str | Path,
     target: str | None,
     *,
-    local_port: int,
+    local_port: int | None = None,
     keys: Mapping[str, str | int | float] | None = None,
     service: str = "room",
     calls: int = 1,
@@ -186,7 +187,40 @@ async def run_sipp(
     ``keys``: ``-key name value`` pairs, read as ``[name]`` in the scenario.
     ``timeout``: sipp's own -timeout (it then exits 255); the process is killed 5 s later.
     ``extra``: more sipp options, e.g. ``["-recv_timeout", "5000"]``.
+    ``local_port``: sipp's SIP port; by default a free one, picked again if another process
+    binds it between the pick and sipp's start.
     """
+    kwargs = dict(keys=keys, service=service, calls=calls, rate=rate, timeout=timeout,
+                  extra=extra, log_dir=log_dir, local_ip=local_ip)
+    if local_port is not None:
+        return await _run_sipp_once(scenario, target, local_port=local_port, **kwargs)
+    for _ in range(4):
+        result = await _run_sipp_once(scenario, target, local_port=_free_udp_port(), **kwargs)
+        if "Unable to bind main socket" not in result.stderr:
+            break
+    return result
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _run_sipp_once(
+    scenario: str | Path,
+    target: str | None,
+    *,
+    local_port: int,
+    keys: Mapping[str, str | int | float] | None,
+    service: str,
+    calls: int,
+    rate: float | None,
+    timeout: float,
+    extra: Sequence[str],
+    log_dir: Path | None,
+    local_ip: str,
+) -> SippResult:
     path = Path(scenario)
     if not path.is_absolute() and not path.exists():
         path = SCENARIOS / path
