@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -79,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gateway").info(
         "gateway listening on http://%s:%d/", cfg.http.host, cfg.http.port
     )
-    web.run_app(create_app(cfg), host=cfg.http.host, port=cfg.http.port, print=None,
+    app = create_app(cfg)
+    # Everything imported so far (aiortc, av, numpy, scipy: ~110k objects) lives for the whole
+    # process; frozen, a full collection no longer walks it, and the event loop no longer
+    # pauses ~50 ms each time one runs mid-call.
+    gc.collect()
+    gc.freeze()
+    web.run_app(app, host=cfg.http.host, port=cfg.http.port, print=None,
                 shutdown_timeout=cfg.http.shutdown_timeout_s)
     logging.getLogger("gateway").info("gateway stopped")
     return 0

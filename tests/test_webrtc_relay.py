@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 from audio_checks import active, assert_tone, dominant_frequency
 
 from gateway.ingress.webrtc import PacketTap
@@ -193,10 +194,33 @@ def burst_delays(track: ToneTrack, lis: Listener, period: int) -> list[tuple[flo
 
 
 async def test_jitter_regression_one_lost_packet_does_not_add_delay(gateway):
-    """aiortc's own buffer stays ~200 ms later after one loss; ours must not move."""
+    """aiortc's own buffer stays ~200 ms later after one loss; ours must not move.
+
+    The test process also runs the publisher and the listener, so a stall of its event loop
+    (seen once in a loaded full-suite run: 17 ticks, a 340 ms pause with no slow callback,
+    i.e. the host or the collector) delays every frame and says nothing about the jitter
+    buffer. The media clock counts such stalls; a run that had one is repeated, up to 3."""
+    for attempt in range(3):
+        late_before = gateway.gateway.registry.clock_late_ticks
+        result = await one_lost_packet_run(gateway, f"jit{attempt}")
+        if gateway.gateway.registry.clock_late_ticks == late_before:
+            break
+    else:
+        pytest.fail("the event loop stalled in every run; delays could not be judged")
+    delay_ms_max, before, after = result
+    assert delay_ms_max <= 60, f"arrival to ring took {delay_ms_max} ms"
+    assert len(before) >= 3 and len(after) >= 8, (before, after)
+    baseline = float(np.median(before))
+    worst = max(abs(d - baseline) for d in after)
+    assert worst <= 0.030, f"delay moved by {worst * 1000:.0f} ms after one lost packet"
+
+
+async def one_lost_packet_run(gateway, stream: str) -> tuple[float, list[float], list[float]]:
+    """Publish markers, drop RTP packet 150 (3 s in), listen 9 s: the worst arrival-to-ring
+    delay and the publish-to-listener delays of the markers before and after the loss."""
     period = 25  # a marker every 500 ms
     track = ToneTrack(generator=burst_generator(period))
-    pub = Publisher(gateway.url, "jit", track)
+    pub = Publisher(gateway.url, stream, track)
     transport = pub.pc.getSenders()[0].transport
     original = transport._send_rtp
     sent = {"rtp": 0, "dropped_at": None}
@@ -212,26 +236,22 @@ async def test_jitter_regression_one_lost_packet_does_not_add_delay(gateway):
     transport._send_rtp = drop_one
     await pub.negotiate()
     await pub.connected()
-    lis = await listen(gateway, "jit")
+    lis = await listen(gateway, stream)
     await asyncio.sleep(9)
 
-    session = next(s for s in gateway.gateway.sessions.values() if s.role == "publisher")
+    sessions = gateway.gateway.sessions.values()
+    session = next(s for s in sessions if s.role == "publisher" and s.stream.name == stream)
     receiver = session.pc.getTransceivers()[0].receiver
     assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, PacketTap)
     assert session.jitter.stats.lost == 1, session.info()
-    assert session.delay_ms_max <= 60, f"arrival to ring took {session.delay_ms_max} ms"
-
     dropped_at = sent["dropped_at"]
     assert dropped_at is not None
     delays = burst_delays(track, lis, period)
-    before = [d for t, d in delays if t < dropped_at - 0.1]
-    after = [d for t, d in delays if t > dropped_at + 0.1]
-    assert len(before) >= 3 and len(after) >= 8, (before, after)
-    baseline = float(np.median(before))
-    worst = max(abs(d - baseline) for d in after)
-    assert worst <= 0.030, f"delay moved by {worst * 1000:.0f} ms after one lost packet"
     await pub.delete()
     await lis.delete()
+    before = [d for t, d in delays if t < dropped_at - 0.1]
+    after = [d for t, d in delays if t > dropped_at + 0.1]
+    return session.delay_ms_max, before, after
 
 
 async def test_tone_frequency_survives_relay_exactly(gateway):
