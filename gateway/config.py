@@ -105,6 +105,11 @@ class SipConfig:
     max_transactions: int = 10000
     #: Largest SIP message accepted, bytes (larger: 413, or dropped if unreadable).
     max_message_bytes: int = 16384
+    #: Open TCP connections; beyond it new ones are closed at once (counted).
+    max_tcp_connections: int = 1000
+    #: A TCP connection that does not complete a message within this time of accepting it
+    #: or of the message's first byte is closed (counted); idle between messages is fine.
+    tcp_message_timeout_s: float = 30.0
     #: Requests per second (and burst) per source address; excess is dropped and counted.
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 100
@@ -401,8 +406,11 @@ def validate_sip(sip: SipConfig) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"configuration key 'sip.allow_from[{i}]': {exc}") from None
-    if sip.max_calls < 1:
-        raise ConfigError("configuration key 'sip.max_calls' must be at least 1")
+    for key in ("max_calls", "max_tcp_connections"):
+        if getattr(sip, key) < 1:
+            raise ConfigError(f"configuration key 'sip.{key}' must be at least 1")
+    if sip.tcp_message_timeout_s <= 0:
+        raise ConfigError("configuration key 'sip.tcp_message_timeout_s' must be positive")
 
 
 ENV_PREFIX = "GATEWAY_"

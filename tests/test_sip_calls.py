@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -205,6 +206,57 @@ async def test_options_over_tcp_and_replies_follow_rport(gateway_factory):
     assert reply.status == 200
     assert via.params["received"] == "127.0.0.1" and via.params["rport"] == str(phone.port)
     phone.close()
+
+
+def tcp_options(port: int, local: int, n: int) -> bytes:
+    return (
+        f"OPTIONS sip:room@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:{local};branch=z9hG4bKidle{n}\r\n"
+        f"From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:room@127.0.0.1>\r\nCall-ID: idle{n}\r\n"
+        "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+
+
+async def test_tcp_clients_that_say_nothing_or_dribble_are_closed_but_idle_dialogs_stay(
+    gateway_factory,
+):
+    """Silent and slow connections would hold the connection cap; a connection that has
+    carried a message stays open while idle (a call's BYE may come over it later)."""
+    gw = await start(gateway_factory, tcp_message_timeout_s=0.5, max_tcp_connections=3)
+    port = gw.gateway.sip.port
+
+    async def connect():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return reader, writer, writer.get_extra_info("sockname")[1]
+
+    silent_r, silent_w, _ = await connect()
+    dribble_r, dribble_w, dribble_port = await connect()
+    talker_r, talker_w, talker_port = await connect()
+    talker_w.write(tcp_options(port, talker_port, 1))
+    assert (await asyncio.wait_for(talker_r.readuntil(b"\r\n\r\n"), 3)).startswith(b"SIP/2.0 200")
+    # the cap is full: a fourth connection is closed at once
+    extra_r, extra_w, _ = await connect()
+    assert await asyncio.wait_for(extra_r.read(), 2) == b""
+    extra_w.close()
+    # a message trickling in, a piece every 0.1 s: closed 0.5 s after its first byte
+    message = tcp_options(port, dribble_port, 2)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):
+        for i in range(0, len(message), 4):
+            dribble_w.write(message[i : i + 4])
+            await dribble_w.drain()
+            await asyncio.sleep(0.1)
+    assert 0.4 <= time.monotonic() - started <= 2.0  # not reset by each piece (6 s of them)
+    assert await asyncio.wait_for(silent_r.read(), 2) == b""  # closed by the gateway
+    await asyncio.sleep(1.0)  # the talker is now idle for twice the timeout: still open
+    talker_w.write(tcp_options(port, talker_port, 3))
+    assert (await asyncio.wait_for(talker_r.readuntil(b"\r\n\r\n"), 3)).startswith(b"SIP/2.0 200")
+    info = gw.gateway.sip.info()
+    assert info["tcp_connections_timed_out"] == 2, info
+    assert info["tcp_connections_refused"] == 1, info
+    assert info["tcp_connections"] == 1, info
+    for w in (silent_w, dribble_w, talker_w):
+        w.close()
 
 
 async def test_media_latches_to_where_the_phones_rtp_comes_from(gateway_factory):

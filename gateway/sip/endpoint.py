@@ -54,6 +54,10 @@ class EndpointSettings:
     rate_burst: int = 100
     max_transactions: int = 10000
     max_connections: int = 1000  # TCP; beyond it new connections are closed at once
+    #: A TCP message must arrive whole within this time of its first byte (and an accepted
+    #: connection must start one within it), else the connection is closed: clients that
+    #: connect and say nothing, or dribble, would otherwise hold the connection cap.
+    tcp_message_timeout_s: float = 30.0
     #: Networks allowed to send SIP; empty: all. Others are dropped and counted.
     allow_from: tuple[str, ...] = ()
     user_agent: str = "audio-gateway"
@@ -68,6 +72,7 @@ class Counters:
     rate_limited: int = 0
     send_errors: int = 0
     connections_refused: int = 0
+    connections_timed_out: int = 0  # closed for not completing a message in time
     forbidden: int = 0  # from sources outside allow_from
 
 
@@ -115,7 +120,7 @@ class SipEndpoint:
             port = self._udp.get_extra_info("sockname")[1]
         if "tcp" in self.settings.transports:
             self._tcp_server = await loop.create_server(
-                lambda: SipStream(self), host, port, reuse_address=True
+                lambda: SipStream(self, inbound=True), host, port, reuse_address=True
             )
             port = self._tcp_server.sockets[0].getsockname()[1]
         self.port = port
@@ -332,13 +337,20 @@ class SipDatagram(asyncio.DatagramProtocol):
 
 
 class SipStream(asyncio.Protocol):
-    """One TCP connection, inbound or outbound; messages are framed by Content-Length."""
+    """One TCP connection, inbound or outbound; messages are framed by Content-Length.
 
-    def __init__(self, endpoint: SipEndpoint) -> None:
+    Each message must arrive whole within ``tcp_message_timeout_s`` of its first byte, and
+    an accepted connection must start one within that time. A connection that has carried
+    messages may then stay idle as long as it likes: a call's BYE can come over it hours
+    later (RFC 3261 §18 keeps the connection of an INVITE for the dialog)."""
+
+    def __init__(self, endpoint: SipEndpoint, inbound: bool = False) -> None:
         self.endpoint = endpoint
+        self.inbound = inbound
         self.framer = StreamFramer(endpoint.settings.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -349,6 +361,8 @@ class SipStream(asyncio.Protocol):
             transport.close()
             return
         self.endpoint._connections[self.peer] = self
+        if self.inbound:
+            self._start_deadline()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -358,10 +372,32 @@ class SipStream(asyncio.Protocol):
             log.warning("sip tcp %s:%d: %s; closing", *self.peer, exc)
             self.close()
             return
+        if messages:
+            self._stop_deadline()
+        if self.framer.pending and self._deadline is None:
+            self._start_deadline()  # a new message began: its clock starts now
         for message in messages:
             self.endpoint.received(message, ("TCP", *self.peer))
 
+    def _start_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.endpoint.settings.tcp_message_timeout_s
+        self._deadline = loop.call_later(timeout, self._timed_out)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        self.endpoint.counters.connections_timed_out += 1
+        log.warning("sip tcp %s:%d: no complete message within %g s; closing", *self.peer,
+                    self.endpoint.settings.tcp_message_timeout_s)
+        self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
         if self.endpoint._connections.get(self.peer) is self:
             del self.endpoint._connections[self.peer]
         self.transport = None

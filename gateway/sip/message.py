@@ -661,6 +661,11 @@ class StreamFramer:
             del self._buffer[:total]
             self._scanned = 0
 
+    @property
+    def pending(self) -> bool:
+        """Part of a message is buffered (its end has not arrived yet)."""
+        return bool(self._buffer.strip(b"\r\n"))
+
     def _skip_keepalives(self) -> None:
         """CRLF (or bare LF) keep-alives between messages (RFC 5626 §3.5.1)."""
         start = len(self._buffer) - len(self._buffer.lstrip(b"\r\n"))

@@ -64,6 +64,8 @@ class SipService(DialIn, DialOut, Upstream):
                 user_agent=config.user_agent,
                 allow_from=tuple(config.allow_from),
                 max_transactions=config.max_transactions,
+                max_connections=config.max_tcp_connections,
+                tcp_message_timeout_s=config.tcp_message_timeout_s,
             ),
             self._on_event,
         )
@@ -313,6 +315,9 @@ class SipService(DialIn, DialOut, Upstream):
             "rate_limited": counters.rate_limited,
             "overload_rejected": self.endpoint.layer.rejected_overload,
             "forbidden_sources": counters.forbidden,
+            "tcp_connections": len(self.endpoint._connections),
+            "tcp_connections_refused": counters.connections_refused,
+            "tcp_connections_timed_out": counters.connections_timed_out,
             "registrations": [
                 {"registrar": str(c.registrar), "state": c.state,
                  "last_status": c.last_status} for c in self.registrations

@@ -443,6 +443,8 @@ class GatewayCollector:
             (c.send_errors, "gateway_sip_send_errors_total", "SIP messages that failed to send."),
             (c.connections_refused, "gateway_sip_connections_refused_total",
              "TCP connections refused (connection limit)."),
+            (c.connections_timed_out, "gateway_sip_connections_timed_out_total",
+             "TCP connections closed for not completing a message in time."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         with contextlib.suppress(Exception):

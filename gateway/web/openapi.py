@@ -274,6 +274,8 @@ def _schemas() -> dict[str, Schema]:
                                "description": "by status code"},
             "messages_received": COUNT, "messages_malformed": COUNT,
             "messages_too_large": COUNT, "rate_limited": COUNT,
+            "tcp_connections": COUNT, "tcp_connections_refused": COUNT,
+            "tcp_connections_timed_out": COUNT,
             "registrations": {"type": "array", "items": {"type": "object"}},
             "registered_users": COUNT,
             "active_calls": {"type": "array", "items": ref("SipCall")},
