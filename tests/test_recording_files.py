@@ -372,12 +372,15 @@ def test_opus_file_cut_anywhere_is_repaired_to_a_playable_prefix(opus_file, frac
         damaged = Path(tmp) / "cut.opus"
         damaged.write_bytes(data[:cut] + garbage)
         duration = repair_ogg(damaged)
-        assert duration == max(0, playable - 312) / 48000  # every complete page kept
-        assert damaged.read_bytes() == data[: len(damaged.read_bytes())]  # a prefix
         lost = packets_before(data, cut) * 960 - playable
         assert 0 <= lost < 50 * 960  # less than the one page (one flush) the cut tore
-        if playable == 0:
-            return  # headers only (cut in the first second): FFmpeg opens no such file
+        if playable == 0:  # headers only (cut in the first second): one page of silence
+            assert damaged.read_bytes()[:start] == data[:start]
+            assert duration == (960 - 312) / 48000
+            assert not decode(damaged).any()
+            return
+        assert duration == max(0, playable - 312) / 48000  # every complete page kept
+        assert damaged.read_bytes() == data[: len(damaged.read_bytes())]  # a prefix
         samples = decode(damaged)
         assert len(samples) == max(0, playable - 312)
         if len(samples) > 24000:
@@ -394,6 +397,29 @@ def test_ffmpeg_plays_a_repaired_opus_file(opus_file, tmp_path):
     run = subprocess.run(["ffmpeg", "-v", "warning", "-i", str(damaged), "-f", "null", "-"],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 0 and not run.stderr.strip(), run.stderr
+
+
+@pytest.mark.peer("ffmpeg")
+def test_opus_file_without_audio_still_opens_everywhere(tmp_path):
+    """A recording stopped, or crashed, before its first packet: FFmpeg and libsndfile
+    refuse an Ogg Opus file with no audio packet, so 20 ms of silence is written."""
+    need_program("ffmpeg")
+    stopped, crashed = tmp_path / "stopped.opus", tmp_path / "crashed.opus"
+    OggOpusWriter(stopped).close()
+    with OggOpusWriter(crashed) as writer:
+        writer.flush()
+        headers = crashed.read_bytes()
+    crashed.write_bytes(headers + b"OggS\0")  # killed while writing its first page
+    assert repair_ogg(crashed) == (960 - 312) / 48000
+    for path in (stopped, crashed):
+        assert ogg_duration(path) == (960 - 312) / 48000
+        samples = decode(path)
+        assert len(samples) == 960 - 312 and not samples.any()
+        if soundfile is not None:
+            assert len(soundfile.read(path)[0]) == 960 - 312
+        run = subprocess.run(["ffmpeg", "-v", "warning", "-i", str(path), "-f", "null", "-"],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0 and not run.stderr.strip(), run.stderr
 
 
 def test_repair_ogg_refuses_what_is_not_ogg_opus(opus_file, tmp_path):

@@ -42,6 +42,15 @@ MAX_PACKET = 254 * 255 + 254
 MAX_PAGE = HEADER_SIZE + MAX_SEGMENTS + MAX_SEGMENTS * 255
 #: Opus packets last 2.5 to 120 ms.
 MAX_PACKET_SAMPLES = 120 * RATE // 1000
+#: 20 ms of digital silence (CELT, full band, mono; the packet libopus makes for zeros).
+SILENCE_PACKET = b"\xf8\xff\xfe"
+
+
+def silence_packets(pre_skip: int) -> int:
+    """How many 20 ms silence packets make an otherwise empty file valid and playable:
+    RFC 7845 needs the last granule past pre-skip, and FFmpeg and libsndfile refuse a file
+    with no audio packet at all (a recording stopped, or crashed, before its first one)."""
+    return pre_skip // 960 + 1
 
 
 # -- CRC ---------------------------------------------------------------------------------
@@ -249,6 +258,9 @@ class OggOpusWriter:
             return
         try:
             if not self._failed:
+                if not self.packets_written:
+                    for _ in range(silence_packets(self.pre_skip)):
+                        self.write_packet(SILENCE_PACKET)
                 # With nothing queued the EOS page is empty, repeating the last granule.
                 self._close_page(FLAG_EOS)
                 self._sync()
@@ -351,7 +363,9 @@ def ogg_duration(path: str | os.PathLike[str]) -> float:
 def repair_ogg(path: str | os.PathLike[str]) -> float:
     """Cut a crashed Ogg Opus file after its last complete, CRC-valid page; return seconds.
 
-    Pages are never rewritten: a missing end-of-stream flag is fine for players.
+    Pages are never rewritten: a missing end-of-stream flag is fine for players. A file
+    with no complete audio page (a crash in the first second) gets a page of silence, so
+    it still opens everywhere.
     RecordingError if this is not an Ogg Opus file with both header pages.
     """
     with open(path, "r+b") as f:
@@ -359,7 +373,15 @@ def repair_ogg(path: str | os.PathLike[str]) -> float:
         size = os.fstat(f.fileno()).st_size
         offset, page = _last_page(f, size, serial)
         end = max(offset + page.size, header_end)
-        if end != size:
+        if end == header_end:
+            f.truncate(end)
+            f.seek(end)
+            count = silence_packets(pre_skip)
+            lacing = lacing_values(len(SILENCE_PACKET)) * count
+            f.write(build_page(FLAG_EOS, 960 * count, serial, 2, lacing, SILENCE_PACKET * count))
+            end = f.tell()
+            os.fsync(f.fileno())
+        elif end != size:
             f.truncate(end)
             os.fsync(f.fileno())
         return _duration(f, end, serial, pre_skip)
