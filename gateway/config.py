@@ -250,9 +250,7 @@ def validate(config: Config) -> Config:
         urls = server.get("urls")
         if not (isinstance(urls, str) or (isinstance(urls, list) and urls)):
             raise ConfigError(f"configuration key 'webrtc.ice_servers[{i}].urls' is required")
-        unknown = set(server) - {"urls", "username", "credential"}
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'webrtc.ice_servers[{i}].{min(unknown)}'")
+        reject_unknown(server, {"urls", "username", "credential"}, f"webrtc.ice_servers[{i}]")
     if not 6000 <= w.opus_bitrate <= 510000:
         raise ConfigError("configuration key 'webrtc.opus_bitrate' must be 6000-510000")
     validate_sip(config.sip)
@@ -298,9 +296,7 @@ SCOPE = re.compile(r"^(admin|(publish|listen):[A-Za-z0-9._~*?\[\]-]+)$")
 def validate_auth(auth: AuthConfig) -> None:
     names = set()
     for i, key in enumerate(auth.keys):
-        unknown = set(key) - {"name", "key", "scopes"}
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'auth.keys[{i}].{min(unknown)}'")
+        reject_unknown(key, {"name", "key", "scopes"}, f"auth.keys[{i}]")
         secret = key.get("key")
         if not isinstance(secret, str) or len(secret) < 16:
             raise ConfigError(f"configuration key 'auth.keys[{i}].key' must be a string of at "
@@ -342,17 +338,12 @@ def validate_recording(rec: RecordingConfig) -> None:
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("stream"), str):
             raise ConfigError(f"configuration key 'recording.auto[{i}]' needs a stream name")
-        unknown = set(entry) - {"stream", "format", "sample_rate"}
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'recording.auto[{i}].{min(unknown)}'")
+        reject_unknown(entry, {"stream", "format", "sample_rate"}, f"recording.auto[{i}]")
 
 
 def validate_processing(proc: ProcessingConfig) -> None:
     for i, entry in enumerate(proc.plugins):
-        unknown = set(entry) - {"stream", "processor", "options"}
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'processing.plugins[{i}]."
-                              f"{min(unknown)}'")
+        reject_unknown(entry, {"stream", "processor", "options"}, f"processing.plugins[{i}]")
         if not isinstance(entry.get("processor"), str) or not entry["processor"]:
             raise ConfigError(f"configuration key 'processing.plugins[{i}].processor' must be "
                               "'module:Class' or an entry point name")
@@ -376,9 +367,7 @@ def validate_sip(sip: SipConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"configuration key 'sip.codecs': {exc}") from None
     for i, route in enumerate(sip.routes):
-        unknown = set(route) - {"match", "listen", "publish"}
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'sip.routes[{i}].{min(unknown)}'")
+        reject_unknown(route, {"match", "listen", "publish"}, f"sip.routes[{i}]")
         if "match" not in route or "listen" not in route and "publish" not in route:
             raise ConfigError(f"'sip.routes[{i}]' needs 'match' and 'listen' and/or 'publish'")
         try:
@@ -390,13 +379,9 @@ def validate_sip(sip: SipConfig) -> None:
             if not isinstance(reg.get(key), str):
                 raise ConfigError(f"configuration key 'sip.registrations[{i}].{key}' is required")
         allowed = {"registrar", "user", "password", "expires", "aor", "username", "contact_user"}
-        unknown = set(reg) - allowed
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'sip.registrations[{i}].{min(unknown)}'")
+        reject_unknown(reg, allowed, f"sip.registrations[{i}]")
     for i, cred in enumerate(sip.credentials):
-        unknown = set(cred) - {"realm", "user", "password"}
-        if unknown:
-            raise ConfigError(f"unknown configuration key 'sip.credentials[{i}].{min(unknown)}'")
+        reject_unknown(cred, {"realm", "user", "password"}, f"sip.credentials[{i}]")
         if not isinstance(cred.get("user"), str) or not isinstance(cred.get("password"), str):
             raise ConfigError(f"'sip.credentials[{i}]' needs 'user' and 'password'")
     if not sip.digest_algorithms or set(sip.digest_algorithms) - {"MD5", "SHA-256"}:
@@ -411,6 +396,13 @@ def validate_sip(sip: SipConfig) -> None:
             raise ConfigError(f"configuration key 'sip.{key}' must be at least 1")
     if sip.tcp_message_timeout_s <= 0:
         raise ConfigError("configuration key 'sip.tcp_message_timeout_s' must be positive")
+
+
+def reject_unknown(table: dict, allowed: set[str] | frozenset[str], where: str) -> None:
+    """ConfigError naming the first key of ``table`` (found at ``where``) not in ``allowed``."""
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"unknown configuration key '{where}.{min(unknown)}'")
 
 
 ENV_PREFIX = "GATEWAY_"

@@ -114,9 +114,7 @@ class Processing:
 
     def start(self) -> None:
         self.registry.on_created.append(self._attach)
-        self.registry.on_removed.append(self._detach)
-        for stream in list(self.registry.streams.values()):
-            self._attach(stream)
+        self.registry.on_removed.append(self._detach)  # declared streams: at registry.start
 
     def stop(self) -> None:
         for processing in self.streams.values():

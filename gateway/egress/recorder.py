@@ -80,7 +80,7 @@ class Recorder:
             self._reader = self.stream.ring.reader()
         try:
             await asyncio.to_thread(self._open_segment, time.time())
-        except OSError:
+        except (OSError, RecordingError):
             self._release_reader()
             raise
         self.state = "recording"

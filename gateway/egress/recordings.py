@@ -17,7 +17,7 @@ from ..config import RecordingConfig
 from ..core.events import EventBus
 from ..core.registry import StreamRegistry
 from ..core.stream import Stream
-from ..recording.store import RecordingStore
+from ..recording.store import RecordingError, RecordingStore
 from .recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Recordings:
     async def _auto_record(self, stream: Stream, spec: dict[str, Any]) -> None:
         try:
             await self.record(stream, spec.get("format"), spec.get("sample_rate"))
-        except OSError as exc:
+        except (OSError, RecordingError) as exc:
             log.error("automatic recording of %s failed to start: %s", stream.name, exc)
             self.events.publish("recording_failed", stream.name, error=str(exc))
 

@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: States a call goes through (dial-in: ringing → active; dial-out: calling → ... → active).
-STATES = ("calling", "ringing", "active", "ended")
-
 
 class SipSource:
     """The phone's audio as a stream's sender (a FrameSource)."""
@@ -40,6 +37,11 @@ class SipSource:
     def __init__(self, call: SipCall) -> None:
         self.call = call
         self.id = call.id
+
+    @property
+    def playout(self) -> Any:
+        """The call's jitter buffer and decoder (what WebRTC and RTP senders also expose)."""
+        return self.call.media.playout
 
     def pull(self) -> np.ndarray | None:
         return self.call.media.pull()

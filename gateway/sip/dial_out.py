@@ -140,7 +140,7 @@ class DialOut(ServicePart):
         headers.add("To", str(Address(target)))
         headers.add("Call-ID", call_id)
         headers.add("CSeq", f"{cseq} INVITE")
-        headers.add("Contact", str(self.endpoint.contact("gateway", flow[0])))
+        headers.add("Contact", str(self._contact(flow)))
         headers.add("Allow", ALLOW)
         for name, value in auth:
             headers.add(name, value)
@@ -236,8 +236,6 @@ class DialOut(ServicePart):
             await self._end(call, f"unusable answer: {exc}", send_bye=True)
             return
         call.media.telephone_event = desc.telephone_event
-        self.calls.pop(call.id, None)
-        call.stream.remove_listener(call)  # type: ignore[arg-type]
         self._activate(call, desc.address, desc.port, spec, pt, desc.on_hold)
         log.info("sip call %s: %s answered, playing %s as %s", call.id, call.peer,
                  call.stream.name, spec.name)

@@ -82,16 +82,6 @@ class Dialog:
             local_cseq=invite.cseq[0],
         )
 
-    def matches(self, message: Request | Response, incoming: bool = True) -> bool:
-        """Whether ``message`` belongs to this dialog (tags swap with the direction)."""
-        try:
-            from_tag, to_tag = message.from_.tag, message.to.tag
-            call_id = message.call_id
-        except SipParseError:
-            return False
-        ours, theirs = (to_tag, from_tag) if incoming else (from_tag, to_tag)
-        return call_id == self.call_id and ours == self.local_tag and theirs == self.remote_tag
-
     def accept_request(self, request: Request) -> bool:
         """False for an out-of-order request (lower CSeq): answer it 500 (§12.2.2)."""
         number, method = request.cseq
@@ -148,9 +138,3 @@ class Dialog:
         if "lr" in first.uri.params:
             return self.remote_target, list(self.route_set)
         return first.uri, [*self.route_set[1:], f"<{self.remote_target}>"]
-
-    def next_hop(self) -> Uri:
-        """The URI whose host and port the request is sent to (§8.1.2)."""
-        if self.route_set:
-            return Address.parse(self.route_set[0]).uri
-        return self.remote_target

@@ -201,6 +201,7 @@ class SipEndpoint:
             self.counters.too_large += 1
             self._reject_too_large(data, flow)
             return
+        message: Request | Response | None = None
         try:
             message = parse_message(data, self.settings.max_message_bytes)
             message.validate()
@@ -208,7 +209,9 @@ class SipEndpoint:
             self.counters.malformed += 1
             if self.counters.malformed == 1 or self.counters.malformed % 1000 == 0:
                 log.warning("sip: malformed message from %s:%d: %s", host, port, exc)
-            self._reject_malformed(data, flow, str(exc))
+            # 400 with the reason when the request parsed well enough to route a reply
+            if isinstance(message, Request) and message.method != "ACK":
+                self._reply_stateless(message, 400, flow, reason=f"Bad Request ({str(exc)[:60]})")
             return
         if isinstance(message, Request):
             stamp_received(message, host, port)
@@ -237,15 +240,6 @@ class SipEndpoint:
             return
         if isinstance(request, Request) and request.method != "ACK":
             self._reply_stateless(request, 413, flow)
-
-    def _reject_malformed(self, data: bytes, flow: Flow, why: str) -> None:
-        """400 with the reason when the request is readable enough to route a reply."""
-        try:
-            request = parse_message(data, 1 << 20)
-        except SipParseError:
-            return
-        if isinstance(request, Request) and request.method != "ACK":
-            self._reply_stateless(request, 400, flow, reason=f"Bad Request ({why[:60]})")
 
     def _reply_stateless(self, request: Request, status: int, flow: Flow,
                          reason: str | None = None) -> None:

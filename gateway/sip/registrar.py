@@ -15,10 +15,10 @@ Digest nonces are stateless.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.sip.dialog import new_tag
 from gateway.sip.digest import Credentials, DigestError, DigestServer, parse_credentials
 from gateway.sip.message import Address, Request, Response, SipParseError, Uri, response_to
 
@@ -312,6 +312,6 @@ def _reply(
     """``response_to`` with a To tag (RFC 3261 §8.2.6.2), or without one if the To header
     is too broken to carry it: a 400 must still go out."""
     try:
-        return response_to(request, status, reason, to_tag=secrets.token_hex(6), headers=headers)
+        return response_to(request, status, reason, to_tag=new_tag(), headers=headers)
     except SipParseError:
         return response_to(request, status, reason, headers=headers)

@@ -141,10 +141,6 @@ class RegistrationClient:
         self._stale = 0
         return self._request(now)
 
-    def is_registered(self, now: float) -> bool:
-        """Whether the registrar should still hold our binding at ``now``."""
-        return self.registered_until is not None and now < self.registered_until
-
     # -- responses -------------------------------------------------------------------------
 
     def on_response(self, response: Response, now: float) -> None:

@@ -156,7 +156,7 @@ class SipService(DialIn, DialOut, Upstream):
 
     def _on_request(self, request: Request, tx: ServerTransaction, flow: Flow) -> None:
         method = request.method
-        if request.to.tag and method not in ("ACK", "CANCEL"):
+        if request.to.tag:  # the transaction layer keeps ACK and CANCEL for itself
             self._in_dialog(request, tx, flow)
         elif method == "INVITE":  # the transaction layer has sent 100 Trying
             task = self._spawn(self._answer(request, tx, flow))
@@ -172,8 +172,6 @@ class SipService(DialIn, DialOut, Upstream):
                                                                 self.endpoint.now()))
         elif method == "BYE":
             self._reply(tx, request, 481)
-        elif method in ("ACK",):
-            pass
         else:
             self._reply(tx, request, 501 if method not in ALLOW else 405,
                         headers=[("Allow", ALLOW)])
@@ -187,21 +185,16 @@ class SipService(DialIn, DialOut, Upstream):
             queue.put_nowait(None)
             return
         if isinstance(tx, ServerTransaction) and tx.is_invite:
-            call = self._find_dialog(tx.request, by_invite=True)
-            if call is not None and call.state == "active" and call.invite_tx is tx:
+            call = next((c for c in self.calls.values() if c.invite_tx is tx), None)
+            if call is not None and call.state == "active":
                 self._spawn(self._end(call, "no ACK for our 200", send_bye=True))
 
     # -- in-dialog requests ------------------------------------------------------------
-    def _find_dialog(self, message: Request | Response, incoming: bool = True,
-                     by_invite: bool = False) -> SipCall | None:
+    def _find_dialog(self, message: Request | Response, incoming: bool = True) -> SipCall | None:
         try:
             call_id, from_tag, to_tag = message.call_id, message.from_.tag, message.to.tag
         except SipParseError:
             return None
-        if by_invite:
-            return next((c for c in self.calls.values()
-                         if c.dialog and c.dialog.call_id == call_id
-                         and c.dialog.remote_tag == from_tag), None)
         key = (call_id, to_tag, from_tag) if incoming else (call_id, from_tag, to_tag)
         return self._by_dialog.get(key)  # type: ignore[arg-type]
 

@@ -175,15 +175,6 @@ def _read_playout(p: Any) -> tuple[float, ...]:
     return tuple(info[f] for f in SENDER_FIELDS)
 
 
-def playout_of(source: Any) -> Any:
-    """The jitter buffer + decoder of a stream's sender (WebRTC, RTP input, SIP caller)."""
-    playout = getattr(source, "playout", None)
-    if playout is None:  # a SIP caller: the call's media owns it
-        media = getattr(getattr(source, "call", None), "media", None)
-        playout = getattr(media, "playout", None)
-    return playout
-
-
 class GatewayCollector:
     """Reads the gateway's live objects at scrape time (prometheus_client's Collector)."""
 
@@ -230,7 +221,7 @@ class GatewayCollector:
     def _sender_items(self) -> Iterator[tuple[Any, Labels, Reader]]:
         for stream in list(self.gw.registry.streams.values()):
             source = stream.source
-            playout = playout_of(source) if source is not None else None
+            playout = getattr(source, "playout", None)
             if playout is not None:
                 yield playout, (stream.name, source.kind), _read_playout
 
@@ -299,7 +290,7 @@ class GatewayCollector:
             silence.add_metric(name, stream.frames_silence)
             senders_total.add_metric(name, stream.senders_total)
             present.add_metric(name, 1 if stream.source is not None else 0)
-            playout = playout_of(stream.source) if stream.source is not None else None
+            playout = getattr(stream.source, "playout", None)
             last = getattr(playout, "last_packet", None)
             if last is not None:
                 age.add_metric(name, max(0.0, now - last))
@@ -355,7 +346,7 @@ class GatewayCollector:
             "Current target depth of the sender's jitter buffer.", labels=lk)
         for stream in list(self.gw.registry.streams.values()):
             source = stream.source
-            playout = playout_of(source) if source is not None else None
+            playout = getattr(source, "playout", None)
             if playout is None:
                 continue
             info = playout.info()

@@ -15,6 +15,7 @@ tests/test_openapi.py checks both against ``auth.required``.
 from __future__ import annotations
 
 import copy
+import json
 from importlib import metadata
 from typing import Any
 
@@ -664,12 +665,13 @@ def document() -> dict[str, Any]:
 
 
 async def serve(request: web.Request) -> web.StreamResponse:
-    return web.json_response(request.app[DOCUMENT])
+    return web.json_response(text=request.app[DOCUMENT])
 
 
-DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)
+#: The document as JSON text: it never changes while the app runs, so it is encoded once.
+DOCUMENT: web.AppKey[str] = web.AppKey("openapi_document", str)
 
 
 def add_routes(app: web.Application) -> None:
-    app[DOCUMENT] = document()
+    app[DOCUMENT] = json.dumps(document())
     app.router.add_get(PATH, serve)

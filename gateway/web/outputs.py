@@ -142,10 +142,7 @@ def parse_sip_output(body: dict[str, Any]) -> dict[str, Any]:
 async def create_sip_output(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     gw = gateway_of(request)
     name = request.match_info["stream"]
-    try:
-        args = parse_sip_output(body)
-    except FieldError as exc:
-        return bad_fields(exc)
+    args = parse_sip_output(body)  # a FieldError is answered by create_output
     if gw.sip is None:
         return problem(409, "Conflict", "SIP is disabled (sip.enabled = false)")
     stream = stream_for_io(gw, name)
@@ -175,10 +172,7 @@ async def create_recording_output(request: web.Request,
                                   body: dict[str, Any]) -> web.StreamResponse:
     gw = gateway_of(request)
     name = request.match_info["stream"]
-    try:
-        args = parse_recording_output(body)
-    except FieldError as exc:
-        return bad_fields(exc)
+    args = parse_recording_output(body)  # a FieldError is answered by create_output
     stream = stream_for_io(gw, name)
     try:
         recorder = await gw.recordings.record(stream, **args)

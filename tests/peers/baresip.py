@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from conftest import free_port
 
 MODULES = Path("/usr/lib/baresip/modules")
 _STATUS_LINE = re.compile(r"^\[\d+:\d\d:\d\d\] audio=")
@@ -76,12 +77,6 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 def wav_seconds(path: str | Path) -> float:
     with wave.open(str(path), "rb") as w:
         return w.getnframes() / w.getframerate()
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_sip_port() -> int:
@@ -187,7 +182,7 @@ class Baresip:
         self.account_params = list(account_params)
         self.extra_config = list(extra_config)
         self.sip_trace = sip_trace
-        self.ctrl_port = _free_tcp_port()
+        self.ctrl_port = free_port()
         self.rec_dir = self.dir / "rec"
         self.lines: list[tuple[float, str]] = []  # (monotonic time, stdout line)
         self.events: list[Event] = []
@@ -276,7 +271,7 @@ class Baresip:
                 self.proc = None
                 self.lines.clear()
                 self._tasks.clear()
-                self.ctrl_port = _free_tcp_port()
+                self.ctrl_port = free_port()
                 if self._own_sip_port:
                     self.sip_port = free_sip_port()
 
@@ -392,13 +387,6 @@ class Baresip:
             raise TimeoutError(f"no {'/'.join(types)} event within {timeout} s:\n{self.log}")
         return found
 
-    async def wait(self, timeout: float | None = None) -> int:
-        """Wait for the process to exit (e.g. after -t); its exit code."""
-        assert self.proc is not None
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        return code
-
     async def stop(self, timeout: float = 3) -> int | None:
         """Quit cleanly (calls get a BYE, WAV headers get written). A registered account
         un-REGISTERs first and baresip waits up to 32 s (timer F) if the registrar is gone:
@@ -488,8 +476,8 @@ class Baresip:
 
     async def serve(self, seconds: float) -> Baresip:
         """Auto-answer incoming calls for up to ``seconds`` (then baresip quits, hanging up).
-        Returns self: ``await phone.wait_event("CALL_ESTABLISHED")``, ``await phone.wait()``
-        or ``await phone.stop()``."""
+        Returns self: ``await phone.wait_event("CALL_ESTABLISHED")`` or
+        ``await phone.stop()``."""
         self.answer = True
         await self.start(seconds=seconds)
         return self
@@ -534,10 +522,6 @@ class Baresip:
         """Received audio, one WAV per call (sndfile's dump-<date-time>-dec.wav). Two calls
         that start in the same second on one instance share a name: use one per call."""
         return sorted(self.rec_dir.glob("dump-*-dec.wav"))
-
-    def sent(self) -> list[Path]:
-        """What baresip sent (after its encoder input filters): dump-*-enc.wav."""
-        return sorted(self.rec_dir.glob("dump-*-enc.wav"))
 
     @property
     def log(self) -> str:

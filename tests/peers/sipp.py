@@ -76,11 +76,6 @@ class SipMessage:
         m = re.search(rf"^{re.escape(name)}\s*:\s*(.*?)\s*$", self.text, re.M | re.I)
         return m.group(1) if m else None
 
-    @property
-    def body(self) -> str:
-        parts = re.split(r"\r?\n\r?\n", self.text, maxsplit=1)
-        return parts[1] if len(parts) > 1 else ""
-
 
 @dataclass
 class SippResult:
