@@ -2,6 +2,9 @@
 # 20000-29999/udp RTP of SIP calls; WebRTC media on ephemeral UDP ports (use host
 # networking, see docs/nat-and-containers.md). Mount a config with [auth] credentials at
 # /config/gateway.toml: without credentials the gateway refuses to listen beyond loopback.
+# GATEWAY_CLUSTER__WORKERS=0 runs one worker per CPU (the embedded nats-server comes with
+# the package); GATEWAY_CLUSTER__NATS_URL='["nats://nats:4222"]' joins a cluster
+# (docs/cluster.md). Opus FEC/PLC use the libopus inside PyAV's wheel: no apt package.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,11 +1,14 @@
 """WebRTC fan-out benchmark: one WHIP publisher, N WHEP listeners, gateway vs baseline.
 
     python bench/fanout.py [--max-listeners N] [--window S] [--quick]
+    python bench/fanout.py --previous 0f1e115 --cpu-quota 0.5 --skip baseline
 
-For each server (the gateway, then bench/baseline_server.py: MediaRelay and one Opus
-encoder per listener) the benchmark starts the server as its own process, publishes a
-440 Hz tone from this process, and adds listeners in steps (run by ``--workers``
-separate load processes) until delivery falls below ``--min-delivery`` or a cap is hit.
+For each server (the gateway; with ``--previous REV`` the gateway of another commit,
+exported with ``git archive``; then bench/baseline_server.py: MediaRelay and one Opus
+encoder per listener) the benchmark starts the server as its own process (with
+``--cpu-quota`` in a cgroup v1 CPU quota of its own), publishes a 440 Hz tone from this
+process, and adds listeners in steps (run by ``--workers`` separate load processes)
+until delivery falls below ``--min-delivery`` or a cap is hit.
 
 Listeners do not decode. Each listener's UDP socket is tapped below aiortc: an SRTP
 packet's RTP header is in the clear, so the tap records its arrival time and RTP
@@ -39,11 +42,13 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +65,11 @@ OTHER_LIMIT = 0.15  # cores used by the rest of the machine that invalidate a wi
 
 GATEWAY_STEPS = [10, 25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000]
 BASELINE_STEPS = [2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200]
+KINDS = ("gateway", "previous", "baseline")
+#: The server under test: admission control off (the benchmark looks for the cliff) and
+#: room for every step's listeners.
+GATEWAY_ENV = {"GATEWAY_ADMISSION__ENABLED": "false", "GATEWAY_WEBRTC__MAX_SESSIONS": "5000"}
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 
 
 # ---------------------------------------------------------------------------------
@@ -169,6 +179,35 @@ def switch_to_polling(tap: Tap) -> None:
     tap.polled = polled
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate a server under test; kill it if it does not exit in ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def stop_load(workers: list, publisher: object | None) -> None:
+    """Stop the listener load processes and hang up the publisher, whatever state they
+    are in (a benchmark's teardown must not fail on a peer that already gave up)."""
+    await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+    if publisher is not None:
+        try:
+            await asyncio.wait_for(publisher.pc.close(), 5)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Refused(Exception):
+    """A 503 from admission control, with the Retry-After it asked for."""
+
+    def __init__(self, retry_after_s: float, detail: str) -> None:
+        super().__init__(f"503 (Retry-After {retry_after_s:g}): {detail}")
+        self.retry_after_s = retry_after_s
+
+
 class LoadWorker:
     def __init__(self, base_url: str, stream: str, verify_every: int, poll_interval: float) -> None:
         self.base_url = base_url
@@ -177,6 +216,7 @@ class LoadWorker:
         self.poll_interval = poll_interval
         self.taps: list[Tap] = []
         self.failed = 0
+        self.refusals = 0  # 503 answers (admission control), retried or not
         self.http = None
         self._poller: asyncio.Task[None] | None = None
 
@@ -188,12 +228,14 @@ class LoadWorker:
     async def connect_one(self) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+        from gateway.webrtc.aiortc_patches import replace_jitter_buffer
+
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         tap = Tap()
         tap.pc = pc
         transceiver = pc.addTransceiver("audio", direction="recvonly")
         receiver = transceiver.receiver
-        receiver._RTCRtpReceiver__jitter_buffer = VerifiedCounter(tap)  # aiortc internal
+        replace_jitter_buffer(receiver, VerifiedCounter(tap))
         connected = asyncio.get_running_loop().create_future()
 
         @pc.on("connectionstatechange")
@@ -208,6 +250,10 @@ class LoadWorker:
         headers = {"Content-Type": "application/sdp"}
         async with self.http.post(url, data=pc.localDescription.sdp, headers=headers) as r:
             body = await r.text()
+            if r.status == 503:
+                self.refusals += 1
+                await pc.close()
+                raise Refused(float(r.headers.get("Retry-After", "1")), body[:200])
             if r.status != 201:
                 raise RuntimeError(f"POST {url}: {r.status} {body[:200]}")
         await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
@@ -218,7 +264,9 @@ class LoadWorker:
             switch_to_polling(tap)
         self.taps.append(tap)
 
-    async def add(self, n: int, concurrency: int) -> dict:
+    async def add(self, n: int, concurrency: int, retry_for: float = 0.0) -> dict:
+        """Connect ``n`` listeners; a 503 is retried after its Retry-After, as a client
+        would, for up to ``retry_for`` seconds (then it counts as failed)."""
         import aiohttp
 
         if self.http is None:
@@ -229,15 +277,26 @@ class LoadWorker:
         errors: list[str] = []
 
         async def one() -> None:
-            async with sem:
+            give_up = time.monotonic() + retry_for
+            while True:
                 try:
-                    await self.connect_one()
+                    async with sem:
+                        await self.connect_one()
+                    return
+                except Refused as exc:
+                    if time.monotonic() + exc.retry_after_s > give_up:
+                        self.failed += 1
+                        errors.append(repr(exc))
+                        return
+                    await asyncio.sleep(exc.retry_after_s)
                 except Exception as exc:  # noqa: BLE001 - report and count
                     self.failed += 1
                     errors.append(repr(exc))
+                    return
 
         await asyncio.gather(*(one() for _ in range(n)))
-        return {"listeners": len(self.taps), "failed": self.failed, "errors": errors[:3]}
+        return {"listeners": len(self.taps), "failed": self.failed,
+                "refusals": self.refusals, "errors": errors[:3]}
 
     def window_stats(self, t0: float, t1: float, late_s: float) -> dict:
         import numpy as np
@@ -324,7 +383,7 @@ async def worker_main(args: argparse.Namespace) -> None:
             break
         cmd = json.loads(line)
         if cmd["cmd"] == "add":
-            reply(await worker.add(cmd["n"], cmd.get("concurrency", 6)))
+            reply(await worker.add(cmd["n"], cmd.get("concurrency", 6), cmd.get("retry_for", 0.0)))
         elif cmd["cmd"] == "stats":
             poll_sockets(worker.taps, worker.verify_every)
             reply(worker.window_stats(cmd["t0"], cmd["t1"], cmd["late_s"]))
@@ -399,6 +458,54 @@ def machine() -> dict:
     }
 
 
+class CpuQuota:
+    """A cgroup v1 CPU quota of the server under test's own (``docker run --cpus`` does
+    the same), with a high ``cpu.shares`` so other load on a shared machine does not take
+    that quota away. Throttled time is read from the group's ``cpu.stat``."""
+
+    def __init__(self, cores: float, period_us: int) -> None:
+        self.path = CGROUP_CPU / f"fanout-bench-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+        (self.path / "cpu.cfs_quota_us").write_text(str(max(1000, round(cores * period_us))))
+        # and a weight 8x a process's: it gets its quota even when others want the CPU
+        # (as a container whose CPU request equals its limit)
+        (self.path / "cpu.shares").write_text("8192")
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def throttled_s(self) -> float:
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            name, value = line.split()
+            if name == "throttled_time":
+                return int(value) / 1e9
+        return 0.0
+
+    def remove(self) -> None:
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                (CGROUP_CPU / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass  # gone meanwhile
+        self.path.rmdir()
+
+
+def export_tree(rev: str) -> Path:
+    """``rev`` of this repository as a plain source tree in a temporary directory (no
+    worktree, nothing checked out here)."""
+    out = Path(tempfile.mkdtemp(prefix="fanout-previous-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 class WorkerProc:
     def __init__(self, base_url: str, stream: str, args: argparse.Namespace) -> None:
         self.cmd = [
@@ -457,6 +564,8 @@ class Row:
     max_ms: float
     srtp_ok: float  # of the packets sent on through aiortc, share that decrypted and parsed
     failed: int
+    throttled: float = 0.0  # share of the window the server's CPU quota held it back
+    load_avg: str = ""  # /proc/loadavg (1, 5, 15 min) at the end of the window
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -477,21 +586,25 @@ def percentile_from_hist(hist: list[int], q: float) -> float:
     return HIST_BINS * HIST_BIN_S
 
 
-def start_server(kind: str, port: int, baseline_numpy_level: bool) -> subprocess.Popen:
-    if kind == "gateway":
-        cmd = [
-            sys.executable, "-m", "gateway", "serve", "--port", str(port),
-            "--ice-host", "127.0.0.1", "--log-level", "warning",
-        ]  # fmt: skip
-    else:
+def start_server(kind: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
+    """The server under test; "previous" is the gateway of ``--previous``'s tree."""
+    if kind == "baseline":
         cmd = [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "--port", str(port)]
-        if baseline_numpy_level:
+        if args.baseline_numpy_level:
             cmd.append("--numpy-audio-level")
-    return subprocess.Popen(cmd, cwd=SRC, env=src_env(), stdout=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, cwd=SRC, env=src_env(), stdout=subprocess.DEVNULL)
+    src = args.previous_src if kind == "previous" else SRC
+    cmd = [
+        sys.executable, "-m", "gateway", "serve", "--port", str(port),
+        "--ice-host", "127.0.0.1", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=src, env=src_env(src) | GATEWAY_ENV,
+                            stdout=subprocess.DEVNULL)
 
 
-def src_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def src_env(src: Path | None = None) -> dict[str, str]:
+    path = str(src or SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=path)
 
 
 async def wait_http(base_url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -551,10 +664,12 @@ async def measure(
     args: argparse.Namespace,
     failed: int,
     errors: list[str],
+    quota: CpuQuota | None,
 ) -> Row:
     """One measurement window at the current listener count."""
     pids = [w.pid for w in workers]
     t0 = time.monotonic()
+    th0 = quota.throttled_s() if quota else 0.0
     u0, s0 = cpu_times(proc.pid)
     m0 = machine_busy()
     l0 = sum(cpu_seconds(p) for p in pids) + cpu_seconds(os.getpid())
@@ -564,6 +679,7 @@ async def measure(
     u1, s1 = cpu_times(proc.pid)
     m1 = machine_busy()
     l1 = sum(cpu_seconds(p) for p in pids) + cpu_seconds(os.getpid())
+    th1 = quota.throttled_s() if quota else 0.0
     await asyncio.sleep(args.late_ms / 1000.0 + 0.1)
     for spy in spies:
         spy.wait(30)
@@ -591,6 +707,8 @@ async def measure(
         max_ms=1000 * max(p["dev_max"] for p in parts),
         srtp_ok=sum(p["verified"] for p in parts) / max(1, sum(p["sampled"] for p in parts)),
         failed=failed,
+        throttled=(th1 - th0) / wall,
+        load_avg=load_average(),
     )
     if failed:
         row.notes.append(f"{failed} listeners failed to connect: {errors[:1]}")
@@ -598,16 +716,25 @@ async def measure(
         row.notes.append("machine CPU-saturated")
     if args.profile:
         row.notes.append("profiled: py-spy's CPU shows as other")
-    elif row.other_cores > OTHER_LIMIT:
+    elif busy_window(row, args):
         row.notes.append(f"other processes used {row.other_cores:.2f} cores: not valid")
     if row.srtp_ok < 0.95:
         row.notes.append("packets fail SRTP/RTP checks")
-    if kind == "gateway":
+    if kind != "baseline":
         st = await server_stats(base_url)
         row.notes.append(
             f"encoders_active={st.get('encoders_active')} late_ticks={st.get('clock_late_ticks')}"
         )
     return row
+
+
+def busy_window(row: Row, args: argparse.Namespace) -> bool:
+    """Other processes may have changed the result: without a quota, any other load above
+    ``OTHER_LIMIT``; with one, a machine so busy the server may not have had its quota."""
+    if not args.cpu_quota:
+        return row.other_cores > OTHER_LIMIT
+    total = row.server_cores + row.load_cores + row.other_cores
+    return total > 0.95 * (os.cpu_count() or 1) - max(0.0, args.cpu_quota - row.server_cores)
 
 
 async def run_server(kind: str, steps: list[int], args: argparse.Namespace) -> list[Row]:
@@ -619,7 +746,11 @@ async def run_server(kind: str, steps: list[int], args: argparse.Namespace) -> l
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     stream = "bench"
-    proc = start_server(kind, port, args.baseline_numpy_level)
+    proc = start_server(kind, port, args)
+    quota = CpuQuota(args.cpu_quota, args.cfs_period_us) if args.cpu_quota else None
+    if quota is not None:
+        quota.add(proc.pid)
+    print(f"  [{kind}] load average {load_average()}", flush=True)
     rows: list[Row] = []
     workers = [WorkerProc(base_url, stream, args) for _ in range(args.workers)]
     publisher = None
@@ -657,10 +788,10 @@ async def run_server(kind: str, steps: list[int], args: argparse.Namespace) -> l
             add_s = time.monotonic() - t_add
             await asyncio.sleep(args.settle)
 
-            row = await measure(kind, n, proc, workers, base_url, args, failed, errors)
+            row = await measure(kind, n, proc, workers, base_url, args, failed, errors, quota)
             misses = busy = 0
             while True:
-                if row.other_cores > OTHER_LIMIT and busy < 2 and not args.profile:
+                if busy_window(row, args) and busy < 2 and not args.profile:
                     busy += 1
                     reason = "machine busy"
                     w0 = time.monotonic()
@@ -672,25 +803,23 @@ async def run_server(kind: str, steps: list[int], args: argparse.Namespace) -> l
                 else:
                     break
                 print(format_row(row) + f"   (re-measuring: {reason})", flush=True)
-                row = await measure(kind, n, proc, workers, base_url, args, failed, errors)
+                row = await measure(kind, n, proc, workers, base_url, args, failed, errors,
+                                    quota)
                 row.notes.append(f"re-measured after {reason}")
             print(format_row(row) + f"   (connect {add_s:.1f} s)", flush=True)
             rows.append(row)
             if row.delivered < args.min_delivery:
                 break
     finally:
-        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
-        if publisher is not None:
-            try:
-                await asyncio.wait_for(publisher.pc.close(), 5)
-            except Exception:  # noqa: BLE001
-                pass
+        await stop_load(workers, publisher)
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if quota is not None:
+            quota.remove()
     return rows
 
 
@@ -698,6 +827,7 @@ HEADER = (
     f"{'server':<9}{'N':>5}{'srv cores':>10}{'(sys)':>7}{'%core/lst':>10}{'load cores':>11}"
     f"{'other':>7}"
     f"{'delivered':>11}{'worst':>8}{'late':>6}{'p99 |dev|':>10}{'max |dev|':>10}{'srtp ok':>9}"
+    f"{'thrott':>7}  load avg"
 )
 
 
@@ -708,6 +838,7 @@ def format_row(r: Row) -> str:
         f"{r.load_cores:>11.3f}{r.other_cores:>7.2f}"
         f"{100 * r.delivered:>10.3f}%{100 * r.worst:>7.1f}%{r.late:>6}"
         f"{r.p99_ms:>8.2f}ms{r.max_ms:>8.1f}ms{100 * r.srtp_ok:>7.1f}%"
+        f"{100 * r.throttled:>6.1f}%  {r.load_avg}"
         + (f"  {'; '.join(r.notes)}" if r.notes else "")
     )
 
@@ -741,10 +872,16 @@ async def orchestrate(args: argparse.Namespace) -> int:
         f"window {args.window:.0f} s, settle {args.settle:.0f} s, late after "
         f"{args.late_ms:.0f} ms, {args.workers} load processes, "
         f"threshold {100 * args.min_delivery:.1f} %"
+        + (f", server CPU quota {args.cpu_quota:g} cores" if args.cpu_quota else "")
+        + (f", previous = {args.previous}" if args.previous else "")
     )
+    print(f"load average {load_average()}")
     print(HEADER, flush=True)
     all_rows: list[Row] = []
-    order = [("gateway", args.gateway_steps), ("baseline", args.baseline_steps)]
+    order = [("gateway", args.gateway_steps), ("previous", args.previous_steps),
+             ("baseline", args.baseline_steps)]
+    if not args.previous:
+        order = [o for o in order if o[0] != "previous"]
     for kind, steps in order:
         if kind in args.skip:
             continue
@@ -766,7 +903,11 @@ async def orchestrate(args: argparse.Namespace) -> int:
             f"{bound}{item['n_max']}, server CPU there {item['cores']:.2f} cores "
             f"-> {item['per_core']:.0f} listeners per core"
         )
-    gw, base = summary.get("gateway"), summary.get("baseline")
+    gw, base, prev = summary.get("gateway"), summary.get("baseline"), summary.get("previous")
+    if gw and prev and prev["per_core"]:
+        ratio = gw["per_core"] / prev["per_core"]
+        summary["ratio_previous"] = ratio
+        print(f"listeners per core, gateway / previous = {ratio:.2f}x")
     if gw and base and base["per_core"]:
         ratio = gw["per_core"] / base["per_core"]
         summary["ratio"] = ratio
@@ -780,12 +921,16 @@ async def orchestrate(args: argparse.Namespace) -> int:
             f"gateway: {gw['n_max']} listeners at {gw['cores']:.2f} cores "
             f"({verdict} the target of > 200 listeners on one core)"
         )
+    print(f"load average {load_average()}")
+    if args.plot:
+        plot(all_rows, args)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
                 {
                     "machine": info,
-                    "args": {k: v for k, v in vars(args).items() if k != "json"},
+                    "args": {k: str(v) if isinstance(v, Path) else v
+                             for k, v in vars(args).items() if k != "json"},
                     "rows": [r.__dict__ | {"notes": r.notes} for r in all_rows],
                     "summary": summary,
                 },
@@ -793,6 +938,34 @@ async def orchestrate(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def plot(rows: list[Row], args: argparse.Namespace) -> None:
+    """Delivery against listeners, one line per server (``pip install matplotlib``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = {"gateway": "fan-out (this tree)", "previous": f"previous ({args.previous})",
+              "baseline": "baseline (aiortc, encoder per listener)"}
+    for kind in KINDS:
+        mine = [r for r in rows if r.server == kind]
+        if mine:
+            ax.plot([r.listeners for r in mine], [100 * r.delivered for r in mine],
+                    marker="o", label=labels[kind])
+    ax.axhline(100 * args.min_delivery, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("WHEP listeners")
+    ax.set_ylabel("delivered on time (%)")
+    quota = f", server limited to {args.cpu_quota:g} core" if args.cpu_quota else ""
+    ax.set_title(f"WebRTC listeners of one stream{quota}")
+    ax.set_ylim(max(0.0, min([100 * r.delivered for r in rows] + [99.0]) - 1), 100.2)
+    ax.legend(loc="lower left")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=110)
+    print(f"plot: {args.plot}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -821,7 +994,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--gateway-steps", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--baseline-steps", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--skip", action="append", default=[], choices=["gateway", "baseline"])
+    p.add_argument("--previous-steps", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--skip", action="append", default=[], choices=list(KINDS))
+    p.add_argument(
+        "--previous",
+        help="also benchmark the gateway of this commit (or source directory) in the same "
+        "run, as 'previous' (e.g. the commit before the fan-out: aiortc's per-listener path)",
+    )
+    p.add_argument(
+        "--cpu-quota", type=float,
+        help="run each server under test in a cgroup v1 CPU quota of this many cores (root)",
+    )  # fmt: skip
+    p.add_argument("--cfs-period-us", type=int, default=10000, help="the quota's period")
+    p.add_argument("--plot", help="write delivery against listeners as a PNG (matplotlib)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument(
         "--baseline-numpy-level",
@@ -849,8 +1034,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.quiet_wait = min(args.quiet_wait, 5.0)
         args.gateway_steps = args.gateway_steps or [10, 50]
         args.baseline_steps = args.baseline_steps or [2, 5]
+        args.previous_steps = args.previous_steps or [10, 50]
     args.gateway_steps = args.gateway_steps or GATEWAY_STEPS
     args.baseline_steps = args.baseline_steps or BASELINE_STEPS
+    args.previous_steps = args.previous_steps or GATEWAY_STEPS
+    args.previous_src = None
     return args
 
 
@@ -862,7 +1050,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         asyncio.run(worker_main(args))
         return 0
-    return asyncio.run(orchestrate(args))
+    exported = None
+    if args.previous:
+        given = Path(args.previous)
+        if given.is_dir():
+            args.previous_src = given.resolve()
+        else:
+            args.previous_src = exported = export_tree(args.previous)
+    try:
+        return asyncio.run(orchestrate(args))
+    finally:
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
 
 
 if __name__ == "__main__":

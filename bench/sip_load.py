@@ -343,7 +343,9 @@ class Receiver:
 class Gateway:
     """A gateway process with SIP on a free port and stream "room" playing a tone."""
 
-    def __init__(self, out: Path, name: str, args: argparse.Namespace) -> None:
+    def __init__(self, out: Path, name: str, args: argparse.Namespace,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: GATEWAY_* settings on top of the config file (they win over it)."""
         self.http_port = free_port(socket.SOCK_STREAM)
         self.sip_port = free_port()
         config = out / f"{name}-gateway.toml"
@@ -365,6 +367,7 @@ class Gateway:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
             cwd=args.gateway_src, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         self.base = f"http://127.0.0.1:{self.http_port}"
         for _ in range(150):
@@ -427,7 +430,7 @@ class Sipp:
 
     def __init__(self, out: Path, name: str, scenario: str, gw: Gateway, rate: float,
                  calls: int, keys: dict[str, object], limit: int | None = None,
-                 timeout: float = 300) -> None:
+                 timeout: float = 300, extra: list[str] | None = None) -> None:
         self.dir = out / name
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = ["sipp", "-nostdin", "-sf", str(SCENARIOS / scenario), "-s", STREAM,
@@ -440,7 +443,7 @@ class Sipp:
                 "-trace_stat", "-stf", "stat.csv", "-fd", "1",
                 "-trace_rtt", "-rtt_freq", "1",
                 "-trace_screen", "-screen_file", "screen.log",
-                "-trace_err", "-error_file", "errors.log",
+                "-trace_err", "-error_file", "errors.log", *(extra or []),
                 f"127.0.0.1:{gw.sip_port}"]
         self.command = cmd
         (self.dir / "command.txt").write_text(" ".join(cmd) + "\n")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import gc
+import asyncio
 import logging
 import os
 import sys
 
-from . import cli_client, logs
+from . import cli_client, heap, logs, threads
 from . import config as config_mod
+from .cluster import workers
+from .cluster.wire import default_node_name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="json (default when stderr is not a terminal) or text")
     serve.add_argument("--insecure", action="store_true",
                        help="allow serving beyond loopback with no credentials configured")
+    serve.add_argument("--workers", metavar="N|auto",
+                       help="worker processes on the same ports (default 1; auto: one per "
+                       "core); more than 1 starts an embedded nats-server unless "
+                       "--nats-url is given")
+    serve.add_argument("--nats-url", action="append", metavar="URL",
+                       help="NATS server of the cluster to join; repeat for several")
+    serve.add_argument("--node-name", help="this node's name in the cluster (default: host)")
     check = sub.add_parser("config", help="configuration tools")
     check.add_argument("action", choices=["check"], help="check: validate a file and exit")
     check.add_argument("file", help="TOML file to validate")
@@ -67,29 +76,77 @@ def main(argv: list[str] | None = None) -> int:
         overrides["log_format"] = args.log_format
     if args.insecure:
         overrides["http"]["allow_insecure"] = True
+    cluster: dict = {}
+    if args.nats_url:
+        cluster["nats_url"] = args.nats_url
+    if args.node_name:
+        cluster["node_name"] = args.node_name
+    if args.workers and workers.WORKER_ENV not in os.environ:
+        if args.workers != "auto" and not args.workers.isdigit():
+            print("error: --workers takes a number or auto", file=sys.stderr)
+            return 2
+        cluster["workers"] = 0 if args.workers == "auto" else int(args.workers)
+    if cluster:
+        overrides["cluster"] = cluster
     try:
         cfg = config_mod.load(args.config, overrides, dict(os.environ))
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level, cfg.log_format)
-    from aiohttp import web
-
+    worker = os.environ.get(workers.WORKER_ENV)
+    count = workers.worker_count(cfg.cluster.workers)
+    if worker is None and count > 1:
+        supervisor = workers.Supervisor(
+            _without_workers(argv if argv is not None else sys.argv[1:])[1:], count,
+            cfg.cluster.nats_url, cfg.cluster.node_name or default_node_name(),
+            cfg.http.shutdown_timeout_s)
+        logging.getLogger("gateway").info(
+            "gateway listening on http://%s:%d/ with %d workers", cfg.http.host,
+            cfg.http.port, count)
+        return asyncio.run(supervisor.run())
     from .app import create_app
+    from .web import server
+    from .web.keys import GATEWAY
 
     logging.getLogger("gateway").info(
         "gateway listening on http://%s:%d/", cfg.http.host, cfg.http.port
     )
-    app = create_app(cfg)
-    # Everything imported so far (aiortc, av, numpy, scipy: ~110k objects) lives for the whole
-    # process; frozen, a full collection no longer walks it, and the event loop no longer
-    # pauses ~50 ms each time one runs mid-call.
-    gc.collect()
-    gc.freeze()
-    web.run_app(app, host=cfg.http.host, port=cfg.http.port, print=None,
-                shutdown_timeout=cfg.http.shutdown_timeout_s)
+    app = create_app(cfg, worker=int(worker) if worker is not None else None,
+                     siblings=[n for n in os.environ.get(workers.SIBLINGS_ENV, "").split(",") if n])
+    heap.settle()  # freeze the start-up heap; full collections when garbage is there
+    app[GATEWAY].heap = heap.Keeper()  # and, every few seconds, the sessions' objects
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(threads.io_executor(cfg.recording.io_threads))
+    try:
+        loop.run_until_complete(
+            server.serve(app, cfg.http.host, cfg.http.port, cfg.http.shutdown_timeout_s,
+                         reuse_port=worker is not None))
+    except config_mod.ConfigError as exc:  # found while starting: NATS refused us, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
     logging.getLogger("gateway").info("gateway stopped")
     return 0
+
+
+#: Options the supervisor decides for each worker (passed in its environment instead).
+_SUPERVISOR_OPTIONS = ("--workers", "--node-name", "--nats-url")
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    """The command line a worker gets: the supervisor's, without what differs per worker."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _SUPERVISOR_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in _SUPERVISOR_OPTIONS)):
+            out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

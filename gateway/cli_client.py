@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .codecs.spec import L16
+
 DEFAULT_URL = os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080")
 
 
@@ -26,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--host", required=True, help="destination address (unicast or multicast)")
     add.add_argument("--port", type=int, required=True, help="destination UDP port")
     add.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722, opus or L16")
-    add.add_argument("--rate", type=int, help="L16 sample rate: 8000, 16000 or 48000")
+    add.add_argument("--rate", type=int, help=f"L16 sample rate: one of {sorted(L16)}")
     add.add_argument("--ptime", type=int, default=20, help="packet time in ms (default 20)")
     add.add_argument("--ttl", type=int, help="multicast TTL (default 16)")
     rm = actions.add_parser("rm", help="stop an output")

@@ -1,27 +1,66 @@
-"""Configuration: embedded defaults, overridden by a TOML file, then by CLI flags.
+"""Configuration: embedded defaults, overridden by a TOML file, then by ``GATEWAY_*``
+environment variables, then by CLI flags.
 
-Every key is validated at start; an unknown or mistyped key is an error that names it.
+Each section is a model (``Section``: strict types, no unknown key), so every key is
+validated at start and a bad one is an error that names it. The limits come from
+``models.limits``, shared with the API; ``rtp.outputs``, ``rtp.inputs`` and
+``recording.auto`` entries are the API's own request models plus a stream name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
+import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from .codecs.spec import codec_by_name
+from .io_requests import RecordingOutputRequest, RtpInputRequest, RtpOutputRequest
+from .models.limits import (
+    DialTimeout,
+    ListenPort,
+    OpusBitrate,
+    Port,
+    PositiveFloat,
+    Range,
+    RecordingFormat,
+    RecordingSampleRate,
+)
+from .models.validation import TYPE_NAMES, Invalid, KeyProblem, invalid
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
-@dataclass
-class HttpConfig:
+class Section(BaseModel):
+    """A table of the configuration: TOML types as they are, no unknown key."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+AtLeast1 = Annotated[int, Range(1)]
+
+
+class HttpConfig(Section):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     #: Largest accepted request body (SDP offers, JSON) in bytes.
     max_body_bytes: int = 65536
     #: Listening on a non-loopback address with no credentials configured is refused
@@ -29,33 +68,54 @@ class HttpConfig:
     allow_insecure: bool = False
     #: SIGTERM: seconds to hang up calls, close sessions and finalize recordings.
     shutdown_timeout_s: float = 10.0
+    #: A connection must complete a request's headers this long after it is accepted (or
+    #: after the first byte of a later request); otherwise it is closed (counted).
+    header_timeout_s: PositiveFloat = 10.0
+    #: Connections per client address that have not yet sent a complete request; beyond
+    #: it new ones are closed at once (counted, logged once per episode).
+    max_pending_per_address: AtLeast1 = 50
 
 
-@dataclass
-class StreamsConfig:
+class StreamsConfig(Section):
     #: Frames (20 ms each) kept per stream; a reader further behind is skipped forward.
-    ring_frames: int = 50
+    ring_frames: Annotated[int, Range(2)] = 50
     #: Create streams on first publish or listen; if false only `declared` exist.
     allow_dynamic: bool = True
     #: Remove a dynamic stream with no sender and no listener after this many seconds.
     idle_timeout_s: float = 60.0
     #: Streams that always exist.
-    declared: list[str] = field(default_factory=list)
+    declared: list[str] = []
 
 
-@dataclass
-class WebRTCConfig:
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class IceServer(Section):
+    #: "stun:host:3478", or several URLs of one server.
+    urls: Annotated[list[str], BeforeValidator(_one_or_more), Field(min_length=1)]
+    username: str | None = None
+    credential: str | None = Field(None, repr=False)
+
+
+JitterPackets = Annotated[int, Range(1, 10)]
+
+
+class WebRTCConfig(Section):
     #: STUN/TURN servers, e.g. [{urls = "stun:stun.example.org:3478"}]. None by default.
-    ice_servers: list[dict] = field(default_factory=list, repr=False)
+    ice_servers: list[IceServer] = Field([], repr=False)
     #: Addresses to gather ICE host candidates on (empty: all but loopback).
-    host_addresses: list[str] = field(default_factory=list)
+    host_addresses: list[str] = []
     #: 1:1 NAT: {"10.0.0.5" = "203.0.113.7"} rewrites candidates in answers.
-    nat_1to1: dict[str, str] = field(default_factory=dict)
+    nat_1to1: dict[str, str] = {}
     #: Opus bitrate sent to WebRTC listeners, bits per second.
-    opus_bitrate: int = 64000
+    opus_bitrate: OpusBitrate = 64000
+    #: RED (RFC 2198) with Opus when a peer offers it (browsers do): publishers are asked
+    #: to send each packet with a copy of the previous one, listeners are sent that.
+    red: bool = True
     #: Jitter buffer depth bounds, in 20 ms packets.
-    jitter_min_packets: int = 1
-    jitter_max_packets: int = 3
+    jitter_min_packets: JitterPackets = 1
+    jitter_max_packets: JitterPackets = 3
     #: A sender silent this long may be replaced by a new publisher (else 409).
     takeover_after_s: float = 3.0
     #: A session whose connection is not up after this many seconds is closed.
@@ -63,53 +123,142 @@ class WebRTCConfig:
     #: Concurrent WebRTC sessions (publishers + listeners).
     max_sessions: int = 1000
 
+    @model_validator(mode="after")
+    def _jitter_bounds(self) -> WebRTCConfig:
+        if self.jitter_min_packets > self.jitter_max_packets:
+            raise KeyProblem("jitter_min_packets", "must be at most jitter_max_packets")
+        return self
 
-@dataclass
-class RtpConfig:
+
+class RtpOutputEntry(RtpOutputRequest):
+    """An output started with the gateway: the API's request, and the stream it sends."""
+
+    type: Literal["rtp"] = "rtp"
+    stream: str
+
+
+class RtpInputEntry(RtpInputRequest):
+    """An input started with the gateway: the API's request, and the stream it feeds."""
+
+    stream: str
+
+
+class RtpConfig(Section):
     #: Address RTP inputs listen on (use 0.0.0.0 or :: to accept sources from elsewhere).
     bind_host: str = "127.0.0.1"
     #: IPv4 address of the interface multicast outputs leave from (empty: routing table).
     multicast_interface: str = ""
     #: Outputs started with the gateway: [{stream = "a", host = "..", port = 5004, codec = "PCMU"}]
-    outputs: list[dict] = field(default_factory=list)
+    outputs: list[RtpOutputEntry] = []
     #: Inputs started with the gateway: [{stream = "a", port = 5006, codec = "PCMU"}]
-    inputs: list[dict] = field(default_factory=list)
+    inputs: list[RtpInputEntry] = []
 
 
-@dataclass
-class SipConfig:
+class SipRoute(Section):
+    #: A regular expression matched against the whole request-URI user.
+    match: str
+    #: The stream the caller hears, and the one its audio goes to (\\1: match groups).
+    listen: str | None = None
+    publish: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(str(exc)) from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _goes_somewhere(self) -> SipRoute:
+        if self.listen is None and self.publish is None:
+            raise KeyProblem(None, "needs 'listen' and/or 'publish'")
+        return self
+
+
+class SipRegistration(Section):
+    registrar: str
+    user: str
+    password: str = Field(repr=False)
+    expires: int = 300
+    #: Address of record (default sip:<user>@<registrar host>).
+    aor: str | None = None
+    #: Digest user name, when not `user`.
+    username: str | None = None
+    #: User part of the Contact (default `user`).
+    contact_user: str | None = None
+
+
+class SipCredential(Section):
+    #: The realm these answer ("*": any).
+    realm: str = "*"
+    user: str
+    password: str = Field(repr=False)
+
+
+def _cidr(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)  # ValueError names what is wrong
+    return value
+
+
+def _listing(allowed: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """A validator: a non-empty list of some of ``allowed``."""
+    said = " and/or ".join(map(repr, allowed)) if len(allowed) == 2 else "/".join(allowed)
+
+    def check(values: list[str]) -> list[str]:
+        if not values or set(values) - set(allowed):
+            raise ValueError(f"must list {said}")
+        return values
+
+    return AfterValidator(check)
+
+
+class SipConfig(Section):
     #: Accept and place SIP calls. The SIP port is opened on start when true.
     enabled: bool = True
     #: Address the SIP and call RTP sockets bind to (0.0.0.0 or :: for phones elsewhere).
     bind_host: str = "127.0.0.1"
     #: SIP port for UDP and TCP (0: any free port, for tests).
-    port: int = 5060
-    transports: list[str] = field(default_factory=lambda: ["udp", "tcp"])
+    port: ListenPort = 5060
+    #: `gateway serve --workers N`: worker i also opens port worker_port_base + i (UDP and
+    #: TCP) for the calls it places and the registrations it sends, so their answers come
+    #: back to it (the shared port hands them to any worker). 0: any free port.
+    worker_port_base: ListenPort = 0
+    transports: Annotated[list[str], _listing(("udp", "tcp"))] = ["udp", "tcp"]
     #: Address written in Via, Contact and SDP (behind NAT: the public one). Empty: bind_host.
     advertised_host: str = ""
     #: RTP port range for calls: one even port (and the odd one for RTCP) per call.
-    rtp_port_min: int = 20000
-    rtp_port_max: int = 29999
+    rtp_port_min: Annotated[int, Range(1024, 65535)] = 20000
+    rtp_port_max: Annotated[int, Range(1024, 65535)] = 29999
     #: Codecs offered and accepted, best first.
-    codecs: list[str] = field(default_factory=lambda: ["opus", "G722", "PCMU", "PCMA"])
+    codecs: list[str] = ["opus", "G722", "PCMU", "PCMA"]
     #: A call whose phone sent no RTP or RTCP for this long is ended with BYE.
     rtp_timeout_s: float = 30.0
     #: Ring (180) this long before answering a dial-in; 0 answers at once.
     ring_ms: int = 0
     #: Dial-out: give up (CANCEL) when not answered within this time.
-    dial_timeout_s: float = 60.0
+    dial_timeout_s: DialTimeout = 60.0
     #: Concurrent calls; a call beyond it is refused with 503.
-    max_calls: int = 500
+    max_calls: AtLeast1 = 500
     #: Open SIP transactions (each lives ~32 s after its final response); new requests
     #: beyond it get 503, except BYE and CANCEL.
     max_transactions: int = 10000
     #: Largest SIP message accepted, bytes (larger: 413, or dropped if unreadable).
     max_message_bytes: int = 16384
     #: Open TCP connections; beyond it new ones are closed at once (counted).
-    max_tcp_connections: int = 1000
+    max_tcp_connections: AtLeast1 = 1000
     #: A TCP connection that does not complete a message within this time of accepting it
     #: or of the message's first byte is closed (counted); idle between messages is fine.
-    tcp_message_timeout_s: float = 30.0
+    tcp_message_timeout_s: PositiveFloat = 30.0
+    #: SIP timer T1 (RFC 3261 §17), the round-trip estimate: retransmissions start at T1,
+    #: and transactions give up after 64*T1 (a 200 never ACKed ends its call then, 32 s).
+    t1_ms: Annotated[int, Range(1, 4000, why=" (T2 is 4 s)")] = 500
+    #: New calls (out-of-dialog INVITEs) admitted per second, from all sources together; the
+    #: excess is answered 503 with Retry-After at once, before any transaction or port is
+    #: set up, so an INVITE flood cannot push the answers past the phones' retransmission
+    #: timers (congestion collapse). Bursts of a tenth of a second's worth pass. 0: no limit.
+    max_setup_rate: Annotated[float, Range(0, 100000)] = 120.0
     #: Requests per second (and burst) per source address; excess is dropped and counted.
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 100
@@ -118,77 +267,137 @@ class SipConfig:
     #: Call routing by request-URI user, first match wins:
     #: [{match = "^talk-(.+)$", listen = "\\1", publish = "phone-\\1"}]; no match: listen
     #: to the stream named by the user part.
-    routes: list[dict] = field(default_factory=list)
+    routes: list[SipRoute] = []
     #: DTMF `*<digits>#` switches the caller to another stream; this maps digits to names
     #: (unmapped digits switch to the stream named by the digits, if it exists).
     dtmf_switch: bool = True
-    dtmf_streams: dict[str, str] = field(default_factory=dict)
+    dtmf_streams: dict[str, str] = {}
     #: Digest realm of the registrar and of call authentication.
     realm: str = "audio-gateway"
     #: Users allowed to REGISTER (and call, when auth_calls): {alice = "password"}.
-    users: dict[str, str] = field(default_factory=dict, repr=False)
+    users: dict[str, str] = Field({}, repr=False)
     #: Challenge INVITEs too (digest with `users`); OPTIONS are always answered.
     auth_calls: bool = False
     #: Digest algorithms challenged with, one WWW-Authenticate each. MD5 alone by default:
     #: some phones (baresip 1.0) cannot handle two challenges; add "SHA-256" first for
     #: phones that can (RFC 7616).
-    digest_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
+    digest_algorithms: Annotated[list[str], _listing(("MD5", "SHA-256"))] = ["MD5"]
     #: Upstream registrations: [{registrar = "sip:pbx.example.org", user = "gw",
     #: password = "...", expires = 300}] (optional: aor, contact_user, username).
-    registrations: list[dict] = field(default_factory=list, repr=False)
+    registrations: list[SipRegistration] = Field([], repr=False)
     #: Credentials for challenges met when dialing out: [{realm = "pbx", user = "gw",
     #: password = "..."}] (realm "*" or absent: any realm).
-    credentials: list[dict] = field(default_factory=list, repr=False)
+    credentials: list[SipCredential] = Field([], repr=False)
     #: Source addresses (CIDR) allowed to send SIP requests; empty: everyone.
-    allow_from: list[str] = field(default_factory=list)
+    allow_from: list[Annotated[str, AfterValidator(_cidr)]] = []
     user_agent: str = "audio-gateway"
 
+    @field_validator("codecs")
+    @classmethod
+    def _known_codecs(cls, names: list[str]) -> list[str]:
+        for name in names:
+            codec_by_name(name)  # ValueError: unknown codec 'GSM'; known: ...
+        return names
 
-@dataclass
-class RecordingConfig:
+    @model_validator(mode="after")
+    def _port_range(self) -> SipConfig:
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise KeyProblem("rtp_port_min", "must be below sip.rtp_port_max")
+        return self
+
+
+def _stream_alone(entry: Any) -> Any:
+    return {"stream": entry} if isinstance(entry, str) else entry
+
+
+class AutoRecording(RecordingOutputRequest):
+    """A recording started whenever a stream matching ``stream`` (a shell pattern)
+    exists: the API's request, and the streams it records."""
+
+    type: Literal["recording"] = "recording"
+    stream: str
+
+
+class RecordingConfig(Section):
     #: Where recordings are written (one sub-directory per stream).
     directory: str = "recordings"
     #: Default format of recordings: "wav" (16-bit PCM) or "opus" (Ogg/Opus).
-    format: str = "wav"
+    format: RecordingFormat = "wav"
     #: WAV sample rate (resampled from the gateway's 48 kHz when lower).
-    sample_rate: int = 48000
+    sample_rate: RecordingSampleRate = 48000
     #: Start a new file after this many seconds (WAV tops out at ~12 h at 48 kHz).
-    segment_s: float = 3600.0
+    segment_s: Annotated[float, Range(1, 12 * 3600)] = 3600.0
     #: Record digital silence while the stream has no sender, so file time = wall-clock
     #: time; false leaves those gaps out.
     record_gaps: bool = True
     #: Data reaches the file at least this often; a crash loses at most this much.
-    flush_interval_s: float = 1.0
+    flush_interval_s: Annotated[float, Range(0.02, 10)] = 1.0
     #: fsync after each flush (survives power cuts, costs a disk sync per second).
     fsync: bool = False
+    #: Threads for file work (writes, recovery, listing, retention): at most this many
+    #: recordings touch the disk at once. They are asyncio's default executor.
+    io_threads: Annotated[int, Range(1, 64)] = 4
     #: Delete finished recordings older than this (0: keep).
     max_age_days: float = 0.0
     #: Delete the oldest finished recordings beyond this total (0: no limit).
     max_total_mb: float = 0.0
     #: Streams recorded whenever they exist: ["lobby"], or [{stream = "x", format = "opus"}].
-    auto: list = field(default_factory=list)
+    auto: list[Annotated[AutoRecording, BeforeValidator(_stream_alone)]] = []
 
 
-@dataclass
-class ProcessingConfig:
+class PluginEntry(Section):
+    #: Streams it runs on (a shell pattern).
+    stream: str
+    #: "module:Class", or the name of an entry point.
+    processor: str
+    options: dict[str, Any] = {}
+
+    @field_validator("processor")
+    @classmethod
+    def _named(cls, processor: str) -> str:
+        if not processor:
+            raise ValueError("must be 'module:Class' or an entry point name")
+        return processor
+
+
+class ProcessingConfig(Section):
     #: Level, loudness, voice activity and silence alarm on every stream.
     analysers: bool = True
     #: The silence alarm: below this level for this long raises it.
     silence_threshold_dbfs: float = -60.0
     silence_after_s: float = 10.0
     #: User processors: [{stream = "lobby", processor = "mymod:MyClass", options = {}}].
-    plugins: list[dict] = field(default_factory=list)
+    plugins: list[PluginEntry] = []
 
 
-@dataclass
-class AuthConfig:
+SCOPE = re.compile(r"^(admin|(publish|listen):[A-Za-z0-9._~*?\[\]-]+)$")
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    if not scopes:
+        raise ValueError("must be a non-empty list")
+    for scope in scopes:
+        if not SCOPE.match(scope):
+            raise ValueError(f"bad scope {scope!r} (use admin, publish:<pattern> or "
+                             "listen:<pattern>)")
+    return scopes
+
+
+class ApiKey(Section):
+    #: Who holds it, in logs (default key<index>).
+    name: str | None = None
+    key: str = Field(min_length=16, repr=False)
+    scopes: Annotated[list[str], AfterValidator(check_scopes)]
+
+
+class AuthConfig(Section):
     #: API keys: [{name = "ops", key = "long-random-string", scopes = ["admin"]}]. Scopes:
     #: "admin", "publish:<stream pattern>", "listen:<stream pattern>" (shell patterns).
-    keys: list[dict] = field(default_factory=list, repr=False)
+    keys: list[ApiKey] = Field([], repr=False)
     #: Secret for signed tokens (JWT); their "scope" claim lists scopes like the keys'.
-    jwt_secret: str = field(default="", repr=False)
+    jwt_secret: str = Field("", repr=False)
     #: Accepted JWT algorithms (HMAC ones use jwt_secret).
-    jwt_algorithms: list[str] = field(default_factory=lambda: ["HS256"])
+    jwt_algorithms: Annotated[list[str], _listing(("HS256", "HS384", "HS512"))] = ["HS256"]
     #: /metrics without a token (a scraper on a trusted network); otherwise admin.
     public_metrics: bool = False
 
@@ -196,71 +405,122 @@ class AuthConfig:
     def enabled(self) -> bool:
         return bool(self.keys or self.jwt_secret)
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, secret: str) -> str:
+        if secret and len(secret) < 32:
+            raise ValueError("must be at least 32 characters")
+        return secret
 
-@dataclass
-class Config:
-    http: HttpConfig = field(default_factory=HttpConfig)
-    streams: StreamsConfig = field(default_factory=StreamsConfig)
-    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
-    rtp: RtpConfig = field(default_factory=RtpConfig)
-    sip: SipConfig = field(default_factory=SipConfig)
-    recording: RecordingConfig = field(default_factory=RecordingConfig)
-    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
+    @model_validator(mode="after")
+    def _names_once(self) -> AuthConfig:
+        names = set()
+        for i, key in enumerate(self.keys):
+            name = key.name or f"key{i}"
+            if name in names:
+                raise KeyProblem(f"keys[{i}].name", f"{name!r} used twice")
+            names.add(name)
+        return self
+
+
+class AdmissionConfig(Section):
+    """Refusing new work before the gateway is overloaded (docs/monitoring.md)."""
+
+    enabled: bool = True
+    #: Refuse new sessions, calls and outputs when the process's CPU use is above this
+    #: share of what it may use (one core, or the container's CPU limit).
+    cpu_limit: Annotated[float, Range(0.1, 1.0)] = 0.85
+    #: ... or when the media clock's ticks run this late (p99 over the last second, ms).
+    lateness_limit_ms: Annotated[float, Range(1, 1000)] = 40.0
+    #: Retry-After of the 503 answers (HTTP and SIP), seconds.
+    retry_after_s: Annotated[int, Range(1, 3600)] = 5
+
+
+def _name(pattern: str, what: str):  # type: ignore[no-untyped-def]
+    """A string matching ``pattern`` (fully), or an error saying what it must be."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if value and not compiled.fullmatch(value):
+            raise ValueError(f"must be {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _nats_urls(urls: list[str]) -> list[str]:
+    for url in urls:
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
+            raise ValueError(f"must look like nats://host:4222 or tls://host:4222, got {url!r}")
+    return urls
+
+
+class ClusterConfig(Section):
+    """Workers and several machines as one gateway (docs/cluster.md)."""
+
+    #: NATS servers ("nats://10.0.0.1:4222", several for failover; "tls://" for TLS). Empty:
+    #: a single gateway, unless `--workers` > 1 starts an embedded nats-server on loopback.
+    nats_url: Annotated[list[str], AfterValidator(_nats_urls)] = []
+    #: This node's name in the cluster. Empty: the host name; workers add "-w<index>".
+    node_name: Annotated[str, _name(r"[A-Za-z0-9_-]{1,48}", "1-48 of A-Z a-z 0-9 _ -")] = ""
+    #: Worker processes on this machine (`gateway serve --workers N`); 0 = one per core.
+    workers: Annotated[int, Range(0, 256)] = 1
+    #: NATS credentials: user and password, a token, or a .creds file; TLS CA (and a
+    #: client certificate when the servers ask for one).
+    user: str = ""
+    password: str = Field("", repr=False)
+    token: str = Field("", repr=False)
+    creds_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: Prefix of every subject and key-value bucket (several clusters may share NATS).
+    subject_prefix: Annotated[str, _name(r"[A-Za-z0-9_-]{1,32}",
+                                         "1-32 of A-Z a-z 0-9 _ -")] = "gw"
+    #: A node that stops renewing (dead, cut off) loses its streams after this long.
+    lease_ttl_s: Annotated[float, Range(1, 60)] = 3.0
+    #: Copies of the directory buckets across NATS servers (3 survives one server's loss).
+    kv_replicas: Annotated[int, Range(1, 5)] = 1
+    #: Base URL other nodes' clients reach this node at (redirects when this node is full).
+    advertise_url: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nats_url)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ClusterConfig:
+        if self.user and not self.password:
+            raise KeyProblem("password", "is required with cluster.user")
+        if self.tls_key and not self.tls_cert:
+            raise KeyProblem("tls_cert", "is required with cluster.tls_key")
+        return self
+
+
+class Config(BaseSettings):
+    """The whole configuration; ``load`` builds it from its layers."""
+
+    model_config = SettingsConfigDict(strict=True, extra="forbid", env_prefix="GATEWAY_",
+                                      env_nested_delimiter="__", validate_default=False)
+
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    streams: StreamsConfig = Field(default_factory=StreamsConfig)
+    webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
+    rtp: RtpConfig = Field(default_factory=RtpConfig)
+    sip: SipConfig = Field(default_factory=SipConfig)
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     log_level: str = "info"
     #: "json", "text", or "auto": JSON when stderr is not a terminal.
-    log_format: str = "auto"
+    log_format: Literal["auto", "json", "text"] = "auto"
 
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        if key not in known:
-            raise ConfigError(f"unknown configuration key {path!r}")
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            kwargs[key] = _build(kind, value, path)
-            continue
-        origin = getattr(kind, "__origin__", kind)
-        if origin is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"configuration key {path!r} must be {origin.__name__}, "
-                f"got {type(value).__name__}"
-            )
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def validate(config: Config) -> Config:
-    if not 0 < config.http.port < 65536:
-        raise ConfigError("configuration key 'http.port' must be 1-65535")
-    if config.streams.ring_frames < 2:
-        raise ConfigError("configuration key 'streams.ring_frames' must be at least 2")
-    w = config.webrtc
-    if not 1 <= w.jitter_min_packets <= w.jitter_max_packets <= 10:
-        raise ConfigError("need 1 <= webrtc.jitter_min_packets <= jitter_max_packets <= 10")
-    for i, server in enumerate(w.ice_servers):
-        urls = server.get("urls")
-        if not (isinstance(urls, str) or (isinstance(urls, list) and urls)):
-            raise ConfigError(f"configuration key 'webrtc.ice_servers[{i}].urls' is required")
-        reject_unknown(server, {"urls", "username", "credential"}, f"webrtc.ice_servers[{i}]")
-    if not 6000 <= w.opus_bitrate <= 510000:
-        raise ConfigError("configuration key 'webrtc.opus_bitrate' must be 6000-510000")
-    validate_sip(config.sip)
-    validate_recording(config.recording)
-    validate_processing(config.processing)
-    validate_auth(config.auth)
-    if config.log_format not in ("auto", "json", "text"):
-        raise ConfigError("configuration key 'log_format' must be auto, json or text")
-    validate_exposure(config)
-    return config
+    @model_validator(mode="after")
+    def _exposure(self) -> Config:
+        check_exposure(self)
+        return self
 
 
 def is_loopback(host: str) -> bool:
@@ -272,166 +532,81 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def validate_exposure(config: Config) -> None:
+def check_exposure(config: Config) -> None:
     """No credentials: only loopback, unless the operator insists (http.allow_insecure)."""
     if config.http.allow_insecure:
         return
     if not config.auth.enabled and not is_loopback(config.http.host):
-        raise ConfigError(
-            f"refusing to serve HTTP on {config.http.host} with no credentials configured: "
-            "add [auth] keys or jwt_secret, or pass --insecure (http.allow_insecure = true)"
-        )
+        raise KeyProblem(
+            None, f"refusing to serve HTTP on {config.http.host} with no credentials "
+            "configured: add [auth] keys or jwt_secret, or pass --insecure "
+            "(http.allow_insecure = true)")
     sip = config.sip
     sip_guarded = (sip.users and sip.auth_calls) or sip.allow_from
     if sip.enabled and not sip_guarded and not is_loopback(sip.bind_host):
-        raise ConfigError(
-            f"refusing to serve SIP on {sip.bind_host} to anyone: set sip.allow_from, or "
-            "sip.users with sip.auth_calls = true, or pass --insecure (http.allow_insecure)"
-        )
+        raise KeyProblem(
+            None, f"refusing to serve SIP on {sip.bind_host} to anyone: set sip.allow_from, "
+            "or sip.users with sip.auth_calls = true, or pass --insecure (http.allow_insecure)")
 
 
-SCOPE = re.compile(r"^(admin|(publish|listen):[A-Za-z0-9._~*?\[\]-]+)$")
+def _say(error: Invalid) -> str:
+    """One validation error, naming the key the way the configuration file writes it."""
+    if error.kind == "extra_forbidden":
+        return f"unknown configuration key {error.path!r}"
+    if not error.path:
+        return error.message
+    if error.kind in TYPE_NAMES:
+        return (f"configuration key {error.path!r} must be {TYPE_NAMES[error.kind][0]}, "
+                f"got {type(error.value).__name__}")
+    joint = " " if error.message.startswith(("must ", "is ", "needs ")) else ": "
+    return f"configuration key {error.path!r}{joint}{error.message}"
 
 
-def validate_auth(auth: AuthConfig) -> None:
-    names = set()
-    for i, key in enumerate(auth.keys):
-        reject_unknown(key, {"name", "key", "scopes"}, f"auth.keys[{i}]")
-        secret = key.get("key")
-        if not isinstance(secret, str) or len(secret) < 16:
-            raise ConfigError(f"configuration key 'auth.keys[{i}].key' must be a string of at "
-                              "least 16 characters")
-        check_scopes(key.get("scopes"), f"auth.keys[{i}].scopes")
-        name = key.get("name", f"key{i}")
-        if name in names:
-            raise ConfigError(f"configuration key 'auth.keys[{i}].name': {name!r} used twice")
-        names.add(name)
-    if auth.jwt_secret and len(auth.jwt_secret) < 32:
-        raise ConfigError("configuration key 'auth.jwt_secret' must be at least 32 characters")
-    bad = set(auth.jwt_algorithms) - {"HS256", "HS384", "HS512"}
-    if bad or not auth.jwt_algorithms:
-        raise ConfigError("configuration key 'auth.jwt_algorithms' must list HS256/HS384/HS512")
+def _toml_value(raw: str) -> Any:
+    """An environment variable's value: a TOML literal (5070, true, ["a"], {k = "v"}) or
+    JSON; anything else is the string itself."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
-def check_scopes(scopes: object, where: str) -> list[str]:
-    if not isinstance(scopes, list) or not scopes:
-        raise ConfigError(f"configuration key '{where}' must be a non-empty list")
-    for scope in scopes:
-        if not isinstance(scope, str) or not SCOPE.match(scope):
-            raise ConfigError(f"configuration key '{where}': bad scope {scope!r} (use admin, "
-                              "publish:<pattern> or listen:<pattern>)")
-    return scopes
+class Environment(EnvSettingsSource):
+    """``GATEWAY_SECTION__KEY`` variables of ``environ`` (not necessarily os.environ), as
+    pydantic-settings reads them, with TOML literals for lists and tables."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Config)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        return _toml_value(value)
+
+    def __call__(self) -> dict[str, Any]:
+        return _unquote(super().__call__())
 
 
-def validate_recording(rec: RecordingConfig) -> None:
-    if rec.format not in ("wav", "opus"):
-        raise ConfigError("configuration key 'recording.format' must be 'wav' or 'opus'")
-    if rec.sample_rate not in (8000, 16000, 24000, 48000):
-        raise ConfigError("configuration key 'recording.sample_rate' must be 8000, 16000, "
-                          "24000 or 48000")
-    if not 1.0 <= rec.segment_s <= 12 * 3600:
-        raise ConfigError("configuration key 'recording.segment_s' must be 1-43200")
-    if not 0.02 <= rec.flush_interval_s <= 10:
-        raise ConfigError("configuration key 'recording.flush_interval_s' must be 0.02-10")
-    for i, entry in enumerate(rec.auto):
-        if isinstance(entry, str):
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("stream"), str):
-            raise ConfigError(f"configuration key 'recording.auto[{i}]' needs a stream name")
-        reject_unknown(entry, {"stream", "format", "sample_rate"}, f"recording.auto[{i}]")
-
-
-def validate_processing(proc: ProcessingConfig) -> None:
-    for i, entry in enumerate(proc.plugins):
-        reject_unknown(entry, {"stream", "processor", "options"}, f"processing.plugins[{i}]")
-        if not isinstance(entry.get("processor"), str) or not entry["processor"]:
-            raise ConfigError(f"configuration key 'processing.plugins[{i}].processor' must be "
-                              "'module:Class' or an entry point name")
-        if not isinstance(entry.get("stream"), str):
-            raise ConfigError(f"configuration key 'processing.plugins[{i}].stream' is required")
-
-
-def validate_sip(sip: SipConfig) -> None:
-    from .codecs.spec import codec_by_name
-
-    if not 0 <= sip.port < 65536:
-        raise ConfigError("configuration key 'sip.port' must be 0-65535")
-    if not 1024 <= sip.rtp_port_min < sip.rtp_port_max < 65536:
-        raise ConfigError("need 1024 <= sip.rtp_port_min < sip.rtp_port_max < 65536")
-    bad = [t for t in sip.transports if t not in ("udp", "tcp")]
-    if bad or not sip.transports:
-        raise ConfigError("configuration key 'sip.transports' must list 'udp' and/or 'tcp'")
-    for name in sip.codecs:
-        try:
-            codec_by_name(name)
-        except ValueError as exc:
-            raise ConfigError(f"configuration key 'sip.codecs': {exc}") from None
-    for i, route in enumerate(sip.routes):
-        reject_unknown(route, {"match", "listen", "publish"}, f"sip.routes[{i}]")
-        if "match" not in route or "listen" not in route and "publish" not in route:
-            raise ConfigError(f"'sip.routes[{i}]' needs 'match' and 'listen' and/or 'publish'")
-        try:
-            re.compile(route["match"])
-        except (re.error, TypeError) as exc:
-            raise ConfigError(f"configuration key 'sip.routes[{i}].match': {exc}") from None
-    for i, reg in enumerate(sip.registrations):
-        for key in ("registrar", "user", "password"):
-            if not isinstance(reg.get(key), str):
-                raise ConfigError(f"configuration key 'sip.registrations[{i}].{key}' is required")
-        allowed = {"registrar", "user", "password", "expires", "aor", "username", "contact_user"}
-        reject_unknown(reg, allowed, f"sip.registrations[{i}]")
-    for i, cred in enumerate(sip.credentials):
-        reject_unknown(cred, {"realm", "user", "password"}, f"sip.credentials[{i}]")
-        if not isinstance(cred.get("user"), str) or not isinstance(cred.get("password"), str):
-            raise ConfigError(f"'sip.credentials[{i}]' needs 'user' and 'password'")
-    if not sip.digest_algorithms or set(sip.digest_algorithms) - {"MD5", "SHA-256"}:
-        raise ConfigError("configuration key 'sip.digest_algorithms' must list MD5 and/or SHA-256")
-    for i, cidr in enumerate(sip.allow_from):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"configuration key 'sip.allow_from[{i}]': {exc}") from None
-    for key in ("max_calls", "max_tcp_connections"):
-        if getattr(sip, key) < 1:
-            raise ConfigError(f"configuration key 'sip.{key}' must be at least 1")
-    if sip.tcp_message_timeout_s <= 0:
-        raise ConfigError("configuration key 'sip.tcp_message_timeout_s' must be positive")
-
-
-def reject_unknown(table: dict, allowed: set[str] | frozenset[str], where: str) -> None:
-    """ConfigError naming the first key of ``table`` (found at ``where``) not in ``allowed``."""
-    unknown = set(table) - allowed
-    if unknown:
-        raise ConfigError(f"unknown configuration key '{where}.{min(unknown)}'")
-
-
-ENV_PREFIX = "GATEWAY_"
-
-
-def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """``GATEWAY_SIP__PORT=5070`` → {"sip": {"port": 5070}} (``GATEWAY__LOG_LEVEL`` for a
-    top-level key); values are TOML literals
-    (numbers, true/false, ["lists"], {tables}), anything else a string."""
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        if not key:
-            raise ConfigError(f"environment variable {name}: expected GATEWAY_SECTION__KEY")
-        if section:
-            out.setdefault(section, {})[key] = value
-        else:  # GATEWAY__LOG_LEVEL: a top-level key
-            out[key] = value
-    return out
+def _unquote(value: Any) -> Any:
+    """A quoted TOML string ("gw", 'gw') in a variable means the string inside, as it does
+    in the file: ``GATEWAY_CLUSTER__USER='"gw"'`` and ``GATEWAY_CLUSTER__USER=gw`` agree."""
+    if isinstance(value, dict):
+        return {k: _unquote(v) for k, v in value.items()}
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        parsed = _toml_value(value)
+        return parsed if isinstance(parsed, str) else value
+    return value
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-         environ: dict[str, str] | None = None) -> Config:
+         environ: Mapping[str, str] | None = None) -> Config:
     """Defaults, then the TOML file at ``path``, then ``GATEWAY_*`` variables of ``environ``,
     then ``overrides`` ({"http": {...}}: the command line)."""
     data: dict[str, Any] = {}
@@ -443,10 +618,17 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    for layer in (env_overrides(environ or {}), overrides or {}):
+    try:
+        env = Environment(environ or {})()
+    except ValueError as exc:  # pydantic-settings' SettingsError: a value it cannot read
+        raise ConfigError(f"environment: {exc}") from None
+    for layer in (env, overrides or {}):
         for section, values in layer.items():
             if isinstance(values, dict) and isinstance(data.get(section, {}), dict):
                 data.setdefault(section, {}).update(values)
             else:
                 data[section] = values
-    return validate(_build(Config, data, ""))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_say(e) for e in invalid(exc))) from None

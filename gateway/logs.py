@@ -11,16 +11,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
-import secrets
 import sys
 import time
 
-from aiohttp import web
-
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                          default=None)
-SAFE_ID = re.compile(r"^[A-Za-z0-9._@:-]{1,64}$")
 
 
 class ContextFilter(logging.Filter):
@@ -60,24 +55,3 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def request_id_middleware_factory():  # type: ignore[no-untyped-def]
-    """Every request gets an id (the client's X-Request-Id if sane), echoed in the reply."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        given = request.headers.get("X-Request-Id", "")
-        rid = given if SAFE_ID.match(given) else secrets.token_hex(6)
-        token = request_id.set(rid)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers["X-Request-Id"] = rid
-            raise
-        finally:
-            request_id.reset(token)
-        response.headers["X-Request-Id"] = rid
-        return response
-
-    return middleware

@@ -7,6 +7,7 @@ hold, ptime. Everything else in the description is ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass, field
 
@@ -27,7 +28,13 @@ PREFERENCE = ("opus", "G722", "PCMU", "PCMA")
 
 
 class SdpError(ValueError):
-    """The description cannot be used; the message says why."""
+    """The description cannot be used; the message says why.
+
+    ``warning`` is the SIP Warning code a 488 carries for it (RFC 3261 §20.43)."""
+
+    def __init__(self, message: str, warning: int = 304) -> None:
+        super().__init__(message)
+        self.warning = warning
 
 
 @dataclass
@@ -42,7 +49,19 @@ class AudioDescription:
     @property
     def on_hold(self) -> bool:
         """The peer does not want to receive (RFC 3264 §8.4, and the old c=0.0.0.0)."""
-        return self.direction in ("sendonly", "inactive") or self.address in ("0.0.0.0", "::")
+        ip = _ip(self.address)
+        return self.direction in ("sendonly", "inactive") or bool(ip and ip.is_unspecified)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as an IP (IPv4-mapped IPv6 as IPv4), None for anything else."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def parse_audio(sdp: str) -> AudioDescription:
@@ -129,6 +148,32 @@ def parse_audio(sdp: str) -> AudioDescription:
         offered = ", ".join(rtpmap.get(pt, (STATIC.get(pt, str(pt)), 0))[0] for pt in formats)
         raise SdpError(f"no audio codec in common (offered: {offered or 'none'})")
     return desc
+
+
+def check_target(desc: AudioDescription, initial: bool) -> bool:
+    """SdpError unless RTP may go where ``desc`` says: one unicast IP address, a real port;
+    True for the hold address (nowhere to send).
+
+    No host names (answering would wait on DNS), no broadcast or multicast (one INVITE
+    must not make the gateway flood a network), no port 0 (the stream is refused). The
+    unspecified address (c=0.0.0.0) is the old way to hold (RFC 3264 §8.4): fine in a
+    re-offer, meaningless in a call's ``initial`` offer.
+    """
+    ip = _ip(desc.address)
+    if ip is None:
+        raise SdpError(f"connection address {desc.address[:60]!r} is not an IP address "
+                       "(host names are not resolved)", 301)
+    if desc.port == 0:
+        raise SdpError("audio port 0: the offer refuses the audio stream")
+    if ip.is_unspecified:
+        if initial:
+            raise SdpError(f"connection address {ip} (hold) in an initial offer", 301)
+        return True
+    if ip.is_multicast:
+        raise SdpError(f"multicast connection address {ip}: calls are unicast", 330)
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise SdpError(f"broadcast connection address {ip}", 301)
+    return False
 
 
 def choose_codec(desc: AudioDescription, preference: tuple[str, ...] = PREFERENCE):

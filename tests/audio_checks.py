@@ -25,6 +25,13 @@ def rms_dbfs(samples: np.ndarray) -> float:
     return 10 * np.log10(np.mean(x * x) + 1e-20)
 
 
+def band_level(samples: np.ndarray, freq: float, rate: int = RATE) -> float:
+    """Spectral magnitude around ``freq`` relative to the spectrum's peak, in dB."""
+    spec = np.abs(np.fft.rfft(samples.astype(float) * np.hanning(len(samples))))
+    k = int(round(freq * len(samples) / rate))
+    return 20 * np.log10(spec[k - 3 : k + 4].max() / spec.max())
+
+
 def assert_tone(samples: np.ndarray, freq: float, rate: int = RATE, tolerance: float = 0.02,
                 min_seconds: float = 3.0) -> None:
     seconds = len(samples) / rate
@@ -81,3 +88,15 @@ def step_times(samples: np.ndarray, rate: int, steps: list[float],
         if not merged or t - merged[-1][0] > 0.2:
             merged.append((t, f))
     return merged
+
+
+def write_wav(path, pcm: np.ndarray, rate: int = 48000):  # type: ignore[no-untyped-def]
+    """``pcm`` (int16) as a mono 16-bit WAV: test inputs for peers that play files."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    return path

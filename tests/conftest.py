@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -16,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gateway.app import create_app  # noqa: E402
 from gateway.config import load  # noqa: E402
+from gateway.core.clock import MediaClock, SteppedClock  # noqa: E402
+from gateway.web import server  # noqa: E402
 from gateway.web.keys import GATEWAY  # noqa: E402
 
 #: CI sets this so a missing peer program fails the run instead of skipping.
@@ -48,28 +51,52 @@ class RunningGateway:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.gateway = app[GATEWAY]
+        self.clock = self.gateway.registry.clock
+
+    async def step(self, frames: int = 1, **kw) -> None:
+        """Advance a gateway started with ``stepped=True`` by ``frames`` ticks."""
+        assert isinstance(self.clock, SteppedClock), "start the gateway with stepped=True"
+        await self.clock.step(frames, **kw)
 
 
-@pytest.fixture
-async def gateway_factory():
-    """Start gateways with config overrides; all are stopped at the end of the test."""
-    running: list[RunningGateway] = []
-
-    async def start(**overrides) -> RunningGateway:
+async def start_gateway(stepped: bool = False, clock: MediaClock | None = None,
+                        **overrides) -> RunningGateway:
+    """A gateway on a free loopback port (the caller stops it: ``gw.runner.cleanup()``);
+    ``overrides`` are config sections. Also used by benchmarks."""
+    for attempt in range(5):
         port = free_port()
         base = {
             "http": {"port": port},
             "webrtc": {"host_addresses": ["127.0.0.1"]},
             "sip": {"port": 0},
+            # the gateway shares this process with the test's own clients, whose CPU would
+            # count as its load; tests/test_overload.py checks admission on its own process
+            "admission": {"enabled": False},
             "recording": {"directory": tempfile.mkdtemp(prefix="gateway-rec-")},
         }
         for section, values in overrides.items():
             base.setdefault(section, {}).update(values)
-        app = create_app(load(None, base))
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        gw = RunningGateway(app, runner, port)
+        app = create_app(load(None, base), SteppedClock() if stepped else clock)
+        try:
+            runner = await server.start(app, "127.0.0.1", port)
+            break
+        except OSError as exc:  # the free port became some client's meanwhile
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+    return RunningGateway(app, runner, port)
+
+
+@pytest.fixture
+async def gateway_factory():
+    """Start gateways with config overrides; all are stopped at the end of the test.
+
+    ``stepped=True`` gives the gateway a SteppedClock: media time moves only on
+    ``gw.step(frames)``; ``clock=`` passes any other MediaClock."""
+    running: list[RunningGateway] = []
+
+    async def start(stepped: bool = False, clock: MediaClock | None = None,
+                    **overrides) -> RunningGateway:
+        gw = await start_gateway(stepped, clock, **overrides)
         running.append(gw)
         return gw
 
@@ -81,6 +108,12 @@ async def gateway_factory():
 @pytest.fixture
 async def gateway(gateway_factory) -> RunningGateway:
     return await gateway_factory()
+
+
+@pytest.fixture
+async def stepped_gateway(gateway_factory) -> RunningGateway:
+    """A gateway whose media clock the test steps (``await gw.step(frames)``)."""
+    return await gateway_factory(stepped=True)
 
 
 @pytest.fixture

@@ -19,11 +19,13 @@ from gateway.codecs.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from gateway.sip.message import Request, Response, parse_message
 
 
-def sdp_offer(port: int, formats: str = "0 8 101", direction: str = "sendrecv") -> str:
+def sdp_offer(port: int, formats: str = "0 8 101", direction: str = "sendrecv",
+              address: str = "127.0.0.1") -> str:
     rtpmaps = {"0": "PCMU/8000", "8": "PCMA/8000", "9": "G722/8000",
                "101": "telephone-event/8000", "111": "opus/48000/2"}
     lines = ["v=0", f"o=phone 1 {secrets.randbelow(1000) + 1} IN IP4 127.0.0.1", "s=-",
-             "c=IN IP4 127.0.0.1", "t=0 0", f"m=audio {port} RTP/AVP {formats}"]
+             f"c=IN IP{6 if ':' in address else 4} {address}", "t=0 0",
+             f"m=audio {port} RTP/AVP {formats}"]
     lines += [f"a=rtpmap:{pt} {rtpmaps[pt]}" for pt in formats.split()]
     lines += [f"a={direction}"]
     return "\r\n".join(lines) + "\r\n"
@@ -43,14 +45,16 @@ class Phone:
         self.tag = secrets.token_hex(4)
         self.cseq = 0
         self.remote_tag: str | None = None
+        self.target = ""  # the user part of the last request's URI (BYE on close goes there)
+        self.hung_up = False  # the dialog ended: this phone sent a BYE or answered one
         self.messages: list[Request | Response] = []
-        self.received_rtp: list[tuple[int, int, int, bytes]] = []  # (pt, seq, ts, payload)
         self._loop = asyncio.get_running_loop()
 
     # -- signalling --------------------------------------------------------------------
     def request(self, method: str, target: str, body: str = "", extra: str = "",
                 in_dialog: bool = False, cseq: int | None = None, branch: str | None = None,
                 via_host: str = "127.0.0.1") -> bytes:
+        self.target = target
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
@@ -79,11 +83,13 @@ class Phone:
         self.messages.append(message)
         return message
 
-    async def final(self, timeout: float = 5.0) -> Response:
-        """Skip provisional responses (and answer stray requests) up to the final one."""
+    async def final(self, timeout: float = 5.0, method: str | None = None) -> Response:
+        """Skip provisional responses and requests up to the final one (to ``method``'s
+        request, if given: a retransmitted final to an earlier INVITE is skipped too)."""
         while True:
             message = await self.receive(timeout)
-            if isinstance(message, Response) and message.status >= 200:
+            if isinstance(message, Response) and message.status >= 200 \
+                    and method in (None, message.cseq[1]):
                 return message
 
     async def invite(self, target: str, formats: str = "0 8 101",
@@ -107,9 +113,10 @@ class Phone:
     async def ack(self, target: str, response: Response) -> None:
         await self.send(self.request("ACK", target, in_dialog=True, cseq=response.cseq[0]))
 
-    async def bye(self, target: str) -> Response:
+    async def bye(self, target: str, timeout: float = 5.0) -> Response:
         await self.send(self.request("BYE", target, in_dialog=True))
-        return await self.final()
+        self.hung_up = True
+        return await self.final(timeout, "BYE")
 
     async def expect_request(self, method: str, timeout: float) -> Request:
         """Wait for the gateway to send ``method``; answer it 200."""
@@ -137,6 +144,8 @@ class Phone:
             f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
         )
         via = request.top_via
+        if request.method == "BYE" and request.call_id == self.call_id and status < 300:
+            self.hung_up = True
         await self._loop.sock_sendto(self.sip, text.encode(), ("127.0.0.1", via.port or 5060))
 
     async def expect(self, method: str, timeout: float = 5.0) -> Request:
@@ -146,17 +155,19 @@ class Phone:
             if isinstance(message, Request) and message.method == method:
                 return message
 
-    # -- media -------------------------------------------------------------------------
-    async def collect_rtp(self, seconds: float) -> list[tuple[int, int, int, bytes]]:
-        """RTP packets arriving in the next ``seconds`` (pt, sequence, timestamp, payload)."""
-        return await collect_rtp(self.rtp, seconds)
+    async def sync(self) -> None:
+        """A round trip (OPTIONS, its 200): the gateway reads its SIP socket in order, so
+        whatever this phone sent before (an ACK) has been handled."""
+        await self.send(self.request("OPTIONS", self.target or "sync",
+                                     in_dialog=not self.hung_up))
+        assert (await self.final(2.0, "OPTIONS")).status == 200
 
-    def drain_rtp(self) -> None:
-        while True:
-            try:
-                self.rtp.recv(4096)
-            except BlockingIOError:
-                return
+    # -- media -------------------------------------------------------------------------
+    async def heard(self, gw, frames: int, sync: bool = True) -> list[tuple[int, int, int, bytes]]:
+        """Step a stepped gateway's media clock ``frames`` ticks (after a ``sync``): the RTP
+        packets this phone got meanwhile (see ``heard``)."""
+        [got] = await heard(gw, [self], frames, sync)
+        return got
 
     async def send_rtp(self, dest: tuple[str, int], payloads: list[bytes], pt: int = 0,
                        ptime: float = 0.02, ssrc: int = 0x1234, seq: int = 1,
@@ -168,9 +179,17 @@ class Phone:
             await self._loop.sock_sendto(self.rtp, header + payload, dest)
             await asyncio.sleep(ptime)
 
-    def close(self) -> None:
-        self.sip.close()
-        self.rtp.close()
+    async def close(self) -> None:
+        """Put the phone down: a call still up is hung up (BYE, answered 200, or 481 if the
+        gateway ended it unheard), as a real phone does, then the sockets close. (A phone
+        that vanished would cost the gateway's shutdown its BYE timeout.)"""
+        try:
+            if self.remote_tag is not None and not self.hung_up and self.sip.fileno() >= 0:
+                response = await self.bye(self.target, timeout=2.0)
+                assert response.status in (200, 481), response
+        finally:
+            self.sip.close()
+            self.rtp.close()
 
 
 async def collect_rtp(sock: socket.socket, seconds: float) -> list[tuple[int, int, int, bytes]]:
@@ -186,6 +205,38 @@ async def collect_rtp(sock: socket.socket, seconds: float) -> list[tuple[int, in
                     got.append((mpt & 0x7F, seq, ts, data[12:]))
     except TimeoutError:
         pass
+    return got
+
+
+async def heard(gw, phones: list[Phone], frames: int,
+                sync: bool = True) -> list[list[tuple[int, int, int, bytes]]]:
+    """Step a stepped gateway's media clock ``frames`` ticks: the RTP packets (pt, sequence,
+    timestamp, payload) each phone got meanwhile. The gateway sends a call's packet as its
+    fan-out reads it, within the step, over loopback: every packet of these ticks is here.
+    ``sync`` first makes sure the gateway has handled what the phones sent (their ACKs)."""
+    loop = asyncio.get_running_loop()
+    got: list[list[tuple[int, int, int, bytes]]] = [[] for _ in phones]
+
+    def drain(sock: socket.socket, packets: list[tuple[int, int, int, bytes]]) -> None:
+        while True:
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                return
+            if len(data) >= 12 and data[0] >> 6 == 2 and not 192 <= data[1] <= 223:
+                _, mpt, seq, ts = struct.unpack("!BBHI", data[:8])
+                packets.append((mpt & 0x7F, seq, ts, data[12:]))
+
+    for phone in phones if sync else ():
+        await phone.sync()
+    for phone, packets in zip(phones, got, strict=True):  # read as it comes: no overrun
+        loop.add_reader(phone.rtp, drain, phone.rtp, packets)
+    try:
+        await gw.step(frames)
+    finally:
+        for phone, packets in zip(phones, got, strict=True):
+            loop.remove_reader(phone.rtp)
+            drain(phone.rtp, packets)
     return got
 
 

@@ -142,4 +142,56 @@ async def test_sip_sources_outside_allow_from_are_dropped(gateway_factory):
     with pytest.raises(TimeoutError):
         await phone.receive(0.5)
     assert gw.gateway.sip.endpoint.counters.forbidden == 1
-    phone.close()
+    await phone.close()
+
+
+async def test_a_session_is_ended_only_by_its_creator_or_an_admin(gateway_factory):
+    gw = await gateway_factory(auth=AUTH)
+    pub = Publisher(gw.url, "studio", ToneTrack(440))
+    await pub.negotiate(token=token("publish:studio"))
+    await pub.connected()
+    lis = Listener(gw.url, "studio")
+    await lis.negotiate(token=LISTENER)
+    other = Listener(gw.url, "studio")
+    await other.negotiate(token=token("listen:studio"))
+    pub_id, lis_id, other_id = (c.location.rsplit("/", 1)[1] for c in (pub, lis, other))
+    stream = gw.gateway.registry.streams["studio"]
+
+    # a listen token sees only its own session id: the others' are capabilities
+    status, _, body = await call(gw, "GET", "/api/v1/sessions", LISTENER)
+    assert status == 200 and lis_id in body
+    assert pub_id not in body and other_id not in body
+    status, _, body = await call(gw, "GET", "/api/v1/streams/studio", LISTENER)
+    assert status == 200 and pub_id not in body and other_id not in body
+    status, _, body = await call(gw, "GET", "/api/v1/streams", LISTENER)
+    assert status == 200 and pub_id not in body
+    # ... and cannot end the publisher through WHEP, nor another listener
+    assert (await call(gw, "DELETE", f"/whep/studio/{pub_id}", LISTENER))[0] == 404
+    assert (await call(gw, "DELETE", f"/whep/studio/{other_id}", LISTENER))[0] == 403
+    # a publish token of someone else cannot end the publisher either
+    intruder = jwt.encode({"sub": "intruder", "scope": "publish:*",
+                           "exp": int(time.time() + 60)}, SECRET, algorithm="HS256")
+    status, _, body = await call(gw, "DELETE", f"/whip/studio/{pub_id}", intruder)
+    assert status == 403, body
+    assert (await call(gw, "DELETE", f"/whip/studio/{lis_id}", ADMIN))[0] == 404  # not a sender
+    assert stream.source is gw.gateway.sessions[pub_id]
+    assert {lis_id, other_id} <= set(gw.gateway.sessions)
+
+    # the admin sees every id and may end any session; creators end their own
+    status, _, body = await call(gw, "GET", "/api/v1/sessions", ADMIN)
+    assert all(i in body for i in (pub_id, lis_id, other_id))
+    assert (await call(gw, "DELETE", f"/whep/studio/{other_id}", ADMIN))[0] == 200
+    assert await lis.delete() == 200
+    assert await pub.delete() == 200
+    assert stream.source is None
+    await other.pc.close()
+
+
+async def test_without_access_control_anyone_ends_any_session(gateway):
+    pub = Publisher(gateway.url, "studio", ToneTrack(440))
+    await pub.negotiate()
+    pub_id = pub.location.rsplit("/", 1)[1]
+    status, _, body = await call(gateway, "GET", "/api/v1/sessions")
+    assert status == 200 and pub_id in body
+    assert (await call(gateway, "DELETE", f"/whip/studio/{pub_id}"))[0] == 200
+    await pub.pc.close()

@@ -47,6 +47,18 @@ def test_file_then_overrides(tmp_path):
          "'sip.registrations[0].password'"),
         ("[sip]\nrtp_port_min = 30000\nrtp_port_max = 20000\n", "sip.rtp_port_min"),
         ('[sip]\ntransports = ["sctp"]\n', "'sip.transports'"),
+        ("[sip]\nt1_ms = 0\n", "'sip.t1_ms' must be 1-4000"),
+        ("[recording]\nio_threads = 0\n", "'recording.io_threads' must be 1-64"),
+        # entries that are the API's requests are checked like them, before start
+        ('[rtp]\noutputs = [{stream = "x", host = "h", port = 5004, codec = "GSM"}]\n',
+         "'rtp.outputs[0].codec': unknown codec 'GSM'"),
+        ('[rtp]\ninputs = [{stream = "x", port = 5006, payload_type = 128}]\n',
+         "'rtp.inputs[0].payload_type' must be 0-127"),
+        ('[recording]\nauto = ["a", {stream = "b", format = "mp3"}]\n',
+         "'recording.auto[1].format' must be 'wav' or 'opus'"),
+        ("[sip]\ndial_timeout_s = 0.5\n", "'sip.dial_timeout_s' must be 1-600"),
+        ('[http]\nport = 0\n[sip]\nroutes = [{match = "a"}]\n',
+         "'http.port' must be 1-65535; configuration key 'sip.routes[0]' needs 'listen'"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, words):
@@ -54,6 +66,29 @@ def test_bad_config_names_the_key(tmp_path, text, words):
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(words)):
         load(path)
+
+
+def test_environment_overrides_the_file_and_the_command_line_overrides_both(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('log_level = "warning"\n[http]\nport = 9000\nhost = "127.0.0.2"\n'
+                    '[sip]\nport = 5070\n')
+    environ = {"GATEWAY_HTTP__PORT": "9100", "GATEWAY_LOG_LEVEL": "debug",
+               "GATEWAY_SIP__ALLOW_FROM": '["10.0.0.0/8"]',
+               "GATEWAY_AUTH__KEYS": '[{name = "ops", key = "0123456789abcdef0123", '
+                                     'scopes = ["admin"]}]',
+               "GATEWAY_URL": "http://elsewhere", "PATH": "/bin"}
+    cfg = load(path, {"http": {"port": 9200}}, environ)
+    assert (cfg.http.port, cfg.http.host, cfg.sip.port) == (9200, "127.0.0.2", 5070)
+    assert cfg.log_level == "debug" and cfg.sip.allow_from == ["10.0.0.0/8"]
+    assert [(k.name, k.scopes) for k in cfg.auth.keys] == [("ops", ["admin"])]
+    # a quoted TOML string means the string inside, as in the file
+    quoted = load(None, None, {"GATEWAY_SIP__ADVERTISED_HOST": '"gw.example.org"',
+                               "GATEWAY_LOG_LEVEL": "'debug'"})
+    assert (quoted.sip.advertised_host, quoted.log_level) == ("gw.example.org", "debug")
+    with pytest.raises(ConfigError, match=re.escape("unknown configuration key 'http.prot'")):
+        load(path, None, {"GATEWAY_HTTP__PROT": "1"})
+    with pytest.raises(ConfigError, match=re.escape("'sip.port' must be int, got str")):
+        load(path, None, {"GATEWAY_SIP__PORT": "fifty"})
 
 
 def gateway_cli(*args: str) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
+import json
 import tempfile
 import time
 
@@ -15,13 +15,16 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sip_phone import Phone
-from test_processing_live import l16_input, send_l16
+from stepping import RtpSink, until
+from test_processing_live import l16_input
 from test_rtp_output import add_output, api
 from test_webrtc_relay import listen
 
 from gateway.app import create_app
 from gateway.config import load
-from gateway.web.metrics import Tally, readyz
+from gateway.core.counters import OutputCounters
+from gateway.core.outputs import OutputRegistry
+from gateway.web.metrics import readyz
 from gateway.webrtc.client import Publisher, ToneTrack
 
 Samples = dict[tuple[str, frozenset], float]
@@ -44,48 +47,23 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-class RtpSink:
-    """A UDP socket counting the RTP packets (not the RTCP) that reach it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.packets = 0
-        self.payload_bytes = 0
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self.sock, 4096)
-            if len(data) >= 12 and not 200 <= data[1] <= 204:
-                self.packets += 1
-                self.payload_bytes += len(data) - 12
-
-    async def close(self) -> None:
-        self._task.cancel()
-        self.sock.close()
-
-
-async def test_rtp_input_and_output_counters_match_what_was_sent(gateway):
-    port = await l16_input(gateway, "m")
+async def test_rtp_input_and_output_counters_match_what_was_sent(stepped_gateway):
+    gateway = stepped_gateway
+    rtp = await l16_input(gateway, "m")
     sink = RtpSink()
     out = await add_output(gateway, "m", host="127.0.0.1", port=sink.port, codec="PCMU")
-    await send_l16(port, 2.0, 8000)  # 100 packets of 20 ms
-    await asyncio.sleep(0.3)
+    await rtp.send(2.0, 8000)  # 100 packets of 20 ms, each played on its tick
+    await gateway.step(15)  # the sender stopped
     m = await scrape(gateway)
-    # frames in: every packet played, plus the ticks concealed (the 5 after the sender
-    # stopped, and any tick where the sender, on this same loop, was late)
+    # frames in: every packet played, plus the 5 ticks concealed after the sender stopped
+    # (then the jitter buffer calls it paused: silence)
     concealed = value(m, "gateway_sender_concealed_frames_total", stream="m", kind="rtp")
-    assert concealed <= 12
-    assert abs(value(m, "gateway_stream_sender_frames_total", stream="m") - concealed
-               - 100) <= 2
-    assert value(m, "gateway_stream_frames_total", stream="m") == (
+    assert concealed == 5
+    assert value(m, "gateway_stream_sender_frames_total", stream="m") == 100 + concealed
+    assert value(m, "gateway_stream_frames_total", stream="m") == 115 == (
         value(m, "gateway_stream_sender_frames_total", stream="m")
         + value(m, "gateway_stream_silence_frames_total", stream="m"))
-    assert abs(value(m, "gateway_sender_packets_total", stream="m", kind="rtp") - 100) <= 2
+    assert value(m, "gateway_sender_packets_total", stream="m", kind="rtp") == 100
     assert value(m, "gateway_sender_lost_packets_total", stream="m", kind="rtp") == 0
     assert value(m, "gateway_sender_delay_seconds", stream="m", kind="rtp") < 0.1
     assert value(m, "gateway_stream_sender_present", stream="m") == 1
@@ -93,26 +71,28 @@ async def test_rtp_input_and_output_counters_match_what_was_sent(gateway):
     assert value(m, "gateway_encoders_active", stream="m") == 1
     assert value(m, "gateway_rtp_inputs") == 1
     assert value(m, "gateway_stream_skipped_frames_total", stream="m", kind="encoder") == 0
-    assert value(m, "gateway_stream_rms_dbfs", stream="m") == -120.0  # stopped 0.3 s ago
+    assert value(m, "gateway_stream_rms_dbfs", stream="m") == -120.0  # stopped 10 frames ago
     assert value(m, "gateway_stream_silence_alarm", stream="m") == 0
 
     # the output ends between two scrapes: its packets still count, exactly
     status, _ = await api(gateway, "DELETE", f"/api/v1/streams/m/outputs/{out['id']}")
     assert status == 204
-    await asyncio.sleep(0.3)
+    await gateway.step(15)
     m = await scrape(gateway)
-    await sink.close()
+    received = sink.drain()
+    sink.close()
+    rtp.close()
     sent = value(m, "gateway_output_packets_total", stream="m", kind="rtp")
-    assert sink.packets > 100 and abs(sent - sink.packets) <= 2, (sent, sink.packets)
-    assert abs(value(m, "gateway_output_bytes_total", stream="m", kind="rtp")
-               - sink.payload_bytes) <= 2 * 160
+    assert sent == len(received) == 115, (sent, len(received))  # one per tick, none after
+    assert sum(len(p) - 12 for p in received) == 115 * 160
+    assert value(m, "gateway_output_bytes_total", stream="m", kind="rtp") == 115 * 160
     assert value(m, "gateway_output_drops_total", stream="m", kind="rtp") == 0
     assert ("gateway_stream_listeners", frozenset({("stream", "m"), ("kind", "rtp")})) not in m
     assert value(m, "gateway_encoders_created_total") >= 1
 
 
 async def test_sip_responses_calls_and_call_packets(gateway_factory):
-    gw = await gateway_factory(sip={"port": 0}, streams={"declared": ["room"]})
+    gw = await gateway_factory(stepped=True, sip={"port": 0}, streams={"declared": ["room"]})
     prober = Phone(gw.gateway.sip.port, "prober")
     await prober.send(prober.request("OPTIONS", "room"))
     assert (await prober.final()).status == 200
@@ -123,37 +103,38 @@ async def test_sip_responses_calls_and_call_packets(gateway_factory):
     assert value(m, "gateway_sip_calls", state="active") == 1
     assert value(m, "gateway_sip_calls", state="ringing") == 0
     assert value(m, "gateway_stream_listeners", stream="room", kind="sip") == 1
-    received = len(await caller.collect_rtp(1.0))  # everything since the answer
+    received = len(await caller.heard(gw, 50))  # everything since the answer (and an OPTIONS)
     assert (await caller.bye("room")).status == 200
-    received += len(await caller.collect_rtp(0.3))
+    received += len(await caller.heard(gw, 15, sync=False))
     await prober.send(b"\x00\xffgarbage" * 10)
-    await asyncio.sleep(0.2)
+    await until(lambda: gw.gateway.sip.endpoint.counters.malformed == 1)
     m = await scrape(gw)
     assert value(m, "gateway_sip_responses_total", code="404") == 1
-    assert value(m, "gateway_sip_responses_total", code="200") == 3  # OPTIONS, INVITE, BYE
+    assert value(m, "gateway_sip_responses_total", code="200") == 4  # 2 OPTIONS, INVITE, BYE
     assert value(m, "gateway_sip_calls_answered_total") == 1
     assert value(m, "gateway_sip_calls", state="active") == 0
     assert value(m, "gateway_sip_messages_malformed_total") >= 1
     assert value(m, "gateway_sip_messages_received_total") >= 5
     sent = value(m, "gateway_output_packets_total", stream="room", kind="sip")
-    assert received > 40 and abs(sent - received) <= 2, (sent, received)
+    assert received == sent == 50, (sent, received)
     assert value(m, "gateway_output_bytes_total", stream="room", kind="sip") == sent * 160
     for phone in (prober, caller):
-        phone.close()
+        await phone.close()
 
 
-async def test_recording_frames_bytes_and_failure(gateway):
-    port = await l16_input(gateway, "rec")
+async def test_recording_frames_bytes_and_failure(stepped_gateway):
+    gateway = stepped_gateway
+    rtp = await l16_input(gateway, "rec")
     status, rec = await api(gateway, "POST", "/api/v1/streams/rec/outputs",
                             {"type": "recording", "format": "wav", "sample_rate": 16000})
     assert status == 201, rec
     recorder = gateway.gateway.recordings.find(rec["id"])
-    await send_l16(port, 2.5, 8000)
+    await rtp.send(2.5, 8000)
     m = await scrape(gateway)
     assert value(m, "gateway_recordings", state="recording") == 1
     assert value(m, "gateway_stream_listeners", stream="rec", kind="recording") == 1
     frames = value(m, "gateway_output_packets_total", stream="rec", kind="recording")
-    assert frames >= 100 and 0 <= recorder.frames - frames <= 50  # one flush: 50 frames
+    assert frames == recorder.frames == 100  # written in flushes of 50 frames: 25 pending
     # 16 kHz, 16-bit mono: 640 bytes per 20 ms frame
     assert value(m, "gateway_output_bytes_total", stream="rec", kind="recording") == frames * 640
 
@@ -161,7 +142,8 @@ async def test_recording_frames_bytes_and_failure(gateway):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     recorder._writer.write = full_disk  # the next flush fails like a full disk
-    await asyncio.sleep(1.5)
+    # frame 150 starts that flush (in a thread); the step waits for it on the next frame
+    await gateway.step(26)
     assert recorder.state == "failed"
     m = await scrape(gateway)
     assert value(m, "gateway_recordings", state="failed") == 1
@@ -174,8 +156,9 @@ async def test_recording_frames_bytes_and_failure(gateway):
     # finished recordings keep counting: no false counter reset
     assert value(m, "gateway_output_errors_total", stream="rec", kind="recording") == 1
     written = value(m, "gateway_output_packets_total", stream="rec", kind="recording")
-    assert written == recorder.frames >= frames  # the failed recorder's final count
+    assert written == recorder.frames == frames  # the failed recorder's final count
     assert value(m, "gateway_events_total", kind="recording_started") == 1
+    rtp.close()
 
 
 async def test_webrtc_publisher_and_listener(gateway):
@@ -194,8 +177,71 @@ async def test_webrtc_publisher_and_listener(gateway):
     assert value(m, "gateway_stream_silence_alarm", stream="w") == 0
     # the tone (0.3 of full scale: about -14 LUFS) over the last 3 s
     assert value(m, "gateway_stream_short_term_lufs", stream="w") > -30
+    sent = value(m, "gateway_output_packets_total", stream="w", kind="webrtc")
     await lis.delete()
+    await asyncio.sleep(0.1)
+    m = await scrape(gateway)
+    # the listener is gone; what it was sent still counts (no false counter reset)
+    assert ("gateway_stream_listeners", frozenset({("stream", "w"), ("kind", "webrtc")})) \
+        not in m
+    assert value(m, "gateway_output_packets_total", stream="w", kind="webrtc") >= sent
     await pub.delete()
+
+
+async def test_outputs_and_senders_that_end_between_two_scrapes_are_counted(stepped_gateway):
+    """Nothing polls the live objects: an output, a recording and a sender that start and
+    end between two scrapes are in the second one, exactly, and nothing goes down."""
+    gateway = stepped_gateway
+    rtp = await l16_input(gateway, "brief")
+    before = await scrape(gateway)
+    assert ("gateway_output_packets_total",
+            frozenset({("stream", "brief"), ("kind", "rtp")})) not in before
+    sink = RtpSink()
+    out = await add_output(gateway, "brief", host="127.0.0.1", port=sink.port, codec="PCMU")
+    status, rec = await api(gateway, "POST", "/api/v1/streams/brief/outputs",
+                            {"type": "recording", "format": "wav", "sample_rate": 8000})
+    assert status == 201, rec
+    recorder = gateway.gateway.recordings.find(rec["id"])
+    await rtp.send(0.4, 8000)  # 20 packets, one per tick
+    for path in (f"outputs/{out['id']}", f"outputs/{rec['id']}", f"inputs/{rtp.input.id}"):
+        status, _ = await api(gateway, "DELETE", f"/api/v1/streams/brief/{path}")
+        assert status == 204, path
+    await gateway.step(5)
+    m = await scrape(gateway)
+    received = sink.drain()
+    assert value(m, "gateway_output_packets_total", stream="brief", kind="rtp") \
+        == len(received) == 20
+    assert value(m, "gateway_output_bytes_total", stream="brief", kind="rtp") == 20 * 160
+    assert value(m, "gateway_output_packets_total", stream="brief", kind="recording") \
+        == recorder.frames == 20
+    assert value(m, "gateway_sender_packets_total", stream="brief", kind="rtp") == 20
+    assert value(m, "gateway_stream_sender_present", stream="brief") == 0
+
+    # a second output: live, then ended; its counter only grows
+    again = await add_output(gateway, "brief", host="127.0.0.1", port=sink.port, codec="PCMU")
+    await gateway.step(10)
+    live = value(await scrape(gateway), "gateway_output_packets_total", stream="brief",
+                 kind="rtp")
+    await api(gateway, "DELETE", f"/api/v1/streams/brief/outputs/{again['id']}")
+    await gateway.step(5)
+    ended = value(await scrape(gateway), "gateway_output_packets_total", stream="brief",
+                  kind="rtp")
+    assert ended == live == 30 == len(sink.drain())  # everything the sink got
+    sink.close()
+    rtp.close()
+
+
+async def test_two_gateways_in_one_process_count_apart(gateway_factory):
+    one = await gateway_factory(stepped=True)
+    other = await gateway_factory(stepped=True)
+    sink = RtpSink()
+    for codec in ("PCMU", "PCMA"):  # two shared encoders on the first gateway
+        await add_output(one, "x", host="127.0.0.1", port=sink.port, codec=codec)
+    assert one.gateway.stats().encoders_created_total == 2
+    assert other.gateway.stats().encoders_created_total == 0
+    assert value(await scrape(one), "gateway_encoders_created_total") == 2
+    assert value(await scrape(other), "gateway_encoders_created_total") == 0
+    sink.close()
 
 
 async def test_readyz_healthz_loop_lag_and_late_ticks(gateway_factory):
@@ -238,23 +284,28 @@ async def test_readyz_is_503_before_start_and_after_shutdown():
     finally:
         await runner.cleanup()
     response = await readyz(request)
-    assert response.status == 503 and b'"started": false' in response.body
+    assert response.status == 503 and json.loads(response.body)["checks"]["started"] is False
 
 
-def test_tally_never_goes_down_as_objects_come_and_go():
+def test_an_output_registry_keeps_what_ended_outputs_sent():
     class Out:
-        def __init__(self, n: int) -> None:
-            self.n = n
+        kind = "rtp"
 
-    def read(o: Out) -> tuple[float, ...]:
-        return (o.n,)
+        def __init__(self, id: str, packets: int) -> None:
+            self.id, self.packets = id, packets
 
-    tally = Tally(1)
-    a, b = Out(5), Out(7)
-    assert tally.update([(a, ("s", "rtp"), read), (b, ("s", "rtp"), read)], ["s"]) == {
-        ("s", "rtp"): [12.0]}
-    a.n = 9  # counted after the last look, before it ended
-    assert tally.update([(b, ("s", "rtp"), read)], ["s"]) == {("s", "rtp"): [16.0]}
-    b.n = 0  # a reader released: reads 0, the high-water mark stays
-    assert tally.update([(b, ("s", "rtp"), read)], ["s"]) == {("s", "rtp"): [16.0]}
-    assert tally.update([], []) == {}  # the stream is gone: its series end
+        def counters(self) -> OutputCounters:
+            return OutputCounters(packets=self.packets, bytes=160 * self.packets)
+
+    outputs = OutputRegistry()
+    a, b = Out("a", 5), Out("b", 7)
+    outputs.add(a)
+    outputs.add(b)
+    assert outputs.totals()["rtp"] == OutputCounters(packets=12, bytes=1920)
+    a.packets = 9  # sent after the last look, before it ended
+    outputs.remove(a)
+    outputs.remove(a)  # again: counted once
+    assert outputs.totals()["rtp"].packets == 16 and len(outputs) == 1
+    outputs.remove(b)
+    assert outputs.totals() == {"rtp": OutputCounters(packets=16, bytes=2560)}
+    assert outputs.count_by_kind() == {} and outputs.get("a") is None

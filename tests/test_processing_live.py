@@ -7,119 +7,109 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
+from itertools import pairwise
 
-import numpy as np
-import pytest
+from audio_checks import assert_tone
 from conftest import free_port
-from test_rtp_output import api
-from test_webrtc_relay import listen
+from stepping import LockstepRtp, RtpSink, send_tone
+from test_rtp_output import add_output, api
 
-from gateway.webrtc.client import Publisher, ToneTrack
-
-
-async def send_l16(port: int, seconds: float, amplitude: float, freq: float = 1000.0,
-                   start_seq: int = 0) -> None:
-    """48 kHz L16 RTP (lossless: the level that arrives is the level sent)."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    t0 = time.monotonic()
-    for i in range(int(seconds * 50)):
-        n = np.arange(i * 960, (i + 1) * 960)
-        pcm = (amplitude * np.sin(2 * np.pi * freq * n / 48000)).astype(">i2")
-        header = struct.pack("!BBHII", 0x80, 120, (start_seq + i) & 0xFFFF, i * 960, 0xABC)
-        await loop.sock_sendto(sock, header + pcm.tobytes(), ("127.0.0.1", port))
-        await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.monotonic()))
-    sock.close()
+from gateway.codecs.g711 import ulaw_decode
 
 
-async def l16_input(gw, stream: str) -> int:
+async def l16_input(gw, stream: str) -> LockstepRtp:
+    """A 48 kHz L16 RTP input (lossless: the level that arrives is the level sent) and a
+    sender that plays one packet per step of the gateway's stepped clock."""
     port = free_port(socket.SOCK_DGRAM)
     status, body = await api(gw, "POST", f"/api/v1/streams/{stream}/inputs",
                              {"port": port, "codec": "L16", "rate": 48000})
     assert status == 201, body
-    return port
+    return LockstepRtp(gw, port, body["id"], stream)
 
 
-async def test_full_scale_sine_reads_minus_3_dbfs_and_loudness_is_reported(gateway):
-    port = await l16_input(gateway, "meter")
-    await send_l16(port, 4.0, 32767)
-    status, stream = await api(gateway, "GET", "/api/v1/streams/meter")
+async def test_full_scale_sine_reads_minus_3_dbfs_and_loudness_is_reported(stepped_gateway):
+    rtp = await l16_input(stepped_gateway, "meter")
+    await rtp.send(4.0, 32767)
+    status, stream = await api(stepped_gateway, "GET", "/api/v1/streams/meter")
     analysis = stream["analysis"]
+    assert analysis["frames"] == 200
     assert abs(analysis["rms_dbfs"] - -3.01) <= 0.1, analysis
     assert abs(analysis["peak_dbfs"]) <= 0.1
     # a 1 kHz sine at -3.01 dBFS RMS: BS.1770 gives -3.01 + 0.69 (K-weighting at 1 kHz)
     assert abs(analysis["short_term_lufs"] - -3.0) <= 0.5, analysis
     assert analysis["voice"] is True and analysis["silence_alarm"] is False
+    rtp.close()
 
 
 async def test_silence_alarm_fires_and_clears_at_the_configured_times(gateway_factory):
-    gw = await gateway_factory(processing={"silence_after_s": 1.0})
-    port = await l16_input(gw, "quiet")
+    gw = await gateway_factory(stepped=True, processing={"silence_after_s": 1.0})
+    rtp = await l16_input(gw, "quiet")
     events = gw.gateway.events.subscribe("quiet")
-    await send_l16(port, 1.0, 8000)
-    silent_from = time.time()
-    await send_l16(port, 2.0, 0, start_seq=50)
-    loud_from = time.time()
-    await send_l16(port, 0.5, 8000, start_seq=150)
+    await rtp.send(1.0, 8000)
+    silent_from = await rtp.send(2.0, 0)
+    loud_from = await rtp.send(0.5, 8000)
     got = []
     while not events.queue.empty():
         got.append(events.queue.get_nowait())
     alarms = [e for e in got if e["type"] == "silence"]
     assert [e["state"] for e in alarms] == ["raised", "cleared"], got
     raised, cleared = alarms
-    # the alarm's own frame numbers: exactly after_s = 50 frames of silence
-    assert raised["time"] - silent_from == pytest.approx(1.0, abs=0.1)
-    assert cleared["time"] - loud_from == pytest.approx(0.0, abs=0.1)
-    assert cleared["frame"] - raised["frame"] == pytest.approx(50, abs=2)
+    # stream frame numbers: raised on the 50th silent frame (after_s = 1 s), cleared on
+    # the first loud one
+    assert silent_from == 50 and loud_from == 150
+    assert raised["frame"] == silent_from + 49, raised
+    assert cleared["frame"] == loud_from, cleared
+    rtp.close()
 
 
 async def test_slow_and_raising_plugins_cost_listeners_nothing(gateway_factory):
-    gw = await gateway_factory(processing={"plugins": [
+    gw = await gateway_factory(stepped=True, processing={"plugins": [
         {"stream": "p", "processor": "plugins_for_tests:Slow"},
         {"stream": "p", "processor": "plugins_for_tests:Raises"},
     ]})
     events = gw.gateway.events.subscribe("p")
-    track = ToneTrack(440)
-    pub = Publisher(gw.url, "p", track)
-    await pub.negotiate()
-    await pub.connected()
-    listeners = [await listen(gw, "p") for _ in range(3)]
-    await asyncio.sleep(1.0)
-    sent0 = len(track.sent_at)
-    got0 = [lis.frames for lis in listeners]
-    await asyncio.sleep(5.0)
-    sent = len(track.sent_at) - sent0
-    for lis, before in zip(listeners, got0, strict=True):
-        ratio = (lis.frames - before) / sent
-        assert ratio >= 0.99, f"listener got {ratio:.3f} of the frames sent"
+    send_tone(gw, "p", 440)
+    sinks = [RtpSink() for _ in range(3)]
+    for sink, codec in zip(sinks, ["PCMU", "PCMA", "G722"], strict=True):
+        await add_output(gw, "p", host="127.0.0.1", port=sink.port, codec=codec)
+    await gw.step(300)
+    for sink in sinks:  # every frame reached every listener, in order
+        seqs = [struct.unpack("!H", p[2:4])[0] for p in sink.drain()]
+        assert len(seqs) == 300 and all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
+    pcmu = ulaw_decode(b"".join(p[12:] for p in sinks[0].packets))
+    assert_tone(pcmu, 440, rate=8000, min_seconds=6.0)
     status, stream = await api(gw, "GET", "/api/v1/streams/p")
     slow, raises = stream["analysis"]["plugins"]
-    assert slow["state"] == "running" and slow["dropped"] > 200 and slow["processed"] >= 20
+    assert slow["state"] == "running" and slow["dropped"] > 200
     assert raises["state"] == "failed" and "plug-in bug on purpose" in raises["error"]
+    async with asyncio.timeout(5):  # the slow plug-in goes on at its own pace (200 ms)
+        while gw.gateway.processing.streams["p"].runners[0].processed < 2:
+            await asyncio.sleep(0.05)
+    await gw.step(5)  # results are collected every 5 frames
     types = []
     while not events.queue.empty():
         types.append(events.queue.get_nowait()["type"])
     assert "plugin_failed" in types and "plugin_result" in types
-    for client in [pub, *listeners]:
-        await client.delete()
+    for sink in sinks:
+        sink.close()
 
 
 async def test_streams_matching_the_config_are_recorded_automatically(gateway_factory):
-    gw = await gateway_factory(recording={"auto": ["auto-*"], "record_gaps": False})
-    pub = Publisher(gw.url, "auto-1", ToneTrack(440))
-    await pub.negotiate()
-    await pub.connected()
-    await asyncio.sleep(1.0)
+    gw = await gateway_factory(stepped=True,
+                               recording={"auto": ["auto-*"], "record_gaps": False})
+    sender = send_tone(gw, "auto-1", 440)
+    async with asyncio.timeout(5):  # started by a task when the stream appeared
+        while not gw.gateway.recordings.active:
+            await asyncio.sleep(0.01)
+    await gw.step(50)
     status, outputs = await api(gw, "GET", "/api/v1/streams/auto-1/outputs")
     [rec] = [o for o in outputs["outputs"] if o["type"] == "recording"]
     assert rec["state"] == "recording"
-    await pub.delete()
-    await asyncio.sleep(1.0)  # no sender: gaps are left out with record_gaps = false
+    gw.gateway.registry.get("auto-1").detach(sender)
+    await gw.step(50)  # no sender: gaps are left out with record_gaps = false
     status, outputs = await api(gw, "GET", "/api/v1/streams/auto-1/outputs")
     [rec] = [o for o in outputs["outputs"] if o["type"] == "recording"]
-    assert rec["gap_frames"] >= 40
+    assert rec["gap_frames"] == 50
     status, other = await api(gw, "GET", "/api/v1/streams/other/outputs")
     assert status == 404 or not other["outputs"]
 

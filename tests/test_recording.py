@@ -4,9 +4,9 @@ disk stops the recording and nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -16,11 +16,16 @@ import numpy as np
 import pytest
 from audio_checks import assert_tone, step_times, step_tone
 from conftest import need_program
-from test_rtp_output import api, publish_tone
+from stepping import RtpSink, send_tone
+from test_rtp_output import add_output, api
 
-from gateway.webrtc.client import Listener, Publisher, ToneTrack
+from gateway.codecs.g711 import ulaw_decode
+from gateway.recording.wav import WavWriter
 
 STEPS = [400.0, 700.0, 1000.0, 1300.0, 1600.0, 1900.0, 2200.0, 2500.0, 2800.0, 3100.0]
+STEP_FRAMES = step_tone(STEPS)
+#: Samples an Opus decoder drops from the start (the encoder's look-ahead, in OpusHead).
+OPUS_PRE_SKIP = 312
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -56,66 +61,74 @@ async def recording_file(gw, rec: dict) -> Path:
     return gw.gateway.recordings.store.path_of(item["id"])
 
 
-def check_steps(pcm: np.ndarray, step_wall: list[float]) -> None:
-    """Each frequency change in the file lies where the publisher made it (± 40 ms), in
-    the publisher's order: no frame lost, doubled or moved."""
+def check_steps(pcm: np.ndarray, first: int) -> None:
+    """Each frequency change in the file lies where the sender made it: sender frame 50k
+    is file frame 50k - ``first``, so step k starts at (50k - first) * 20 ms; step_times
+    finds it in the 10 ms window after that (reported at its middle). No frame lost,
+    doubled or moved."""
     changes = step_times(pcm, 48000, STEPS)
-    assert len(changes) >= 8, changes
-    best = None
-    for k0 in range(1, len(step_wall) - len(changes) + 1):
-        if STEPS[k0 % len(STEPS)] != changes[0][1]:
-            continue
-        ks = range(k0, k0 + len(changes))
-        if any(STEPS[k % len(STEPS)] != f for k, (_, f) in zip(ks, changes, strict=True)):
-            continue
-        offsets = np.array([t - step_wall[k] for k, (t, _) in zip(ks, changes, strict=True)])
-        spread = np.max(np.abs(offsets - np.median(offsets)))
-        if best is None or spread < best:
-            best = spread
-    assert best is not None, f"steps out of order: {changes}"
-    assert best <= 0.04, f"a step is {best * 1000:.0f} ms from where it was published"
+    frames = len(pcm) // 960
+    expected = [((50 * k - first) * 0.02 + 0.005, STEPS[k % len(STEPS)])
+                for k in range(1, (first + frames) // 50 + 1) if 0 < 50 * k - first < frames]
+    assert len(changes) == len(expected) >= 9, (changes, expected)
+    for (t, f), (want_t, want_f) in zip(changes, expected, strict=True):
+        assert f == want_f, f"step to {want_f} Hz at {want_t:.3f} s heard as {f} Hz"
+        assert abs(t - want_t) < 0.005, f"the step due at {want_t:.3f} s is at {t:.3f} s"
 
 
-async def test_ten_seconds_of_tone_steps_in_wav_and_opus(gateway):
-    track = ToneTrack(generator=step_tone(STEPS))
-    pub = Publisher(gateway.url, "steps", track)
-    await pub.negotiate()
-    await pub.connected()
-    await asyncio.sleep(0.5)
-    wav_rec = await start_recording(gateway, "steps", format="wav")
-    opus_rec = await start_recording(gateway, "steps", format="opus")
-    await asyncio.sleep(10.0)
-    await stop_recording(gateway, "steps", wav_rec)
-    await stop_recording(gateway, "steps", opus_rec)
-    await pub.delete()
-    # publisher step k began when frame 50k was handed over (monotonic clock)
-    step_wall = track.sent_at[::50]
+async def test_ten_seconds_of_tone_steps_in_wav_and_opus(stepped_gateway):
+    gw = stepped_gateway
+    sender = send_tone(gw, "steps", step_tone(STEPS))
+    await gw.step(25)
+    wav_rec = await start_recording(gw, "steps", format="wav")
+    opus_rec = await start_recording(gw, "steps", format="opus")
+    first = sender.index  # the sender's frame the next tick writes: frame 0 of both files
+    await gw.step(500)
+    await stop_recording(gw, "steps", wav_rec)
+    await stop_recording(gw, "steps", opus_rec)
 
-    wav_path = await recording_file(gateway, wav_rec)
-    samples, rate = read_wav(wav_path)
-    assert rate == 48000
-    assert abs(len(samples) / rate - 10.0) <= 0.1, len(samples) / rate
-    opus_path = await recording_file(gateway, opus_rec)
-    opus, _ = decode_opus(opus_path)
-    assert abs(len(opus) / 48000 - 10.0) <= 0.1, len(opus) / 48000
-
-    for pcm in (samples, opus):
-        check_steps(pcm, step_wall)
+    samples, rate = read_wav(await recording_file(gw, wav_rec))
+    assert rate == 48000 and len(samples) == 500 * 960
+    assert np.array_equal(samples, np.concatenate([STEP_FRAMES(first + i) for i in range(500)]))
+    check_steps(samples, first)
+    opus, _ = decode_opus(await recording_file(gw, opus_rec))  # the decoder drops pre-skip
+    assert len(opus) == 500 * 960 - OPUS_PRE_SKIP, len(opus)
+    check_steps(opus, first)
 
 
-async def test_recordings_api_lists_downloads_with_range_and_deletes(gateway):
-    pub = await publish_tone(gateway, "tone", 440)
+async def test_stopping_during_a_flush_keeps_the_frames_being_written(stepped_gateway,
+                                                                       monkeypatch):
+    """A stop that arrives while a second of audio is in the writer thread waits for it:
+    the file ends with that second, not without it (and not finalized under it)."""
+    gw = stepped_gateway
+    slow_write = WavWriter.write
+
+    def write(self, pcm):
+        time.sleep(0.3)  # a slow disk: the stop below lands inside this write
+        slow_write(self, pcm)
+
+    monkeypatch.setattr(WavWriter, "write", write)
+    send_tone(gw, "flush", 440)
+    rec = await start_recording(gw, "flush", format="wav")
+    await gw.step(100)  # two flushes; the second is still being written
+    await stop_recording(gw, "flush", rec)
+    samples, _ = read_wav(await recording_file(gw, rec))
+    assert len(samples) == 100 * 960
+
+
+async def test_recordings_api_lists_downloads_with_range_and_deletes(stepped_gateway):
+    gateway = stepped_gateway
+    send_tone(gateway, "tone", 440)
     rec = await start_recording(gateway, "tone", format="wav", sample_rate=16000)
-    await asyncio.sleep(1.5)
+    await gateway.step(75)
     status, listing = await api(gateway, "GET", "/api/v1/recordings")
     [live] = [r for r in listing["recordings"] if r["in_progress"]]
     assert live["stream"] == "tone" and live["format"] == "wav"
-    await asyncio.sleep(1.0)
+    await gateway.step(50)
     await stop_recording(gateway, "tone", rec)
-    await pub.delete()
     status, listing = await api(gateway, "GET", "/api/v1/recordings")
     [done] = [r for r in listing["recordings"] if r["id"] == live["id"]]
-    assert not done["in_progress"] and 2.0 <= done["duration_s"] <= 3.0
+    assert not done["in_progress"] and done["duration_s"] == 2.5
     url = f"{gateway.url}/api/v1/recordings/{done['id']}"
     async with aiohttp.ClientSession() as http:
         async with http.get(url) as r:
@@ -125,7 +138,7 @@ async def test_recordings_api_lists_downloads_with_range_and_deletes(gateway):
             assert r.status == 206 and await r.read() == whole[44:1044]
     path = gateway.gateway.recordings.store.path_of(done["id"])
     samples, rate = read_wav(path)
-    assert rate == 16000
+    assert rate == 16000 and len(samples) == 2.5 * rate
     assert_tone(samples[rate // 2 :], 440, rate=rate, min_seconds=1.5)
     status, _ = await api(gateway, "DELETE", f"/api/v1/recordings/{done['id']}")
     assert status == 204 and not path.exists()
@@ -134,9 +147,10 @@ async def test_recordings_api_lists_downloads_with_range_and_deletes(gateway):
 
 
 @pytest.mark.parametrize("name", ["x..", "a~b.c-d_e", "UPPER.lower", "0"])
-async def test_unusual_stream_names_record_inside_the_directory(gateway, name):
+async def test_unusual_stream_names_record_inside_the_directory(stepped_gateway, name):
+    gateway = stepped_gateway
     rec = await start_recording(gateway, name)
-    await asyncio.sleep(0.3)
+    await gateway.step(15)
     await stop_recording(gateway, name, rec)
     root = gateway.gateway.recordings.store.directory.resolve()
     files = [p for p in root.rglob("*") if p.is_file()]
@@ -179,25 +193,41 @@ async def test_full_disk_stops_the_recording_with_an_event_and_forwarding_goes_o
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
     try:
-        gw = await gateway_factory(recording={"directory": str(mount)})
-        pub = await publish_tone(gw, "tone", 440)
-        listener = Listener(gw.url, "tone")
-        await listener.negotiate()
-        await listener.connected()
+        gw = await gateway_factory(stepped=True, recording={"directory": str(mount)})
+        send_tone(gw, "tone", 440)
+        sink = RtpSink()
+        await add_output(gw, "tone", host="127.0.0.1", port=sink.port, codec="PCMU")
         events = gw.gateway.events.subscribe("tone")
         rec = await start_recording(gw, "tone", format="wav")  # 96 kB/s: full in ~3 s
-        event = await asyncio.wait_for(events.get(), 1)
-        while event["type"] != "recording_failed":
-            event = await asyncio.wait_for(events.get(), 8)
+        recorder = gw.gateway.recordings.find(rec["id"])
+        for _ in range(50):
+            await gw.step(10)
+            if recorder.state != "recording":
+                break
+        got = []
+        while not events.queue.empty():
+            got.append(events.queue.get_nowait())
+        [event] = [e for e in got if e["type"] == "recording_failed"]
         assert "No space left on device" in event["error"]
         status, info = await api(gw, "GET", f"/api/v1/streams/tone/outputs/{rec['id']}")
         assert info["state"] == "failed" and "No space left" in info["error"]
         assert "No space left on device" in caplog.text
-        before = listener.frames
-        await asyncio.sleep(2.0)
-        assert listener.frames - before >= 95  # still ~50 frames a second
-        assert_tone(listener.audio()[-48000:], 440, min_seconds=1.0)
-        await listener.delete()
-        await pub.delete()
+        # Its file stays, unfinished (the next start finishes it), not "in progress".
+        status, listing = await api(gw, "GET", "/api/v1/recordings")
+        [item] = listing["recordings"]
+        assert not item["in_progress"] and not item["recovered"], item
+        assert item["error"].startswith("recording failed: No space left on device"), item
+        files = sorted(mount.rglob("*"))
+        status, problem = await api(gw, "POST", "/api/v1/streams/tone/outputs",
+                                    {"type": "recording"})
+        assert status == 507, problem
+        assert sorted(mount.rglob("*")) == files  # no empty file left claiming a name
+        before = len(sink.drain())
+        await gw.step(100)
+        after = sink.drain()[before:]
+        assert len(after) == 100  # every frame still forwarded
+        assert_tone(ulaw_decode(b"".join(p[12:] for p in after)), 440, rate=8000,
+                    min_seconds=2.0)
+        sink.close()
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)

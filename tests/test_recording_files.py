@@ -4,6 +4,8 @@ the store's names, ids, recovery and retention."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
 import re
@@ -32,11 +34,17 @@ from gateway.recording.ogg import (
     OggOpusWriter,
     iter_pages,
     ogg_crc,
-    ogg_crc_reference,
     ogg_duration,
     repair_ogg,
 )
-from gateway.recording.store import MAX_NAME, RecordingError, RecordingStore, safe_name
+from gateway.recording.store import (
+    MAX_ID_CHARS,
+    MAX_NAME,
+    RecordingError,
+    RecordingStore,
+    safe_name,
+    valid_id,
+)
 from gateway.recording.wav import HEADER_SIZE, WavWriter, repair_wav, wav_info
 
 try:
@@ -201,6 +209,31 @@ def test_wav_refuses_to_pass_the_32_bit_size_limit(tmp_path, monkeypatch):
 
 
 # -- Ogg: CRC and pages ------------------------------------------------------------------
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) if r & 0x8000_0000 else r << 1
+        table.append(r & 0xFFFF_FFFF)
+    return tuple(table)
+
+
+CRC_TABLE = _crc_table()
+
+
+def ogg_crc_reference(data: bytes) -> int:
+    """The Ogg CRC as RFC 3533 defines it: poly 0x04C11DB7, init 0, unreflected, no xor.
+
+    Table-driven and pure Python (~1.5 ms per 8 kB page), so the writer uses ``ogg_crc``;
+    this is the readable definition that one is checked by.
+    """
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF_FFFF) ^ CRC_TABLE[(crc >> 24) ^ byte]
+    return crc
+
+
 def test_ogg_crc_check_value():
     # CRC-32/POSIX (same polynomial, init 0, unreflected) is 0x765E7680, xored with ~0.
     assert ogg_crc_reference(b"123456789") == 0x765E7680 ^ 0xFFFF_FFFF
@@ -392,7 +425,7 @@ def test_ffmpeg_plays_a_repaired_opus_file(opus_file, tmp_path):
     need_program("ffmpeg")
     data = opus_file.read_bytes()
     damaged = tmp_path / "cut.opus"
-    damaged.write_bytes(data[: len(data) * 2 // 3])
+    damaged.write_bytes(data[: len(data) * 5 // 6])  # in the middle of the third second
     assert repair_ogg(damaged) == pytest.approx(2.0 - 312 / 48000)
     run = subprocess.run(["ffmpeg", "-v", "warning", "-i", str(damaged), "-f", "null", "-"],
                          capture_output=True, text=True, timeout=30)
@@ -554,6 +587,15 @@ def test_new_path_finish_and_list(tmp_path):
     assert listed[1]["duration_s"] == round((96000 - 312) / 48000, 3)
 
 
+def test_the_longest_names_give_ids_within_the_limit(tmp_path):
+    store = RecordingStore(tmp_path / "rec")
+    for _ in range(12):  # the same millisecond: "-1" ... "-11" suffixes
+        final = record_wav(store, "ä" * 500, T0, 0.01)
+    (longest,) = [e["id"] for e in store.list() if e["file"] == final.name]
+    assert valid_id(longest) and store.path_of(longest) == final
+    assert len(longest) <= MAX_ID_CHARS and not valid_id("a" * (MAX_ID_CHARS + 1))
+
+
 def test_path_of_refuses_ids_outside_the_directory(tmp_path):
     store = RecordingStore(tmp_path / "rec")
     final = record_wav(store, "s", T0, 0.1)
@@ -571,7 +613,8 @@ def test_path_of_refuses_ids_outside_the_directory(tmp_path):
                 b64("/etc/passwd"), b64(str(outside)), b64("s/x/../../../secret.wav"),
                 b64("link/x.wav"), b64("s/notes.txt"), b64(f"s/{final.name}.part"),
                 b64("s/missing.wav"), b64(f"s/{final.name}") + "=", b64("s\\x.wav"),
-                b64(f"./s/{final.name}"), b64(f"s//{final.name}")]:
+                b64(f"./s/{final.name}"), b64(f"s//{final.name}"),
+                b64("s/" + "a" * 260 + ".wav"), "A" * 5000]:  # too long for a file name
         with pytest.raises(KeyError):
             store.path_of(bad)
     assert store.path_of(b64(f"s/{final.name}")) == final
@@ -603,6 +646,7 @@ def test_recover_repairs_finishes_and_keeps_broken_files(tmp_path, opus_file):
     (store.directory / "e").mkdir()
     (store.directory / "e" / "notes.part").write_text("x")
 
+    store = RecordingStore(tmp_path)  # the next start
     report = {r["stream"]: r for r in store.recover()}
     assert set(report) == {"a", "b", "c", "d"}
     assert report["a"]["recovered"] and report["a"]["duration_s"] == 5760 / 48000
@@ -631,7 +675,7 @@ def test_retention_by_age_then_size(tmp_path):
     assert new.exists() and running.exists()
 
     size = new.stat().st_size
-    store = RecordingStore(tmp_path, max_total_bytes=3 * size)
+    store.max_age_s, store.max_total_bytes = None, 3 * size
     newer = record_wav(store, "t", T0 + 300, 0.1)
     newest = record_wav(store, "t", T0 + 400, 0.1)
     # Four files of one size: the in-progress one counts but only finished ones go.
@@ -709,3 +753,196 @@ def test_new_path_is_unique_across_threads(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         paths = list(pool.map(lambda _: store.new_path("s", "wav", T0), range(16)))
     assert len(set(paths)) == 16
+
+
+# -- recovery when writes fail (disk full, over quota, read-only, I/O errors) -------------
+WRITING = set("wxa+")
+
+
+class FaultyFile:
+    """A file whose writes fail: all of them (``write``), or those that would make it
+    larger (``full``: a full disk still lets a file be overwritten or shortened)."""
+
+    def __init__(self, file, step: str, error) -> None:
+        self._file, self._step, self._error = file, step, error
+
+    def write(self, data):
+        if self._step == "full":
+            self._file.flush()
+            size = len(data.encode() if isinstance(data, str) else data)
+            if self._file.tell() + size > os.fstat(self._file.fileno()).st_size:
+                raise self._error()
+        elif self._step == "write":
+            raise self._error()
+        return self._file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+@contextlib.contextmanager
+def failing(step: str, err: int):
+    """Make the recording modules' file writes fail with ``err`` at one ``step``: opening
+    for writing, writing, fsync, every rename (sidecars included), the rename of a
+    ``.part`` only, or ``full`` (writes that would grow a file)."""
+    import builtins
+
+    from gateway.recording import ogg as ogg_module
+    from gateway.recording import store as store_module
+
+    def error() -> OSError:
+        return OSError(err, os.strerror(err))
+
+    def faulty_open(file, mode="r", *args, **kwargs):
+        if WRITING & set(mode) and step == "open":
+            raise error()
+        f = builtins.open(file, mode, *args, **kwargs)
+        return FaultyFile(f, step, error) if WRITING & set(mode) else f
+
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        if step == "replace" or (step == "rename" and str(src).endswith(".part")):
+            raise error()
+        return real_replace(src, dst)
+
+    def fsync(fd: int) -> None:
+        if step == "fsync":
+            raise error()
+        real_fsync(fd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (store_module, wav, ogg_module):
+            patch.setattr(module, "open", faulty_open, raising=False)
+        patch.setattr(os, "replace", replace)
+        patch.setattr(os, "fsync", fsync)
+        yield
+
+
+def leave_crashed_recordings(directory: Path, opus_file: Path) -> dict[str, Path]:
+    """What a crashed run on a filling disk leaves: a WAV whose last second reached the
+    file but not its header (cut mid-sample), an Ogg/Opus file cut inside a page, one
+    that crashed before its first audio page, an empty ``.part`` (the header did not
+    fit), an empty sidecar, a temporary one and one whose recording never started."""
+    store = RecordingStore(directory)
+    wav_part = store.new_path("a", "wav", T0)
+    with WavWriter(wav_part) as writer:
+        writer.write(tone(48000))
+    with open(wav_part, "ab") as f:
+        f.write(tone(24001, start=48000).tobytes()[:-1])
+    data = opus_file.read_bytes()
+    opus_part = store.new_path("b", "opus", T0 + 1)
+    opus_part.write_bytes(data[: len(data) - 100])
+    Path(f"{opus_part.with_suffix('')}.json").write_bytes(b"")  # its sidecar is empty
+    empty_opus = store.new_path("c", "opus", T0 + 2)
+    OggOpusWriter(empty_opus)._file.close()  # crashed: no audio page, no EOS
+    store.new_path("d", "wav", T0 + 3)  # its sidecar claimed the name, the file never came
+    store.new_path("e", "wav", T0 + 4).touch()
+    tmp = wav_part.with_name(wav_part.name.removesuffix(".part") + ".json.tmp")
+    tmp.touch()
+    return {"a": wav_part, "b": opus_part, "c": empty_opus}
+
+
+def files_in(directory: Path) -> set[str]:
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("step, err", [
+    ("full", errno.ENOSPC), ("full", errno.EDQUOT),
+    *((step, err) for step in ("open", "write", "fsync", "replace", "rename")
+      for err in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)),
+], ids=lambda v: errno.errorcode[v] if isinstance(v, int) else v)
+def test_recovery_that_cannot_write_is_completed_by_the_next_start(tmp_path, opus_file,
+                                                                   step, err):
+    parts = leave_crashed_recordings(tmp_path, opus_file)
+    cut = opus_file.read_bytes()[:-100]
+    *_, (offset, page) = iter_pages(cut)
+    whole_pages = offset + page.size
+
+    store = RecordingStore(tmp_path)  # restart, the disk still full (or read-only, ...)
+    with failing(step, err):
+        report = store.recover()
+    assert [(r["stream"], r["recovered"], r["broken"]) for r in report] == [
+        ("a", False, False), ("b", False, False), ("c", False, False)]
+    # Consistent: each file is still its .part, listed (not in progress) with the reason;
+    # the leftovers of interrupted writes are gone and no new ones were made.
+    assert files_in(tmp_path) == {f"{s}/{p.name}" for s, p in parts.items()} | {
+        f"{s}/{p.name.removesuffix('.part')}.json" for s, p in parts.items()}
+    listed = {e["stream"]: e for e in store.list()}
+    assert set(listed) == {"a", "b", "c"}
+    assert listed["b"]["started"] == T0 + 1  # from its name: repairs change the mtime
+    for entry in listed.values():
+        assert not entry["in_progress"] and not entry["recovered"]
+        assert os.strerror(err) in entry["error"] and "next start" in entry["error"]
+        assert store.path_of(entry["id"]).name.endswith(".part")  # can be downloaded
+    # Nothing lost: the samples and the complete pages are all still there.
+    wav_data = parts["a"].read_bytes()[HEADER_SIZE : HEADER_SIZE + 2 * 72000]
+    assert np.array_equal(np.frombuffer(wav_data, "<i2"), tone(72000))
+    assert parts["b"].read_bytes()[:whole_pages] == cut[:whole_pages]
+    assert listed["a"]["duration_s"] == 1.5
+    assert listed["b"]["duration_s"] == pytest.approx(2.0, abs=0.01)  # its 2 whole seconds
+
+    store = RecordingStore(tmp_path)  # restart with space
+    report = store.recover()
+    assert [(r["stream"], r["recovered"]) for r in report] == [
+        ("a", True), ("b", True), ("c", True)]
+    listed = {e["stream"]: e for e in store.list()}
+    assert all(e["recovered"] and not e["in_progress"] and e["error"] is None
+               for e in listed.values())
+    assert not any(name.endswith((".part", ".tmp")) for name in files_in(tmp_path))
+    assert (listed["a"]["started"], listed["b"]["started"]) == (T0, T0 + 1)
+    samples = read_wav(tmp_path / "a" / listed["a"]["file"])
+    assert np.array_equal(samples, tone(72000))
+    assert dominant_frequency(samples) == pytest.approx(440, rel=0.01)
+    samples = decode(tmp_path / "b" / listed["b"]["file"])
+    assert len(samples) / 48000 == pytest.approx(listed["b"]["duration_s"], abs=0.001)
+    assert dominant_frequency(samples[4800:]) == pytest.approx(440, rel=0.01)
+    assert len(decode(tmp_path / "c" / listed["c"]["file"])) == 960 - 312  # 20 ms silence
+    assert store.recover() == []
+
+
+def test_a_start_on_a_full_disk_leaves_no_file_claiming_a_name(tmp_path):
+    store = RecordingStore(tmp_path)
+    for step in ("full", "write", "open"):
+        with failing(step, errno.ENOSPC), pytest.raises(OSError):
+            store.new_path("s", "wav", T0)
+    assert files_in(tmp_path) == set()
+    part = store.new_path("s", "wav", T0)
+    with failing("full", errno.ENOSPC), pytest.raises(OSError):
+        WavWriter(part)  # the header does not fit
+    store.discard(part)  # what the recorder does then
+    assert files_in(tmp_path) == set() and store.list() == []
+
+
+def test_a_failed_recording_is_unfinished_not_in_progress(tmp_path):
+    store = RecordingStore(tmp_path)
+    part = store.new_path("s", "wav", T0)
+    writer = WavWriter(part)
+    writer.write(tone(4800))
+    writer.flush()
+    (entry,) = store.list()
+    assert entry["in_progress"] and entry["error"] is None
+    writer.close()
+    store.release(part, "recording failed: No space left on device")
+    (entry,) = store.list()
+    assert not entry["in_progress"] and not entry["recovered"]
+    assert entry["error"] == "recording failed: No space left on device"
+    assert store.enforce_retention(T0 + 1e9) == []  # retention keeps what is unfinished
+    (item,) = RecordingStore(tmp_path).recover()  # the next start finishes it
+    assert item["recovered"] and item["duration_s"] == 0.1
+
+
+def test_an_unfinished_recording_can_be_deleted(tmp_path):
+    store = RecordingStore(tmp_path)
+    record_wav(store, "s", T0, 0.1, finish=False)
+    store = RecordingStore(tmp_path)  # after a crash: nobody writes it
+    (entry,) = store.list()
+    assert not entry["in_progress"] and "next start" in entry["error"]
+    store.delete(entry["id"])  # a full disk's user frees space
+    assert files_in(tmp_path) == set()

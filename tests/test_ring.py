@@ -117,3 +117,34 @@ def test_reader_count_tracks_open_readers():
     r.close()
     r.close()
     assert ring.readers == 0
+
+
+def test_skips_are_summed_by_reader_kind_and_kept_when_a_reader_closes():
+    ring: Ring[int] = Ring(4)
+    slow, other = ring.reader(kind="webrtc"), ring.reader(kind="webrtc")
+    encoder = ring.reader(kind="encoder")
+    for i in range(10):
+        ring.write(i)
+    assert slow.read_nowait() is None and encoder.read_nowait() is None  # 10 skipped each
+    assert ring.skipped_by_kind() == {"webrtc": 10, "encoder": 10}
+    slow.close()
+    slow.close()  # twice: counted once
+    other.close()  # it never read, so it never noticed its overrun: 0
+    assert ring.skipped_by_kind() == {"webrtc": 10, "encoder": 10}
+
+
+def test_advance_moves_readers_at_the_head_along_and_keeps_the_lag_of_the_others():
+    ring: Ring[int] = Ring(8)
+    current, behind = ring.reader(), ring.reader()
+    for i in range(3):
+        ring.write(i)
+    for _ in range(3):
+        current.read_nowait()
+    behind.read_nowait()  # 2 behind
+    ring.advance(5, -1)
+    assert ring.head == 8 and current.lag == 0 and behind.lag == 7
+    assert current.skipped == behind.skipped == 0
+    assert [behind.read_nowait()[1] for _ in range(7)] == [1, 2, -1, -1, -1, -1, -1]
+    ring.advance(100, -1)  # longer than the ring: every slot is the filler
+    assert ring.head == 108 and current.lag == 0
+    assert ring.write(7) == 108 and current.read_nowait() == (108, 7)

@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 from audio_checks import active, assert_tone
 from conftest import free_port, need_program
+from stepping import until
+from test_fanout import l16, l16_listener
 from test_rtp_output import api
 
 from gateway.codecs.g711 import ulaw_encode
+from gateway.core.audio import FRAME_SECONDS
+from gateway.ingress import playout
 from gateway.webrtc.client import Listener
 
 
@@ -56,13 +60,15 @@ def pcmu_tone(freq: float, seconds: float) -> list[bytes]:
     return [ulaw_encode(pcm[i : i + 160]) for i in range(0, len(pcm) - 159, 160)]
 
 
-async def hostile_sender(port: int, payloads: list[bytes], seed: int = 7) -> dict:
-    """5 % loss, reordering, ±15 ms jitter, duplicates and some garbage datagrams."""
+#: The sender's 20 ms are this far out of step with the gateway's ticks, so its 0-15 ms of
+#: jitter moves packets across a tick (as it does in real time, whatever the phase).
+PHASE = 0.010
+
+
+def hostile_schedule(payloads: list[bytes], seed: int = 7) -> tuple[list, dict]:
+    """(seconds from the start, datagram) of each packet: 5 % loss, reordering, 0-15 ms
+    jitter, duplicates and some garbage datagrams; and what was done to them."""
     rng = random.Random(seed)
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    start = loop.time() + 0.05
     schedule = []
     stats = {"lost": 0, "reordered": 0, "garbage": 0}
     for i, payload in enumerate(payloads):
@@ -70,7 +76,7 @@ async def hostile_sender(port: int, payloads: list[bytes], seed: int = 7) -> dic
         if rng.random() < 0.05:
             stats["lost"] += 1
             continue
-        when = start + i * 0.020 + rng.uniform(0, 0.015)
+        when = i * 0.020 + PHASE + rng.uniform(0, 0.015)
         if rng.random() < 0.03:
             when += 0.025  # arrives after its successor
             stats["reordered"] += 1
@@ -81,13 +87,38 @@ async def hostile_sender(port: int, payloads: list[bytes], seed: int = 7) -> dic
             schedule.append((when + 0.002, bytes([0x12, 0x34, 0x56])))  # not RTP
             stats["garbage"] += 1
     schedule.sort(key=lambda item: item[0])
-    for when, data in schedule:
-        delay = when - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sock.sendto(data, ("127.0.0.1", port))
+    return schedule, stats
+
+
+async def send_by_tick(gw, input_id: str, port: int, schedule: list, ticks: int) -> None:
+    """Step the clock ``ticks`` times; before each tick, send what the schedule has for the
+    20 ms before it, and wait until the input has read it (an RTP packet or a malformed
+    one): arrival times are the schedule's, quantized to ticks, on any machine."""
+    rtp_input = gw.gateway.rtp_inputs[input_id]
+
+    def read() -> int:
+        return rtp_input.playout.jitter.stats.received + rtp_input.malformed
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    for tick in range(ticks):
+        for when, data in schedule:
+            if tick * 0.020 <= when < (tick + 1) * 0.020:
+                sock.sendto(data, ("127.0.0.1", port))
+                sent += 1
+        await until(lambda n=sent: read() == n)
+        await gw.step(1)
     sock.close()
-    return stats
+
+
+class MediaTime:
+    """The playout's ``time`` module, reading media time: it measures delays in ticks."""
+
+    def __init__(self, clock) -> None:  # type: ignore[no-untyped-def]
+        self.clock = clock
+
+    def monotonic(self) -> float:
+        return self.clock.ticks * FRAME_SECONDS
 
 
 def longest_gap_ms(audio: np.ndarray, rate: int = 48000) -> float:
@@ -102,22 +133,45 @@ def longest_gap_ms(audio: np.ndarray, rate: int = 48000) -> float:
     return longest * 5.0
 
 
-async def test_lossy_jittery_reordering_source_stays_continuous(gateway):
+async def test_lossy_jittery_reordering_source_stays_continuous(stepped_gateway, monkeypatch):
+    gw = stepped_gateway
+    monkeypatch.setattr(playout, "time", MediaTime(gw.clock))
     port = free_port(socket.SOCK_DGRAM)
-    created = await add_input(gateway, "rough", type="rtp", port=port, codec="PCMU")
-    lis = await listen(gateway, "rough")
-    stats = await hostile_sender(port, pcmu_tone(440, 6.0))
-    await asyncio.sleep(0.3)
-    audio = active(lis.audio())
+    created = await add_input(gw, "rough", type="rtp", port=port, codec="PCMU")
+    sink = await l16_listener(gw, "rough")
+    schedule, stats = hostile_schedule(pcmu_tone(440, 6.0))
+    await send_by_tick(gw, created["id"], port, schedule, 310)
+    audio = active(l16(sink.drain()))
     tone = audio[: int(5.5 * 48000)]
     assert_tone(tone, 440)
     gap = longest_gap_ms(tone[48000 // 2 :])
     assert gap <= 20, f"a {gap:.0f} ms gap in concealed audio"
-    _, info = await api(gateway, "GET", f"/api/v1/streams/rough/inputs/{created['id']}")
-    assert info["malformed"] == stats["garbage"]
-    assert info["delay_ms_max"] <= 130, info
-    assert info["lost"] >= stats["lost"] * 0.5, info
-    await lis.delete()
+    _, info = await api(gw, "GET", f"/api/v1/streams/rough/inputs/{created['id']}")
+    assert info["malformed"] == stats["garbage"] > 0
+    assert info["delay_ms_max"] <= 100, info  # arrival to play: 5 ticks at most
+    assert stats["lost"] * 0.5 <= info["lost"] <= stats["lost"], info  # duplicates: no less
+    sink.close()
+
+
+async def test_retransmitted_packets_are_not_negative_loss(stepped_gateway):
+    """Nothing is dropped, but every 10th packet comes again 100 ms later (after it was
+    played): the input reports 0 lost and 0 late, never -1 per copy."""
+    gw = stepped_gateway
+    port = free_port(socket.SOCK_DGRAM)
+    created = await add_input(gw, "copies", type="rtp", port=port, codec="PCMU")
+    sink = await l16_listener(gw, "copies")
+    schedule = []
+    for i, payload in enumerate(pcmu_tone(440, 2.0)):
+        seq = (65500 + i) & 0xFFFF  # wraps
+        packet = struct.pack("!BBHII", 0x80, 0, seq, i * 160, 0xBEEF) + payload
+        schedule.append((i * 0.020 + 0.001, packet))
+        if i % 10 == 5:
+            schedule.append((i * 0.020 + 0.101, packet))
+    await send_by_tick(gw, created["id"], port, sorted(schedule, key=lambda x: x[0]), 110)
+    _, info = await api(gw, "GET", f"/api/v1/streams/copies/inputs/{created['id']}")
+    assert info["packets"] == len(schedule) and (info["lost"], info["late"]) == (0, 0), info
+    assert_tone(active(l16(sink.drain()))[: int(1.8 * 48000)], 440, min_seconds=1.5)
+    sink.close()
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from audio_checks import assert_tone
 from conftest import free_port, need_program
+from stepping import RtpSink, send_tone
 
 from gateway.codecs.g711 import ulaw_decode
 from gateway.webrtc.client import Publisher, ToneTrack
@@ -49,18 +50,8 @@ async def publish_tone(gw, stream: str, freq: float) -> Publisher:
     return pub
 
 
-@pytest.mark.parametrize("codec", ["PCMU", "G722", "opus"])
-async def test_ffmpeg_records_an_rtp_output_from_its_sdp(gateway, tmp_path, codec):
-    need_program("ffmpeg")
-    pub = await publish_tone(gateway, "tone", 440)
-    port = free_port(socket.SOCK_DGRAM)
-    out = await add_output(gateway, "tone", host="127.0.0.1", port=port, codec=codec)
-    status, sdp = await api(gateway, "GET", f"/api/v1/streams/tone/outputs/{out['id']}/sdp")
-    assert status == 200 and f"m=audio {port} RTP/AVP" in sdp
-    sdp_file = tmp_path / f"{codec}.sdp"
-    sdp_file.write_text(sdp)
-    wav = tmp_path / f"{codec}.wav"
-    proc = await asyncio.create_subprocess_exec(
+async def ffmpeg_records(sdp_file, wav, seconds: float) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         "ffmpeg",
         "-hide_banner",
         "-loglevel",
@@ -70,12 +61,43 @@ async def test_ffmpeg_records_an_rtp_output_from_its_sdp(gateway, tmp_path, code
         "-i",
         str(sdp_file),
         "-t",
-        "4",
+        str(seconds),
         "-y",
         str(wav),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def output_sdp_file(gw, tmp_path, out: dict, port: int, codec: str):
+    status, sdp = await api(gw, "GET", f"/api/v1/streams/tone/outputs/{out['id']}/sdp")
+    assert status == 200 and f"m=audio {port} RTP/AVP" in sdp
+    sdp_file = tmp_path / f"{codec}.sdp"
+    sdp_file.write_text(sdp)
+    return sdp_file
+
+
+async def udp_port_bound(port: int, timeout: float = 10.0) -> None:
+    """Wait until some process listens on UDP ``port`` (read from /proc: no probe bind
+    that could steal the port from it)."""
+    suffix = f":{port:04X}"
+    async with asyncio.timeout(timeout):
+        while True:
+            for table in ("/proc/net/udp", "/proc/net/udp6"):
+                with open(table) as f:
+                    if any(line.split()[1].endswith(suffix) for line in list(f)[1:]):
+                        return
+            await asyncio.sleep(0.02)
+
+
+async def test_ffmpeg_records_an_rtp_output_from_its_sdp_in_real_time(gateway, tmp_path):
+    need_program("ffmpeg")
+    pub = await publish_tone(gateway, "tone", 440)
+    port = free_port(socket.SOCK_DGRAM)
+    out = await add_output(gateway, "tone", host="127.0.0.1", port=port, codec="opus")
+    sdp_file = await output_sdp_file(gateway, tmp_path, out, port, "opus")
+    wav = tmp_path / "opus.wav"
+    proc = await ffmpeg_records(sdp_file, wav, 4)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     samples, rate = read_wav(wav)
@@ -85,7 +107,33 @@ async def test_ffmpeg_records_an_rtp_output_from_its_sdp(gateway, tmp_path, code
     await pub.delete()
 
 
+@pytest.mark.parametrize("codec", ["PCMU", "G722", "opus"])
+async def test_ffmpeg_records_an_rtp_output_from_its_sdp(stepped_gateway, tmp_path, codec):
+    """The same on a stepped clock: ffmpeg gets 6 s of packets as fast as they are made."""
+    need_program("ffmpeg")
+    gw = stepped_gateway
+    send_tone(gw, "tone", 440)
+    port = free_port(socket.SOCK_DGRAM)
+    out = await add_output(gw, "tone", host="127.0.0.1", port=port, codec=codec)
+    sdp_file = await output_sdp_file(gw, tmp_path, out, port, codec)
+    wav = tmp_path / f"{codec}.wav"
+    proc = await ffmpeg_records(sdp_file, wav, 4)
+    await udp_port_bound(port)
+    await gw.step(300)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    samples, rate = read_wav(wav)
+    assert len(samples) == 4 * rate
+    assert_tone(samples[rate // 2 :], 440, rate=rate)
+    status, _ = await api(gw, "DELETE", f"/api/v1/streams/tone/outputs/{out['id']}")
+    assert status == 204
+
+
+TSHARK_PACKETS = 250
+
+
 async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
+    """Real-time pacing as a monitoring tool sees it: 5 s of packets, no loss, no jitter."""
     need_program("tshark")
     pub = await publish_tone(gateway, "clean", 440)
     port = free_port(socket.SOCK_DGRAM)
@@ -98,8 +146,10 @@ async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
         "lo",
         "-f",
         f"udp and host 127.0.0.1 and dst port {port}",
+        "-c",
+        str(TSHARK_PACKETS),  # 5 s of 20 ms packets, then it prints its statistics
         "-a",
-        "duration:11",
+        "duration:30",
         "-q",
         "-d",
         f"udp.port=={port},rtp",
@@ -108,7 +158,9 @@ async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    await asyncio.sleep(1.0)  # let the capture start
+    async with asyncio.timeout(10):  # until the capture has started
+        while b"Capturing on" not in await cap.stderr.readline():
+            pass
     out = await add_output(gateway, "clean", host="127.0.0.1", port=port, codec="PCMU")
     stdout, stderr = await asyncio.wait_for(cap.communicate(), 30)
     text = stdout.decode()
@@ -125,7 +177,7 @@ async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
     assert match, row
     packets, lost = int(match.group(1)), int(match.group(2))
     max_delta, max_jitter = (float(x) for x in match.group(4).split()[2::3])
-    assert packets >= 450, row  # ~10 s of 20 ms packets
+    assert packets == TSHARK_PACKETS, row
     assert lost == 0, row
     assert max_jitter < 5.0, row
     assert "X" not in match.group(5), f"tshark flags a problem: {row}"
@@ -135,7 +187,7 @@ async def test_tshark_sees_a_clean_pcmu_stream(gateway, tmp_path):
     await pub.delete()
 
 
-async def test_multicast_output_reaches_a_group_member(gateway):
+async def test_multicast_output_reaches_a_group_member(stepped_gateway):
     group, port = "239.255.42.42", free_port(socket.SOCK_DGRAM)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -145,27 +197,19 @@ async def test_multicast_output_reaches_a_group_member(gateway):
         rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
     except OSError as exc:
         pytest.fail(f"cannot join {group} on loopback: {exc}")
-    rx.setblocking(False)
-    gw = gateway
+    sink = RtpSink(rx)
+    gw = stepped_gateway
     gw.gateway.rtp_outputs.sockets.multicast_interface = "127.0.0.1"
-    pub = await publish_tone(gw, "mc", 440)
+    send_tone(gw, "mc", 440)
     out = await add_output(gw, "mc", host=group, port=port, codec="PCMU", ttl=1)
     assert out["multicast"] is True
-    loop = asyncio.get_running_loop()
-    payloads = []
-    deadline = loop.time() + 4
-    while loop.time() < deadline:
-        try:
-            data = await asyncio.wait_for(loop.sock_recv(rx, 2048), 1)
-        except TimeoutError:
-            break
-        payloads.append(data[12:])
-    rx.close()
-    assert len(payloads) > 100, f"only {len(payloads)} multicast packets"
-    pcm = ulaw_decode(b"".join(payloads[-150:]))
-    assert_tone(pcm, 440, rate=8000, min_seconds=2.5)
+    await gw.step(150)
+    packets = await sink.wait_for(150)
+    sink.close()
+    assert len(packets) == 150, f"{len(packets)} multicast packets for 150 frames"
+    pcm = ulaw_decode(b"".join(p[12:] for p in packets))
+    assert_tone(pcm, 440, rate=8000, min_seconds=3.0)
     await api(gw, "DELETE", f"/api/v1/streams/mc/outputs/{out['id']}")
-    await pub.delete()
 
 
 @pytest.mark.parametrize(
@@ -187,22 +231,35 @@ async def test_bad_output_requests_name_the_field(gateway, body, field):
     assert data["errors"][0]["field"] == field, data
 
 
-async def test_unreachable_destination_is_counted_not_fatal(gateway):
-    pub = await publish_tone(gateway, "unreach", 440)
+async def test_a_bad_request_names_every_bad_field_and_creates_nothing(gateway):
+    body = {"type": "rtp", "host": "127.0.0.1", "port": "5004", "ttl": 0, "bitrate": 5999,
+            "colour": "red"}
+    status, data = await api(gateway, "POST", "/api/v1/streams/x/outputs", body)
+    assert status == 400, data
+    assert {(e["field"], e["message"]) for e in data["errors"]} == {
+        ("port", "must be an integer"), ("ttl", "must be 1-255"),
+        ("bitrate", "must be 6000-510000"), ("colour", "unknown field")}
+    assert all(e["message"] in data["detail"] for e in data["errors"])
+    assert not gateway.gateway.rtp_outputs.outputs and "x" not in gateway.gateway.registry.streams
+
+
+async def test_unreachable_destination_is_counted_not_fatal(stepped_gateway):
+    gateway = stepped_gateway
+    send_tone(gateway, "unreach", 440)
     # the kernel refuses broadcast without SO_BROADCAST: a send error that never leaves the host
     bad = await add_output(gateway, "unreach", host="255.255.255.255", port=5004, codec="PCMU")
     nobody = free_port(socket.SOCK_DGRAM)
     closed = await add_output(gateway, "unreach", host="127.0.0.1", port=nobody)
-    port = free_port(socket.SOCK_DGRAM)
-    good = await add_output(gateway, "unreach", host="127.0.0.1", port=port, codec="PCMU")
-    await asyncio.sleep(1.5)
+    sink = RtpSink()
+    good = await add_output(gateway, "unreach", host="127.0.0.1", port=sink.port, codec="PCMU")
+    await gateway.step(75)
     _, bad_info = await api(gateway, "GET", f"/api/v1/streams/unreach/outputs/{bad['id']}")
     _, good_info = await api(gateway, "GET", f"/api/v1/streams/unreach/outputs/{good['id']}")
-    assert bad_info["errors"] > 10 and bad_info["packets"] == 0
-    assert good_info["packets"] > 50 and good_info["errors"] == 0
+    assert bad_info["errors"] >= 75 and bad_info["packets"] == 0  # RTP, and RTCP reports
+    assert good_info["packets"] == 75 == len(sink.drain()) and good_info["errors"] == 0
     _, closed_info = await api(gateway, "GET", f"/api/v1/streams/unreach/outputs/{closed['id']}")
-    assert closed_info["packets"] > 50  # nobody listening: ICMP is not our problem
-    await pub.delete()
+    assert closed_info["packets"] == 75  # nobody listening: ICMP is not our problem
+    sink.close()
 
 
 async def test_outputs_share_encoders_by_codec_and_ptime(gateway):
@@ -222,6 +279,7 @@ async def test_outputs_share_encoders_by_codec_and_ptime(gateway):
 
 
 async def test_outputs_and_inputs_declared_in_config_start_with_the_gateway(gateway_factory):
+    """As docs/rtp.md writes them: an output entry needs no "type"."""
     in_port, out_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", out_port))
@@ -231,7 +289,6 @@ async def test_outputs_and_inputs_declared_in_config_start_with_the_gateway(gate
             "inputs": [{"stream": "cfg", "port": in_port, "codec": "PCMU"}],
             "outputs": [
                 {
-                    "type": "rtp",
                     "stream": "cfg",
                     "host": "127.0.0.1",
                     "port": out_port,
@@ -254,7 +311,7 @@ async def test_outputs_and_inputs_declared_in_config_start_with_the_gateway(gate
 async def test_bad_config_entry_stops_startup_naming_it(gateway_factory):
     from gateway.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"rtp.outputs\[0\]: codec"):
+    with pytest.raises(ConfigError, match=r"rtp\.outputs\[0\]\.codec"):
         await gateway_factory(
             rtp={
                 "outputs": [

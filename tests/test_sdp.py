@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.codecs.spec import G722, OPUS, PCMA, PCMU
-from gateway.sdp import SdpError, answer, parse_audio
+from gateway.sdp import SdpError, answer, check_target, parse_audio
 
 BARESIP = (
     "v=0\r\no=- 123 456 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -76,3 +76,38 @@ def test_any_text_raises_only_sdp_error(text):
         parse_audio(text)
     except SdpError:
         pass
+
+
+def _offer(address: str, port: int = 4000) -> str:
+    return f"v=0\r\nc=IN IP4 {address}\r\nm=audio {port} RTP/AVP 0\r\n"
+
+
+@pytest.mark.parametrize(("address", "port", "initial", "warning", "words"), [
+    ("pbx.example.org", 4000, True, 301, "not an IP address"),
+    ("pbx.example.org", 4000, False, 301, "not an IP address"),
+    ("255.255.255.255", 4000, False, 301, "broadcast"),
+    ("::ffff:255.255.255.255", 4000, True, 301, "broadcast"),
+    ("239.1.2.3", 4000, True, 330, "multicast"),
+    ("ff0e::1", 4000, False, 330, "multicast"),
+    ("0.0.0.0", 4000, True, 301, "initial offer"),
+    ("::", 4000, True, 301, "initial offer"),
+    ("192.0.2.7", 0, True, 304, "port 0"),
+    ("0.0.0.0", 0, False, 304, "port 0"),
+])
+def test_media_targets_rtp_must_not_go_to(address, port, initial, warning, words):
+    with pytest.raises(SdpError, match=words) as raised:
+        check_target(parse_audio(_offer(address, port)), initial)
+    assert raised.value.warning == warning
+
+
+@pytest.mark.parametrize(("address", "initial", "hold"), [
+    ("192.0.2.7", True, False),
+    ("2001:db8::7", True, False),
+    ("127.0.0.1", False, False),
+    ("0.0.0.0", False, True),  # RFC 2543 hold in a re-offer
+    ("0:0::0", False, True),
+])
+def test_unicast_targets_and_hold_in_a_reoffer_are_fine(address, initial, hold):
+    desc = parse_audio(_offer(address))
+    assert check_target(desc, initial) is hold
+    assert desc.on_hold is hold

@@ -44,7 +44,7 @@ async def test_sigterm_hangs_up_finalizes_and_exits_0(tmp_path):
         if proc.returncode is None:
             proc.kill()
         await pub.pc.close()
-        phone.close()
+        await phone.close()
     assert code == 0
     assert took < 5.0 + 1.0, f"exit took {took:.1f} s"
     assert not list(recordings.rglob("*.part"))

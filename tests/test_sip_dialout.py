@@ -7,13 +7,17 @@ import asyncio
 
 from audio_checks import assert_tone
 from sip_phone import Phone, decode, sdp_offer
-from test_rtp_output import api, publish_tone
+from stepping import send_tone
+from test_rtp_output import api
 
 from gateway.sip.digest import DigestServer, parse_credentials
+from gateway.sip.message import Request
 
 
-async def start(gateway_factory, **sip):
-    return await gateway_factory(sip={"port": 0, **sip}, streams={"declared": ["room"]})
+async def start(gateway_factory, stepped: bool = False, **sip):
+    """A gateway with SIP; ``stepped``: on a stepped media clock (``phone.heard(gw, n)``)."""
+    return await gateway_factory(stepped=stepped, sip={"port": 0, **sip},
+                                 streams={"declared": ["room"]})
 
 
 async def dial(gw, uri: str, **extra) -> dict:
@@ -29,9 +33,20 @@ async def state_of(gw, call_id: str) -> dict:
     return body
 
 
+async def hang_up_by_api(gw, call: dict, phone: Phone) -> Request:
+    """DELETE the call's output; the phone answers the BYE it gets meanwhile (the DELETE
+    returns once the BYE is answered)."""
+    delete = asyncio.ensure_future(
+        api(gw, "DELETE", f"/api/v1/streams/room/outputs/{call['id']}"))
+    bye = await phone.expect_request("BYE", timeout=2.0)
+    status, _ = await delete
+    assert status == 204
+    return bye
+
+
 async def test_dial_out_plays_the_stream_and_delete_hangs_up_with_bye(gateway_factory):
-    gw = await start(gateway_factory)
-    pub = await publish_tone(gw, "room", 440)
+    gw = await start(gateway_factory, stepped=True)
+    send_tone(gw, "room", 440)
     phone = Phone(gw.gateway.sip.port, "alice")
     call = await dial(gw, f"sip:alice@127.0.0.1:{phone.port}")
     assert call["state"] == "calling" and call["direction"] == "out"
@@ -43,25 +58,23 @@ async def test_dial_out_plays_the_stream_and_delete_hangs_up_with_bye(gateway_fa
     await phone.answer(invite, 200, sdp_offer(phone.rtp_port, "0 101"))
     ack = await phone.expect("ACK")
     assert ack.cseq == (invite.cseq[0], "ACK")
-    packets = await phone.collect_rtp(2.0)
-    assert_tone(decode(packets)[4000:], 440, rate=8000, min_seconds=1.0)
+    packets = await phone.heard(gw, 100)
+    assert len(packets) == 100
+    assert_tone(decode(packets), 440, rate=8000, min_seconds=2.0)
     info = await state_of(gw, call["id"])
-    assert info["state"] == "active" and info["codec"] == "PCMU" and info["packets"] > 50
-    status, _ = await api(gw, "DELETE", f"/api/v1/streams/room/outputs/{call['id']}")
-    assert status == 204
-    bye = await phone.expect("BYE")
-    await phone.answer(bye, 200)
+    assert info["state"] == "active" and info["codec"] == "PCMU" and info["packets"] == 100
+    bye = await hang_up_by_api(gw, call, phone)
     assert bye.call_id == invite.call_id
     ended = await state_of(gw, call["id"])
     assert ended["state"] == "ended" and "API" in ended["end_reason"]
-    await pub.delete()
-    phone.close()
+    assert await phone.heard(gw, 25) == []
+    await phone.close()
 
 
 async def test_dial_out_follows_a_redirect_and_answers_a_digest_challenge(gateway_factory):
-    gw = await start(gateway_factory, credentials=[{"realm": "pbx", "user": "gw",
-                                                     "password": "s3cret"}])
-    pub = await publish_tone(gw, "room", 440)
+    gw = await start(gateway_factory, stepped=True,
+                     credentials=[{"realm": "pbx", "user": "gw", "password": "s3cret"}])
+    send_tone(gw, "room", 440)
     front = Phone(gw.gateway.sip.port, "front")
     alice = Phone(gw.gateway.sip.port, "alice")
     call = await dial(gw, f"sip:front@127.0.0.1:{front.port}")
@@ -82,13 +95,14 @@ async def test_dial_out_follows_a_redirect_and_answers_a_digest_challenge(gatewa
     assert third.cseq[0] > second.cseq[0]
     await alice.answer(third, 200, sdp_offer(alice.rtp_port, "8"))
     await alice.expect("ACK")
-    assert_tone(decode(await alice.collect_rtp(1.5), pt=8)[2000:], 440, rate=8000,
-                min_seconds=1.0)
+    packets = await alice.heard(gw, 75)
+    assert len(packets) == 75
+    assert_tone(decode(packets, pt=8), 440, rate=8000, min_seconds=1.5)
     info = await state_of(gw, call["id"])
     assert info["state"] == "active" and info["uri"].startswith("sip:front@")
-    await pub.delete()
-    front.close()
-    alice.close()
+    await hang_up_by_api(gw, call, alice)
+    await front.close()
+    await alice.close()
 
 
 async def test_dial_out_busy_is_reported(gateway_factory):
@@ -102,13 +116,13 @@ async def test_dial_out_busy_is_reported(gateway_factory):
     info = await state_of(gw, call["id"])
     assert info["state"] == "ended" and info["status"] == 486
     assert gw.gateway.sip.ports.in_use == set()
-    phone.close()
+    await phone.close()
 
 
 async def test_unanswered_dial_out_is_cancelled_at_its_timeout(gateway_factory):
     gw = await start(gateway_factory)
     phone = Phone(gw.gateway.sip.port)
-    call = await dial(gw, f"sip:bob@127.0.0.1:{phone.port}", timeout_s=1.5)
+    call = await dial(gw, f"sip:bob@127.0.0.1:{phone.port}", timeout_s=1.0)
     invite = await phone.expect("INVITE")
     await phone.answer(invite, 180)
     cancel = await phone.expect("CANCEL", timeout=4.0)
@@ -119,7 +133,7 @@ async def test_unanswered_dial_out_is_cancelled_at_its_timeout(gateway_factory):
     await asyncio.sleep(0.1)
     info = await state_of(gw, call["id"])
     assert info["state"] == "ended" and info["end_reason"] == "no answer"
-    phone.close()
+    await phone.close()
 
 
 async def test_delete_while_ringing_cancels_and_a_crossing_200_gets_ack_and_bye(gateway_factory):
@@ -156,3 +170,19 @@ async def test_dial_out_bad_requests(gateway_factory):
         assert status == 400, (body, problem)
         assert problem["errors"][0]["field"] == field, (body, problem)
     assert gw.gateway.sip.calls == {}
+
+
+async def test_an_answer_naming_a_host_name_is_hung_up_and_releases_the_call(gateway_factory):
+    gw = await start(gateway_factory, stepped=True)
+    phone = Phone(gw.gateway.sip.port, "alice")
+    call = await dial(gw, f"sip:alice@127.0.0.1:{phone.port}")
+    invite = await phone.expect("INVITE")
+    await phone.answer(invite, 200, sdp_offer(phone.rtp_port, address="phone.example.org"))
+    await phone.expect("ACK")
+    bye = await phone.expect("BYE")
+    await phone.answer(bye, 200)
+    ended = await state_of(gw, call["id"])
+    assert ended["state"] == "ended" and "not an IP address" in ended["end_reason"], ended
+    assert gw.gateway.sip.calls == {} and gw.gateway.sip.ports.in_use == set()
+    assert await phone.heard(gw, 15) == []
+    await phone.close()

@@ -157,6 +157,42 @@ def test_credentials_for_another_request_uri_are_refused() -> None:
     assert reg.handle(register(cseq=2, authorization=str(credentials)), SRC, 0.0).status == 401
 
 
+def test_digest_uri_may_carry_parameters_the_request_uri_lacks(caplog) -> None:
+    """pyVoIP 1.6 answers for ``sip:host;transport=UDP`` while sending ``REGISTER sip:host``."""
+    caplog.set_level("INFO", logger="gateway.sip.registrar")
+    for digest_uri, status in ((f"sip:{REALM};transport=UDP", 200),
+                               (f"sip:{REALM.upper()};lr;transport=udp", 200),
+                               (f"sip:{REALM}:5060;transport=UDP", 401),  # port differs
+                               (f"sip:alice@{REALM};transport=UDP", 401)):  # user differs
+        reg = make_registrar()
+        first = reg.handle(register(uri=f"sip:{REALM};transport=udp"), SRC, 0.0)
+        challenge = parse_challenge(first.headers.get("WWW-Authenticate"))
+        credentials = answer_challenge(challenge, "REGISTER", digest_uri, "alice", "wonderland")
+        request = register(cseq=2, authorization=str(credentials))
+        assert reg.handle(request, SRC, 0.0).status == status, digest_uri
+    assert "uri does not match the Request-URI" in caplog.text
+    assert "wonderland" not in caplog.text and credentials.response not in caplog.text
+
+
+def test_every_refused_digest_is_logged_with_its_reason(caplog) -> None:
+    caplog.set_level("INFO", logger="gateway.sip.registrar")
+    reg = make_registrar()
+    reg.handle(register(), SRC, 0.0)
+    assert "refused" not in caplog.text  # the first, unauthenticated REGISTER is normal
+    challenge = parse_challenge(reg.handle(register(), SRC, 0.0).headers.get("WWW-Authenticate"))
+    wrong = answer_challenge(challenge, "REGISTER", f"sip:{REALM}", "alice", "looking-glass")
+    assert reg.handle(register(cseq=2, authorization=str(wrong)), SRC, 0.0).status == 401
+    assert "user 'alice'" in caplog.text and "bad response" in caplog.text
+    assert "looking-glass" not in caplog.text and wrong.response not in caplog.text
+    reg.handle(register(cseq=3, authorization='Digest username="alice", realm="other", '
+                        'nonce="n", uri="sip:x", response="00"'), SRC, 0.0)
+    assert "another realm 'other'" in caplog.text
+    reg.handle(register(cseq=4, authorization="Digest nonsense"), SRC, 0.0)
+    assert "unreadable Authorization" in caplog.text
+    reg.handle(register(cseq=5, authorization="Basic YWxpY2U6d29uZGVybGFuZA=="), SRC, 0.0)
+    assert "Authorization is not Digest" in caplog.text and "YWxp" not in caplog.text
+
+
 def test_registering_someone_elses_aor_is_forbidden() -> None:
     reg = make_registrar()
     response = Phone(reg, user="bob", auth_user="alice", password="wonderland").send(0.0)

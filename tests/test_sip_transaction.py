@@ -325,17 +325,30 @@ def test_server_invite_left_ringing_is_answered_408() -> None:
 # -- server non-INVITE ----------------------------------------------------------------------
 def test_server_non_invite_absorbs_retransmissions() -> None:
     layer = TransactionLayer()
-    options = make_request("OPTIONS")
-    [event] = layer.receive(options, UDP, 0.0)
+    info = make_request("INFO")
+    [event] = layer.receive(info, UDP, 0.0)
     assert event.tx.state == State.TRYING and sent_now(layer) == []
-    assert layer.receive(options, UDP, 0.5) == [] and sent_now(layer) == []
-    ok = response_to(options, 200, to_tag="b")
+    assert layer.receive(info, UDP, 0.5) == [] and sent_now(layer) == []
+    ok = response_to(info, 200, to_tag="b")
     layer.respond(event.tx, ok, 0.6)
     assert event.tx.state == State.COMPLETED
-    assert layer.receive(options, UDP, 1.5) == []
+    assert layer.receive(info, UDP, 1.5) == []
     assert sent_now(layer) == [ok, ok]
     _, events = step(layer)
     assert events == [] and layer.transactions == 0 and layer.next_deadline() is None
+
+
+def test_options_over_udp_ends_with_its_final_and_a_retransmission_is_asked_again() -> None:
+    layer = TransactionLayer()
+    options = make_request("OPTIONS")
+    [event] = layer.receive(options, UDP, 0.0)
+    ok = response_to(options, 200, to_tag="b")
+    layer.respond(event.tx, ok, 0.1)
+    assert event.tx.state == State.TERMINATED and layer.transactions == 0
+    assert layer.next_deadline() is None and sent_now(layer) == [ok]
+    # the client did not get the 200 and retransmits: the TU answers it again
+    [again] = layer.receive(options, UDP, 0.5)
+    assert isinstance(again, RequestReceived) and again.tx is not event.tx
 
 
 def test_server_non_invite_over_tcp_ends_with_its_final() -> None:

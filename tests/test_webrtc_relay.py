@@ -1,4 +1,7 @@
-"""WHIP in, WHEP out over real aiortc peers on loopback: every listener hears its stream."""
+"""WHIP in, WHEP out over real aiortc peers on loopback: every listener hears its stream.
+
+(The forwarding core's own properties, heard through RTP outputs on a stepped clock, are in
+test_fanout.py.)"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 from audio_checks import active, assert_tone, dominant_frequency
 
 from gateway.ingress.webrtc import PacketTap
+from gateway.webrtc.aiortc_patches import jitter_buffer
 from gateway.webrtc.client import Listener, Publisher, ToneTrack
 
 
@@ -27,47 +31,28 @@ async def listen(gw, stream: str, codecs: list[str] | None = None) -> Listener:
     return lis
 
 
-def band_level(samples: np.ndarray, freq: float, rate: int = 48000) -> float:
-    """Spectral magnitude around ``freq`` relative to the spectrum's peak, in dB."""
-    spec = np.abs(np.fft.rfft(samples.astype(float) * np.hanning(len(samples))))
-    k = int(round(freq * len(samples) / rate))
-    return 20 * np.log10(spec[k - 3 : k + 4].max() / spec.max())
-
-
-async def test_two_streams_reach_their_own_listeners_including_a_late_joiner(gateway):
-    pub_a = await publish(gateway, "a", 440)
-    pub_b = await publish(gateway, "b", 880)
-    early = [await listen(gateway, "a"), await listen(gateway, "a")]
-    on_b = await listen(gateway, "b")
-    await asyncio.sleep(2)
-    late = await listen(gateway, "a")
-    await asyncio.sleep(4)
-
-    for lis in [*early, late]:
-        audio = active(lis.audio())
-        assert_tone(audio, 440)
-        assert band_level(audio, 880) < -40, "stream b leaked into a listener of a"
-    audio_b = active(on_b.audio())
-    assert_tone(audio_b, 880)
-    assert band_level(audio_b, 440) < -40, "stream a leaked into a listener of b"
-    # the late joiner started at the live head: it heard ~4 s, not a replay from the start
-    assert len(late.audio()) / 48000 < len(early[0].audio()) / 48000 - 1.5
-    for client in [pub_a, pub_b, *early, on_b, late]:
-        assert await client.delete() == 200
+async def sound(lis: Listener, seconds: float, timeout: float = 10.0) -> np.ndarray:
+    """The listener's audio from its first sound on, once it holds ``seconds`` of it (real
+    time: as soon as it has arrived, however loaded the machine)."""
+    async with asyncio.timeout(timeout):
+        while len(heard := active(lis.audio(), rate=lis.sample_rate or 48000)) \
+                < seconds * (lis.sample_rate or 48000):
+            await asyncio.sleep(0.05)
+    return heard
 
 
 async def test_ten_listeners_share_exactly_one_opus_encoder(gateway):
     pub = await publish(gateway, "shared", 440)
     listeners = await asyncio.gather(*(listen(gateway, "shared") for _ in range(10)))
-    await asyncio.sleep(2)
+    heard = [await sound(lis, 1.0) for lis in listeners]
     stream = gateway.gateway.registry.get("shared")
-    encoders = stream.info()["encoders"]
+    encoders = stream.info().encoders
     assert len(encoders) == 1
-    assert encoders[0]["codec"] == "opus" and encoders[0]["subscribers"] == 10
+    assert encoders[0].codec == "opus" and encoders[0].subscribers == 10
     stats = gateway.gateway.stats()
-    assert stats["encoders_active"] == 1 and stats["encoders_created_total"] >= 1
-    for lis in listeners:
-        assert_tone(active(lis.audio()), 440, min_seconds=1.0)
+    assert stats.encoders_active == 1 and stats.encoders_created_total >= 1
+    for audio in heard:
+        assert_tone(audio, 440, min_seconds=1.0)
     # the counter is also in the HTTP API
     import aiohttp
 
@@ -82,45 +67,6 @@ async def test_ten_listeners_share_exactly_one_opus_encoder(gateway):
     await pub.delete()
 
 
-async def test_a_stalled_listener_does_not_slow_the_others(gateway):
-    track = ToneTrack(440)
-    pub = Publisher(gateway.url, "s", track)
-    await pub.negotiate()
-    await pub.connected()
-    stalled = await listen(gateway, "s")
-    others = [await listen(gateway, "s") for _ in range(3)]
-    await asyncio.sleep(1)
-    stalled.paused = True
-    sent0 = len(track.sent_at)
-    got0 = [lis.frames for lis in others]
-    await asyncio.sleep(5)
-    sent = len(track.sent_at) - sent0
-    for lis, before in zip(others, got0, strict=True):
-        ratio = (lis.frames - before) / sent
-        assert ratio >= 0.99, f"listener got {ratio:.3f} of the frames sent"
-    for client in [pub, stalled, *others]:
-        await client.delete()
-
-
-async def test_republish_continues_the_stream_for_connected_listeners(gateway):
-    pub = await publish(gateway, "re", 440)
-    lis = await listen(gateway, "re")
-    await asyncio.sleep(3)
-    first = len(lis.audio())
-    assert await pub.delete() == 200
-    await asyncio.sleep(0.5)
-    pub2 = await publish(gateway, "re", 660)
-    await asyncio.sleep(3.5)
-    audio = lis.audio()
-    assert_tone(active(audio[:first]), 440, min_seconds=2)
-    assert_tone(audio[-3 * 48000 :], 660)
-    assert lis.pc.connectionState == "connected"
-    session = next(s for s in gateway.gateway.sessions.values() if s.role == "listener")
-    assert session.stream.senders_total == 2
-    await pub2.delete()
-    await lis.delete()
-
-
 async def test_second_live_publisher_gets_409(gateway):
     pub = await publish(gateway, "busy", 440)
     await asyncio.sleep(0.5)
@@ -132,16 +78,20 @@ async def test_second_live_publisher_gets_409(gateway):
         assert "409" in str(exc)
     finally:
         await other.pc.close()
-    await pub.delete()
+    assert await pub.delete() == 200
+    again = await publish(gateway, "busy", 660)  # the DELETE freed the stream's sender slot
+    assert gateway.gateway.registry.get("busy").senders_total == 2
+    await again.delete()
 
 
 async def test_listener_before_sender_hears_audio_once_published(gateway):
     lis = await listen(gateway, "early")
-    await asyncio.sleep(1)
+    async with asyncio.timeout(10):
+        while len(lis.audio()) < 48000 // 2:
+            await asyncio.sleep(0.05)
     assert np.abs(lis.audio()).max(initial=0) == 0  # silence frames while nobody sends
     pub = await publish(gateway, "early", 550)
-    await asyncio.sleep(4)
-    assert_tone(active(lis.audio()), 550)
+    assert_tone(await sound(lis, 1.5), 550, min_seconds=1.5)
     await pub.delete()
     await lis.delete()
 
@@ -153,13 +103,13 @@ async def test_offer_preferring_g711_or_g722_gets_it(gateway):
         "PCMA": await listen(gateway, "tel", ["audio/PCMA"]),
         "G722": await listen(gateway, "tel", ["audio/G722"]),
     }
-    await asyncio.sleep(4)
-    codecs = {s.info()["codec"] for s in gateway.gateway.sessions.values() if s.role == "listener"}
+    codecs = {s.info().codec for s in gateway.gateway.sessions.values() if s.role == "listener"}
     assert codecs == {"PCMU", "PCMA", "G722"}
     for name, lis in listeners.items():
+        audio = await sound(lis, 1.5)
         rate = lis.sample_rate
         assert rate == (16000 if name == "G722" else 8000)
-        assert_tone(active(lis.audio(), rate=rate), 440, rate=rate)
+        assert_tone(audio, 440, rate=rate, min_seconds=1.5)
     assert len(gateway.gateway.registry.get("tel").egress) == 3
     for client in [pub, *listeners.values()]:
         await client.delete()
@@ -242,7 +192,7 @@ async def one_lost_packet_run(gateway, stream: str) -> tuple[float, list[float],
     sessions = gateway.gateway.sessions.values()
     session = next(s for s in sessions if s.role == "publisher" and s.stream.name == stream)
     receiver = session.pc.getTransceivers()[0].receiver
-    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, PacketTap)
+    assert isinstance(jitter_buffer(receiver), PacketTap)
     assert session.jitter.stats.lost == 1, session.info()
     dropped_at = sent["dropped_at"]
     assert dropped_at is not None
@@ -258,8 +208,7 @@ async def test_tone_frequency_survives_relay_exactly(gateway):
     """A sanity check on the checker itself: 440 is not mistaken for 450."""
     pub = await publish(gateway, "exact", 450)
     lis = await listen(gateway, "exact")
-    await asyncio.sleep(4)
-    found = dominant_frequency(active(lis.audio()))
+    found = dominant_frequency(await sound(lis, 2.0))
     assert abs(found - 450) < 2 and abs(found - 440) > 5
     await pub.delete()
     await lis.delete()

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from audio_checks import active, assert_tone
 from conftest import REQUIRE_PEERS, need_program
-from OpenSSL import SSL
 
 from gateway.webrtc import aiortc_patches
 from gateway.webrtc.client import Listener
@@ -105,22 +104,3 @@ async def test_gstreamer_needs_the_rsa_dtls_suites(gateway, monkeypatch):
     assert code != 0, "handshake succeeded without RSA suites: is GStreamer's certificate ECDSA?"
     assert "Fatal SSL error" in err or "peer connection failed" in err, err[-2000:]
     assert gateway.gateway.registry.streams["gst"].frames_from_sender == 0
-
-
-def test_dtls_context_accepts_rsa_peers():
-    """aiortc alone offers only ECDSA suites; GStreamer's RSA certificate needs these."""
-    from aiortc.rtcdtlstransport import (
-        SRTP_AEAD_AES_128_GCM,
-        SRTP_AES128_CM_SHA1_80,
-        RTCCertificate,
-    )
-
-    profiles = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
-    cert = RTCCertificate.generateCertificate()
-    original = aiortc_patches._original_create_ssl_context(cert, profiles)
-    assert not any("RSA" in c for c in SSL.Connection(original).get_cipher_list())
-
-    aiortc_patches.allow_rsa_dtls_peers()
-    ciphers = SSL.Connection(cert._create_ssl_context(profiles)).get_cipher_list()
-    assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers
-    assert "ECDHE-ECDSA-AES128-GCM-SHA256" in ciphers

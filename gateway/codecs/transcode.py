@@ -1,21 +1,31 @@
 """Encoders and decoders between canonical 48 kHz frames and codec payloads.
 
 One encoder turns one canonical 20 ms frame into one RTP payload. Decoders return
-48 kHz int16 samples of whatever duration the payload held.
+48 kHz int16 samples of whatever duration the payload held. Decoders of codecs with
+their own loss concealment also have ``conceal()`` (one lost packet's worth of audio:
+libopus PLC, G.711 Appendix I); the Opus decoder has ``recover(following)`` too (a lost
+packet from the in-band FEC of the packet after it). Other codecs are concealed by the
+ingress (fade-repeat).
 """
 
 from __future__ import annotations
 
 import fractions
+import logging
+from functools import cache
 from typing import Protocol
 
 import av
 import numpy as np
 
 from ..core.audio import FRAME_SAMPLES, SAMPLE_RATE
-from . import g711
+from . import g711, libopus
+from .g711_plc import G711Concealer
+from .opus_encoder import LibOpusEncoder
 from .resample import Resampler
 from .spec import G722, OPUS, PCMA, PCMU, CodecSpec, check_ptime
+
+log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
@@ -62,13 +72,24 @@ class L16Decoder:
 
 
 class G711Decoder:
+    """G.711 with Appendix I style concealment at 8 kHz, before the resampler."""
+
     def __init__(self, spec: CodecSpec) -> None:
         self.spec = spec
         self._up = Resampler(spec.sample_rate, SAMPLE_RATE)
         self._decode = g711.ulaw_decode if spec is PCMU else g711.alaw_decode
+        self._plc = G711Concealer()
+        self._last_samples = spec.sample_rate // 50
 
     def decode(self, payload: bytes) -> np.ndarray:
-        return self._up.process(self._decode(payload))
+        pcm = self._decode(payload)
+        if len(pcm):
+            self._last_samples = len(pcm)
+        return self._up.process(self._plc.received(pcm))
+
+    def conceal(self) -> np.ndarray:
+        """One lost packet (as long as the last one received)."""
+        return self._up.process(self._plc.conceal(self._last_samples))
 
 
 class PyAVEncoder:
@@ -84,7 +105,10 @@ class PyAVEncoder:
         ctx.time_base = fractions.Fraction(1, spec.sample_rate)
         if spec is OPUS:
             ctx.bit_rate = bitrate or 64000
-            ctx.options = {"application": "audio", "frame_duration": str(ptime)}
+            # constrained VBR: on a steady tone libopus's free VBR runs 30 % over the
+            # bitrate; listeners' links and the cluster's budget need the rate asked for
+            ctx.options = {"application": "audio", "frame_duration": str(ptime),
+                           "vbr": "constrained"}
         self._ctx = ctx
         self._down = Resampler(SAMPLE_RATE, spec.sample_rate)
         self._pts = 0
@@ -128,6 +152,45 @@ class PyAVDecoder:
         return self._up.process(np.concatenate(chunks))
 
 
+#: Packets (10 s of 20 ms) after the last one with FEC that a sender still counts as adding it.
+FEC_MEMORY = 500
+
+
+class LibOpusDecoder:
+    """Opus through libopus itself: 48 kHz mono out, PLC and in-band FEC for losses."""
+
+    def __init__(self, spec: CodecSpec) -> None:
+        self.spec = spec
+        self._dec = libopus.OpusDecoder()
+        self.invalid = 0  # payloads libopus refused (concealed instead)
+        self._since_fec = FEC_MEMORY  # packets decoded since the last one carrying FEC
+
+    @property
+    def fec_seen(self) -> bool:
+        """Whether the sender adds FEC (a packet of the last 10 s carried some): then a
+        missing packet's successor is worth waiting one packet for. Silent and unvoiced
+        packets carry none even then, so one packet does not decide."""
+        return self._since_fec < FEC_MEMORY
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        try:
+            pcm = self._dec.decode(payload)
+        except libopus.LibOpusError:
+            self.invalid += 1
+            return self._dec.conceal()
+        self._since_fec = 0 if libopus.has_lbrr(payload) else self._since_fec + 1
+        return pcm
+
+    def conceal(self) -> np.ndarray:
+        return self._dec.conceal()
+
+    def recover(self, following: bytes) -> np.ndarray | None:
+        try:
+            return self._dec.recover(following)
+        except libopus.LibOpusError:
+            return None
+
+
 def make_encoder(spec: CodecSpec, bitrate: int | None = None) -> Encoder:
     """A 20 ms encoder: one canonical frame in, one payload out."""
     if spec in (PCMU, PCMA):
@@ -144,9 +207,22 @@ def make_decoder(spec: CodecSpec) -> Decoder:
         return G711Decoder(spec)
     if spec.name == "L16":
         return L16Decoder(spec)
+    if spec is OPUS:
+        if libopus.available():
+            return LibOpusDecoder(spec)
+        _warn_no_libopus()
     if spec in (OPUS, G722):
-        return PyAVDecoder(spec)
+        return PyAVDecoder(spec)  # Opus too when libopus cannot be loaded: no PLC or FEC
     raise ValueError(f"no decoder for {spec.name}")
+
+
+@cache
+def _warn_no_libopus() -> None:
+    try:
+        libopus.library()
+    except libopus.LibOpusError as exc:
+        log.warning("Opus losses are faded, not concealed by libopus or FEC, and the "
+                    "gateway's Opus encoders add no FEC: %s", exc)
 
 
 #: Payload bytes per second of the sample codecs (fixed rate, no framing).
@@ -162,20 +238,37 @@ class Packetizer:
     """Canonical 20 ms frames in, payloads of ``ptime`` ms out.
 
     Sample codecs (G.711, G.722, L16) are encoded per frame and their bytes re-cut to the
-    packet time; Opus encodes at the packet time itself (10/20/40/60 ms frames).
+    packet time; Opus encodes at the packet time itself (10/20/40/60 ms frames), through
+    libopus directly so that its in-band FEC can follow listeners' reported loss.
     """
 
     def __init__(self, spec: CodecSpec, ptime: int = 20, bitrate: int | None = None) -> None:
         self.spec = spec
         self.ptime = check_ptime(spec, ptime)
         self.timestamp_step = spec.timestamp_step(ptime)
+        self._opus: LibOpusEncoder | PyAVEncoder | None = None
         if spec is OPUS:
-            self._opus: PyAVEncoder | None = PyAVEncoder(spec, bitrate, ptime)
+            if libopus.available():
+                self._opus = LibOpusEncoder(bitrate or 64000, ptime)
+            else:  # FEC cannot follow listeners' loss then (logged once)
+                _warn_no_libopus()
+                self._opus = PyAVEncoder(spec, bitrate, ptime)
         else:
-            self._opus = None
             self._encoder = make_encoder(spec, bitrate)
             self._bytes_per_packet = BYTES_PER_SECOND[spec.name](spec) * ptime // 1000
             self._pending = b""
+
+    @property
+    def expected_loss(self) -> int | None:
+        """The loss (percent) Opus's in-band FEC protects against; None for other codecs."""
+        if self._opus is None:
+            return None
+        return self._opus.loss_percent if isinstance(self._opus, LibOpusEncoder) else 0
+
+    def set_expected_loss(self, percent: int) -> None:
+        """Opus: turn in-band FEC on for ``percent`` expected loss (0: off); others: no-op."""
+        if isinstance(self._opus, LibOpusEncoder):
+            self._opus.set_expected_loss(percent)
 
     def encode(self, frame: np.ndarray) -> list[bytes]:
         if self._opus is not None:

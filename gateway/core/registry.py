@@ -6,16 +6,16 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from .audio import FRAME_SECONDS
+from .audio import SILENCE
+from .clock import MediaClock, Phase, RealTimeClock
+from .counters import GatewayCounters
 from .stream import Stream
 
 log = logging.getLogger(__name__)
 
 STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,63}$")
-#: If the event loop stalls longer than this, the clock jumps instead of bursting frames.
-MAX_CATCH_UP_FRAMES = 10
 
 
 class UnknownStream(KeyError):
@@ -32,7 +32,7 @@ def check_stream_name(name: str) -> str:
 
 
 class StreamRegistry:
-    """Owns every stream; one clock task ticks all of them every 20 ms."""
+    """Owns every stream; one clock task ticks all of them every 20 ms (of ``clock``)."""
 
     def __init__(
         self,
@@ -40,19 +40,22 @@ class StreamRegistry:
         allow_dynamic: bool = True,
         idle_timeout: float = 60.0,
         declared: tuple[str, ...] = (),
+        clock: MediaClock | None = None,
     ) -> None:
         self.ring_frames = ring_frames
         self.allow_dynamic = allow_dynamic
         self.idle_timeout = idle_timeout
+        self.clock: MediaClock = clock if clock is not None else RealTimeClock()
         self.streams: dict[str, Stream] = {}
-        self.clock_late_ticks = 0  # ticks skipped because the loop stalled
+        self.counters = GatewayCounters()  # this gateway's, shared by its streams
         self.ticks = 0
         self._task: asyncio.Task[None] | None = None
         #: Called with each stream as it is created or removed (analysers, auto-recording).
         self.on_created: list[Callable[[Stream], None]] = []
         self.on_removed: list[Callable[[Stream], None]] = []
         for name in declared:
-            self.streams[name] = Stream(check_stream_name(name), ring_frames, persistent=True)
+            self.streams[name] = Stream(check_stream_name(name), ring_frames, persistent=True,
+                                       counters=self.counters)
 
     def get(self, name: str) -> Stream:
         try:
@@ -65,7 +68,7 @@ class StreamRegistry:
         if stream is None:
             if not self.allow_dynamic:
                 raise UnknownStream(name)
-            stream = Stream(check_stream_name(name), self.ring_frames)
+            stream = Stream(check_stream_name(name), self.ring_frames, counters=self.counters)
             self.streams[name] = stream
             log.info("stream %s created", name)
             self._notify(self.on_created, stream)
@@ -85,7 +88,7 @@ class StreamRegistry:
             if stream.persistent:
                 self._notify(self.on_created, stream)
         if self._task is None:
-            self._task = asyncio.create_task(self._run_clock(), name="media-clock")
+            self._task = asyncio.create_task(self.clock.run(self), name="media-clock")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -98,22 +101,42 @@ class StreamRegistry:
         for stream in self.streams.values():
             stream.close()
 
-    async def _run_clock(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
-            behind = int((loop.time() - deadline) / FRAME_SECONDS)
-            if behind > MAX_CATCH_UP_FRAMES:
-                self.clock_late_ticks += behind
-                log.warning("media clock %d ticks late; jumping ahead", behind)
-                deadline += behind * FRAME_SECONDS
-            for stream in list(self.streams.values()):
-                stream.tick()
+    @property
+    def running(self) -> bool:
+        """The media clock is ticking (started, not stopped, not crashed)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def clock_late_ticks(self) -> int:
+        """Ticks skipped because the event loop stalled."""
+        return self.clock.late_ticks
+
+    def tick(self, phase: Phase = Phase.ALL) -> None:
+        """One frame on every stream (the clock calls this every 20 ms of media time):
+        at Phase.LOCAL the streams not fed by another node, at Phase.REMOTE the rest. A
+        stream whose sender changes between the two is still written once a period."""
+        if phase is not Phase.REMOTE:
             self.ticks += 1
-            if self.ticks % 50 == 0:
-                self._reap_idle()
-            deadline += FRAME_SECONDS
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+        period = self.ticks
+        for stream in list(self.streams.values()):
+            if stream.written_in == period or (phase is Phase.LOCAL and stream.fed_remotely):
+                continue
+            stream.written_in = period
+            stream.tick()
+        if phase is not Phase.REMOTE and self.ticks % 50 == 0:
+            self._reap_idle()
+
+    def skip(self, frames: int) -> None:
+        """The clock jumped ``frames`` ticks after a stall: every stream's timeline jumps
+        with it (silence, not delivered), so RTP timestamps keep following real time and
+        listeners are not left ``frames`` × 20 ms late for good."""
+        for stream in list(self.streams.values()):
+            stream.ring.advance(frames, SILENCE)
+
+    def behind(self, ignore: Collection[object] = ()) -> list[str]:
+        """Streams with a reader that has not read the newest frame or packet yet."""
+        return [name for name, stream in self.streams.items()
+                if stream.readers_behind(ignore)]
 
     def _reap_idle(self) -> None:
         now = time.monotonic()

@@ -10,6 +10,7 @@ each write: no polling, and the cost of a write does not grow with the reader co
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Collection
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -22,7 +23,8 @@ class RingClosed(Exception):
 class Ring(Generic[T]):
     """Fixed-capacity ring of items numbered by a monotonically growing index."""
 
-    __slots__ = ("capacity", "_slots", "_head", "_waiter", "_closed", "readers")
+    __slots__ = ("capacity", "_slots", "_head", "_waiter", "_closed", "readers", "_cursors",
+                 "_skipped_closed", "on_demand")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -33,6 +35,10 @@ class Ring(Generic[T]):
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.readers = 0
+        self._cursors: set[RingReader[T]] = set()  # every open reader, passive ones included
+        self._skipped_closed: dict[str, int] = {}  # what closed readers skipped, by kind
+        #: Called when the count of (non-passive) readers goes from 0 to 1 or from 1 to 0.
+        self.on_demand: Callable[[], None] | None = None
 
     @property
     def head(self) -> int:
@@ -53,18 +59,45 @@ class Ring(Generic[T]):
         self._wake()
         return index
 
+    def advance(self, count: int, filler: T) -> None:
+        """Move the head ``count`` items on without delivering them: media time that
+        passed while the event loop stalled. Readers at the head move with it (they
+        missed nothing they could have had); readers behind keep their lag, and the
+        slots passed over hold ``filler``."""
+        old = self._head
+        for index in range(old, old + min(count, self.capacity)):
+            self._slots[index % self.capacity] = filler
+        self._head = old + count
+        for reader in self._cursors:
+            if reader.cursor == old:
+                reader.cursor = self._head
+
     def close(self) -> None:
         """Tell readers the stream of items has ended."""
         self._closed = True
         self._wake()
 
-    def reader(self, passive: bool = False) -> RingReader[T]:
+    def reader(self, passive: bool = False, kind: str = "reader") -> RingReader[T]:
         """A new reader positioned at the live head (late joiners hear what comes next).
 
         A ``passive`` reader (the stream's own analysers) is not counted in ``readers``,
-        so it does not keep an otherwise idle stream alive.
+        so it does not keep an otherwise idle stream alive. ``kind`` (encoder, webrtc,
+        rtp, recording, analysis) labels its skips in ``skipped_by_kind``.
         """
-        return RingReader(self, passive)
+        return RingReader(self, passive, kind)
+
+    def skipped_by_kind(self) -> dict[str, int]:
+        """Items readers lost by being moved to the live head, by reader kind: the open
+        readers' counts plus the closed ones' (kept here, so the sums never go down)."""
+        skipped = dict(self._skipped_closed)
+        for reader in list(self._cursors):
+            skipped[reader.kind] = skipped.get(reader.kind, 0) + reader.skipped
+        return skipped
+
+    def behind(self, ignore: Collection[object] = ()) -> int:
+        """Open readers (not in ``ignore``) that have not read the newest item."""
+        head = self._head
+        return sum(1 for r in self._cursors if r.cursor != head and r not in ignore)
 
     def get(self, index: int) -> T:
         """The item at ``index``; the caller must ensure it has not been overwritten."""
@@ -89,10 +122,11 @@ class Ring(Generic[T]):
 class RingReader(Generic[T]):
     """One consumer's cursor into a ring."""
 
-    __slots__ = ("ring", "cursor", "skipped", "delivered", "_open", "_counted")
+    __slots__ = ("ring", "kind", "cursor", "skipped", "delivered", "_open", "_counted")
 
-    def __init__(self, ring: Ring[T], passive: bool = False) -> None:
+    def __init__(self, ring: Ring[T], passive: bool = False, kind: str = "reader") -> None:
         self.ring = ring
+        self.kind = kind
         self.cursor = ring.head
         self.skipped = 0
         self.delivered = 0
@@ -100,6 +134,9 @@ class RingReader(Generic[T]):
         self._counted = not passive
         if self._counted:
             ring.readers += 1
+            if ring.readers == 1 and ring.on_demand is not None:
+                ring.on_demand()
+        ring._cursors.add(self)
 
     @property
     def lag(self) -> int:
@@ -143,5 +180,10 @@ class RingReader(Generic[T]):
     def close(self) -> None:
         if self._open:
             self._open = False
+            ring = self.ring
+            ring._cursors.discard(self)
+            ring._skipped_closed[self.kind] = ring._skipped_closed.get(self.kind, 0) + self.skipped
             if self._counted:
-                self.ring.readers -= 1
+                ring.readers -= 1
+                if ring.readers == 0 and ring.on_demand is not None:
+                    ring.on_demand()

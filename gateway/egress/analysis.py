@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from typing import Any
+from collections.abc import Callable
 
 from ..config import ConfigError, ProcessingConfig
 from ..core.audio import FRAME_SECONDS
@@ -19,6 +19,7 @@ from ..core.events import EventBus
 from ..core.registry import StreamRegistry
 from ..core.ring import RingClosed
 from ..core.stream import Stream
+from ..models.info import AnalysisInfo, PluginInfo, PluginsAnalysis
 from ..processing.analyzer import AnalyzerConfig, StreamAnalyzer
 from ..processing.plugins import PluginError, PluginRunner, load_processor, resolve
 
@@ -32,14 +33,16 @@ class StreamProcessing:
     """The analysers and plug-ins of one stream."""
 
     def __init__(self, stream: Stream, analyzer: StreamAnalyzer | None,
-                 runners: list[PluginRunner], events: EventBus) -> None:
+                 runners: list[PluginRunner], events: EventBus,
+                 leads: Callable[[Stream], bool] = lambda stream: True) -> None:
         self.stream = stream
+        self.leads = leads  # in a cluster, one node raises a stream's alarms
         self.analyzer = analyzer
         self.runners = runners
         self.events = events
         self.skipped = 0
         self._reported: set[int] = set()
-        self._reader = stream.ring.reader(passive=True)
+        self._reader = stream.ring.reader(passive=True, kind="analysis")
         self._task = asyncio.create_task(self._run(), name=f"analyse-{stream.name}")
 
     async def _run(self) -> None:
@@ -50,9 +53,11 @@ class StreamProcessing:
                 index, frame = await self._reader.read()
                 if self.analyzer is not None:
                     try:
-                        for event in self.analyzer.process(index, frame):
-                            kind = event.pop("type")
-                            publish(kind, stream.name, **event)
+                        events = self.analyzer.process(index, frame)
+                        if events and self.leads(stream):
+                            for event in events:
+                                kind = event.pop("type")
+                                publish(kind, stream.name, **event)
                     except Exception:
                         log.exception("stream %s: analysers failed; switched off", stream.name)
                         self.analyzer = None
@@ -82,12 +87,12 @@ class StreamProcessing:
         for runner in self.runners:
             runner.stop(timeout=0)  # only signals: a stuck plug-in must not hold the loop
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            **(self.analyzer.snapshot() if self.analyzer is not None else {}),
-            "skipped_frames": self._reader.skipped,
-            "plugins": [runner.snapshot() for runner in self.runners],
-        }
+    def snapshot(self) -> AnalysisInfo | PluginsAnalysis:
+        plugins = [PluginInfo(**runner.snapshot()) for runner in self.runners]
+        if self.analyzer is None:
+            return PluginsAnalysis(skipped_frames=self._reader.skipped, plugins=plugins)
+        return AnalysisInfo(**self.analyzer.snapshot(), skipped_frames=self._reader.skipped,
+                            plugins=plugins)
 
 
 class Processing:
@@ -99,6 +104,9 @@ class Processing:
         self.registry = registry
         self.events = events
         self.streams: dict[str, StreamProcessing] = {}
+        #: Whether this node raises a stream's analyser events (alarms, voice): always on a
+        #: single gateway; in a cluster, the node of its sender (see Gateway).
+        self.leads: Callable[[Stream], bool] = lambda stream: True
         self.analyzer_config = AnalyzerConfig(
             silence_threshold_dbfs=config.silence_threshold_dbfs,
             silence_after_s=config.silence_after_s,
@@ -108,7 +116,7 @@ class Processing:
         """Every configured plug-in class can be imported (else the gateway does not start)."""
         for i, entry in enumerate(self.config.plugins):
             try:
-                resolve(entry["processor"])
+                resolve(entry.processor)
             except PluginError as exc:
                 raise ConfigError(f"processing.plugins[{i}].processor: {exc}") from None
 
@@ -126,22 +134,22 @@ class Processing:
             return
         runners = []
         for entry in self.config.plugins:
-            if not fnmatch.fnmatchcase(stream.name, entry["stream"]):
+            if not fnmatch.fnmatchcase(stream.name, entry.stream):
                 continue
             try:
-                processor = load_processor(entry["processor"], stream.name,
-                                           entry.get("options") or {})
+                processor = load_processor(entry.processor, stream.name, entry.options)
             except PluginError as exc:
                 log.error("stream %s: %s", stream.name, exc)
-                self.events.publish("plugin_failed", stream.name, plugin=entry["processor"],
+                self.events.publish("plugin_failed", stream.name, plugin=entry.processor,
                                     error=str(exc))
                 continue
-            runners.append(PluginRunner(processor, name=entry["processor"],
+            runners.append(PluginRunner(processor, name=entry.processor,
                                         stream=stream.name).start())
         analyzer = StreamAnalyzer(self.analyzer_config) if self.config.analysers else None
         if analyzer is None and not runners:
             return
-        processing = StreamProcessing(stream, analyzer, runners, self.events)
+        processing = StreamProcessing(stream, analyzer, runners, self.events,
+                                      lambda s: self.leads(s))
         self.streams[stream.name] = processing
         stream.analysis = processing
 

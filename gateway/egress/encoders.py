@@ -1,30 +1,35 @@
 """Encode once per (stream, codec, bitrate) and fan the packets out through a ring.
 
-Listeners never own an encoder: each holds a cursor into the shared encoder's packet
-ring, so ten or a thousand listeners on one stream cost one encode per 20 ms.
+Listeners never own an encoder: they read the shared encoder's packet ring (WHEP
+listeners and RTP outputs through one fan-out task per encoder, which reads each packet
+once), so ten or a thousand listeners on one stream cost one encode per 20 ms.
+
+An Opus encoder's in-band FEC follows the loss its listeners report in RTCP (the worst
+of them, with hysteresis: ``codecs/fec_policy.py``); other codecs have none.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
+import time
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
 
-import av
-
+from ..codecs.fec_policy import FecPolicy
 from ..codecs.spec import CodecSpec
 from ..codecs.transcode import Packetizer
-from ..core.audio import FRAME_MS, SAMPLE_RATE
+from ..core.audio import FRAME_MS
 from ..core.ring import Ring, RingClosed, RingReader
 from ..core.stream import Stream
+from ..models.info import EncoderInfo
 
 log = logging.getLogger(__name__)
 
-TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 #: Packets kept per encoder: one second at 20 ms.
 PACKET_RING = 50
+#: Frames between two looks at the FEC policy without a report (its hold and staleness).
+FEC_CHECK_FRAMES = 50
 
 
 @dataclass(slots=True)
@@ -33,18 +38,6 @@ class EncodedPacket:
 
     timestamp: int  # in the codec's RTP clock, counted from the stream's start
     payload: bytes
-    pts: int  # the same instant in 48 kHz samples
-    _av_packet: av.Packet | None = None
-
-    @property
-    def av_packet(self) -> av.Packet:
-        """The packet as aiortc's pass-through wants it (made once, on first use)."""
-        if self._av_packet is None:
-            packet = av.Packet(self.payload)
-            packet.pts = self.pts
-            packet.time_base = TIME_BASE
-            self._av_packet = packet
-        return self._av_packet
 
 
 def encoder_key(spec: CodecSpec, bitrate: int | None, ptime: int) -> tuple:
@@ -53,8 +46,6 @@ def encoder_key(spec: CodecSpec, bitrate: int | None, ptime: int) -> tuple:
 
 class SharedEncoder:
     """Reads the stream's ring with its own cursor and writes encoded packets."""
-
-    created_total = 0  # every encoder ever started, for tests and metrics
 
     def __init__(
         self, stream: Stream, spec: CodecSpec, bitrate: int | None, ptime: int = 20
@@ -68,24 +59,31 @@ class SharedEncoder:
         self.subscribers = 0
         self.frames_encoded = 0
         self._packetizer = Packetizer(spec, ptime, self.bitrate)
-        self._reader = stream.ring.reader()
+        self.fec = FecPolicy()
+        self.fec_changes = 0
+        self._reader = stream.ring.reader(kind="encoder")
         self._task = asyncio.create_task(self._run(), name=f"encode-{stream.name}-{spec.name}")
-        SharedEncoder.created_total += 1
+        stream.counters.encoders_created += 1
 
     async def _run(self) -> None:
         try:
             step = self._packetizer.timestamp_step
             per_frame = self.spec.timestamp_step(FRAME_MS)
             next_ts: int | None = None
+            expected = 0  # the frame index that follows the last one read
             while True:
                 index, frame = await self._reader.read()
                 if next_ts is None:
                     next_ts = index * per_frame
+                elif index != expected:  # media time passed unread (a clock jump, a skip):
+                    next_ts += (index - expected) * per_frame  # timestamps follow it
+                expected = index + 1
                 for payload in self._packetizer.encode(frame):
-                    pts = next_ts * SAMPLE_RATE // self.spec.clock_rate
-                    self.packets.write(EncodedPacket(next_ts, payload, pts))
+                    self.packets.write(EncodedPacket(next_ts, payload))
                     next_ts += step
                 self.frames_encoded += 1
+                if self.frames_encoded % FEC_CHECK_FRAMES == 0 and self.fec.percent:
+                    self._apply_fec(self.fec.decide(time.monotonic()))
         except RingClosed:
             self.packets.close()
         except asyncio.CancelledError:
@@ -94,9 +92,27 @@ class SharedEncoder:
             log.exception("encoder %s for stream %s failed", self.spec.name, self.stream.name)
             self.packets.close()
 
-    def subscribe(self) -> RingReader[EncodedPacket]:
+    def report_loss(self, listener: Hashable, loss: float, now: float | None = None) -> None:
+        """A listener's smoothed reported loss (0-1, from its RTCP receiver reports)."""
+        now = time.monotonic() if now is None else now
+        self._apply_fec(self.fec.report(listener, loss, now))
+
+    def forget_loss(self, listener: Hashable) -> None:
+        """The listener left: its reports no longer count (the hold still applies)."""
+        self.fec.forget(listener)
+
+    def _apply_fec(self, percent: int) -> None:
+        if self._packetizer.expected_loss not in (None, percent):
+            self._packetizer.set_expected_loss(percent)
+            self.fec_changes += 1
+            log.info("encoder %s/%s for stream %s: in-band FEC %s",
+                     self.spec.name, self.bitrate, self.stream.name,
+                     f"for {percent} % loss" if percent else "off")
+
+    def subscribe(self, kind: str = "reader") -> RingReader[EncodedPacket]:
+        """A cursor on the packets; ``kind`` (webrtc, rtp, recording) labels its skips."""
         self.subscribers += 1
-        return self.packets.reader()
+        return self.packets.reader(kind=kind)
 
     def unsubscribe(self, reader: RingReader[EncodedPacket]) -> None:
         reader.close()
@@ -110,17 +126,19 @@ class SharedEncoder:
         self.packets.close()
         if self.stream.egress.get(self.key) is self:
             del self.stream.egress[self.key]
+            self.stream.end_packet_ring(self.packets)
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "codec": self.spec.name,
-            "clock_rate": self.spec.clock_rate,
-            "bitrate": self.bitrate,
-            "ptime": self.ptime,
-            "subscribers": self.subscribers,
-            "frames_encoded": self.frames_encoded,
-            "skipped_frames": self._reader.skipped,
-        }
+    def info(self) -> EncoderInfo:
+        return EncoderInfo(
+            codec=self.spec.name,
+            clock_rate=self.spec.clock_rate,
+            bitrate=self.bitrate,
+            ptime=self.ptime,
+            subscribers=self.subscribers,
+            frames_encoded=self.frames_encoded,
+            skipped_frames=self._reader.skipped,
+            expected_loss_percent=self._packetizer.expected_loss,
+        )
 
 
 def shared_encoder(

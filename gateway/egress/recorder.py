@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from gateway.core.ids import new_id
+
 from ..codecs.resample import Resampler
 from ..codecs.spec import OPUS
 from ..core.audio import FRAME_MS, SAMPLE_RATE, SILENCE
+from ..core.counters import OutputCounters
 from ..core.events import EventBus
 from ..core.ring import RingClosed
 from ..core.stream import Stream
+from ..models.info import RecorderInfo
+from ..recording.errors import RecordingError
 from ..recording.ogg import OggOpusWriter
-from ..recording.store import RecordingError, RecordingStore
+from ..recording.store import RecordingStore
 from ..recording.wav import WavWriter
 from .encoders import shared_encoder
 
@@ -42,7 +46,7 @@ class Recorder:
                  fmt: str = "wav", sample_rate: int = SAMPLE_RATE, segment_s: float = 3600.0,
                  record_gaps: bool = True, flush_interval_s: float = 1.0, fsync: bool = False,
                  opus_bitrate: int = 64000) -> None:
-        self.id = secrets.token_urlsafe(8)
+        self.id = new_id(8)
         self.stream = stream
         self.store = store
         self.events = events
@@ -69,22 +73,23 @@ class Recorder:
         self.on_close: Callable[[Recorder, str], None] | None = None
         self._reader: Any = None
         self._encoder: Any = None
+        self._skipped_before = 0  # what its released ring reader skipped
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Open the first file (a failure here raises), then record in the background."""
         if self.format == "opus":
             self._encoder = shared_encoder(self.stream, OPUS, self.opus_bitrate, 20)
-            self._reader = self._encoder.subscribe()
+            self._reader = self._encoder.subscribe(kind="recording")
         else:
-            self._reader = self.stream.ring.reader()
+            self._reader = self.stream.ring.reader(kind="recording")
         try:
             await asyncio.to_thread(self._open_segment, time.time())
         except (OSError, RecordingError):
             self._release_reader()
             raise
         self.state = "recording"
-        self.stream.add_listener(self)  # type: ignore[arg-type]
+        self.stream.outputs.add(self)  # until closed: a failed one stays listed
         self._task = asyncio.create_task(self._run(), name=f"record-{self.stream.name}")
         log.info("recording %s of stream %s started: %s", self.id, self.stream.name, self.path)
 
@@ -97,6 +102,7 @@ class Recorder:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self.stream.outputs.remove(self)
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close(self, reason)
@@ -107,6 +113,7 @@ class Recorder:
     # -- the egress loop -------------------------------------------------------------
     async def _run(self) -> None:
         pending: list[Any] = []
+        flushing: asyncio.Future[None] | None = None
         try:
             while True:
                 try:
@@ -125,14 +132,29 @@ class Recorder:
                     pending.append(item.payload)
                 if len(pending) >= self.frames_per_flush:
                     chunk, pending = pending, []
-                    await asyncio.to_thread(self._write, chunk)
+                    # shielded: a stop during the write waits for it below (a thread
+                    # cannot be cancelled, and the final write must come after it)
+                    flushing = asyncio.ensure_future(asyncio.to_thread(self._write, chunk))
+                    await asyncio.shield(flushing)
         except asyncio.CancelledError:
-            await self._finish(pending)
+            if await self._flushed(flushing):
+                await self._finish(pending)
             raise
         except (OSError, RecordingError) as exc:
             self._fail(exc)
             return
         await self._finish(pending)
+
+    async def _flushed(self, flushing: asyncio.Future[None] | None) -> bool:
+        """Wait for a flush still in its thread; False if it failed (recording failed)."""
+        if flushing is None:
+            return True
+        try:
+            await flushing
+        except (OSError, RecordingError) as exc:
+            self._fail(exc)
+            return False
+        return True
 
     async def _finish(self, pending: list[Any]) -> None:
         try:
@@ -141,7 +163,6 @@ class Recorder:
             self._fail(exc)
         finally:
             self._release_reader()
-            self.stream.remove_listener(self)  # type: ignore[arg-type]
             if self.state == "recording":
                 self.state = "stopped"
 
@@ -158,12 +179,14 @@ class Recorder:
                 self._writer.close()
         except (OSError, RecordingError):
             pass
+        if self.path is not None:  # its .part stays, unfinished, for the next start
+            self.store.release(self.path, f"recording failed: {reason}")
         self._release_reader()
-        self.stream.remove_listener(self)  # type: ignore[arg-type]
 
     def _release_reader(self) -> None:
         if self._reader is None:
             return
+        self._skipped_before = self._reader.skipped
         if self._encoder is not None:
             self._encoder.unsubscribe(self._reader)
         else:
@@ -173,10 +196,14 @@ class Recorder:
     # -- the writer thread (blocking file I/O, never on the event loop) -----------------
     def _open_segment(self, started: float) -> None:
         self.path = self.store.new_path(self.stream.name, self.format, started)
-        if self.format == "wav":
-            self._writer = WavWriter(self.path, self.sample_rate, fsync=self.fsync)
-        else:
-            self._writer = OggOpusWriter(self.path, fsync=self.fsync)
+        try:
+            if self.format == "wav":
+                self._writer = WavWriter(self.path, self.sample_rate, fsync=self.fsync)
+            else:
+                self._writer = OggOpusWriter(self.path, fsync=self.fsync)
+        except BaseException:  # not even the header fits: no file is left behind
+            self.store.discard(self.path)
+            raise
         self._segment_frames = 0
 
     def _write(self, chunk: list[Any], final: bool = False) -> None:
@@ -210,19 +237,33 @@ class Recorder:
             self.files.append(self.store.finish(self.path))
             self.path = None
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "recording",
-            "stream": self.stream.name,
-            "state": self.state,
-            "error": self.error,
-            "format": self.format,
-            "sample_rate": self.sample_rate,
-            "duration_s": round(self.frames * FRAME_MS / 1000, 2),
-            "gap_frames": self.gap_frames,
-            "skipped_frames": getattr(self._reader, "skipped", 0),
-            "file": self.path.name if self.path else None,
-            "files": [p.name for p in self.files],
-            "since": self.started,
-        }
+    @property
+    def skipped(self) -> int:
+        """Frames (Opus packets) lost by reading too slowly."""
+        return self._reader.skipped if self._reader is not None else self._skipped_before
+
+    def counters(self) -> OutputCounters:
+        """Frames and audio bytes written: bytes exact for WAV (16-bit mono), from the
+        bitrate for Opus; one error once the recording failed."""
+        if self.format == "wav":
+            size = self.frames * round(self.sample_rate * FRAME_MS / 1000) * 2
+        else:
+            size = self.frames * self.opus_bitrate * FRAME_MS // 8000
+        return OutputCounters(self.frames, size, self.skipped, int(self.state == "failed"))
+
+    def info(self) -> RecorderInfo:
+        return RecorderInfo(
+            id=self.id,
+            type="recording",
+            stream=self.stream.name,
+            state=self.state,
+            error=self.error,
+            format=self.format,  # type: ignore[arg-type]
+            sample_rate=self.sample_rate,
+            duration_s=round(self.frames * FRAME_MS / 1000, 2),
+            gap_frames=self.gap_frames,
+            skipped_frames=self.skipped,
+            file=self.path.name if self.path else None,
+            files=[p.name for p in self.files],
+            since=self.started,
+        )

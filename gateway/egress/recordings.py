@@ -10,14 +10,16 @@ import asyncio
 import fnmatch
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import RecordingConfig
+from ..config import AutoRecording, RecordingConfig
 from ..core.events import EventBus
 from ..core.registry import StreamRegistry
 from ..core.stream import Stream
-from ..recording.store import RecordingError, RecordingStore
+from ..recording.errors import RecordingError
+from ..recording.store import RecordingStore
 from .recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ class Recordings:
         self.active: dict[str, Recorder] = {}
         self.recovered: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Ends every recorder id (".<node>" in a cluster: any node can tell where it is).
+        self.id_suffix = ""
+        #: In a cluster: runs an automatic recording on one node only (ClusterNode.once).
+        self.once: Callable[[str, Callable[[], Awaitable[Any]],
+                             Callable[[], Awaitable[Any]]], None] | None = None
 
     async def start(self) -> None:
         """Repair what a crash left behind, then start the configured automatic recordings."""
@@ -48,8 +55,14 @@ class Recordings:
         except OSError as exc:
             log.error("recordings directory %s: %s", self.config.directory, exc)
         for item in self.recovered:
-            log.warning("recording recovered after an interrupted run: %s (%.1f s)",
-                        item.get("id"), item.get("duration_s", 0.0))
+            if item["broken"]:
+                log.error("recording %s cannot be repaired (%s): kept as it is",
+                          item["path"], item["error"])
+            elif not item["recovered"]:
+                log.error("recording %s is left unfinished: %s", item["path"], item["error"])
+            else:
+                log.warning("recording recovered after an interrupted run: %s (%.1f s)",
+                            item["path"], item["duration_s"])
         self.registry.on_created.append(self._auto)  # declared streams: at registry.start
         self._spawn(self._retain())
 
@@ -68,6 +81,7 @@ class Recordings:
             self.config.record_gaps, self.config.flush_interval_s, self.config.fsync,
             self.opus_bitrate,
         )
+        recorder.id += self.id_suffix
         await recorder.start()
         recorder.on_close = self._closed
         self.active[recorder.id] = recorder
@@ -81,7 +95,8 @@ class Recordings:
                             reason=reason)
 
     async def delete(self, recording_id: str) -> None:
-        """Remove a finished recording (KeyError: unknown; RecordingError: in progress)."""
+        """Remove a finished or unfinished recording (KeyError: unknown; RecordingError:
+        being recorded)."""
         await asyncio.to_thread(self.store.delete, recording_id)
 
     def find(self, recorder_id: str) -> Recorder | None:
@@ -96,17 +111,27 @@ class Recordings:
         if any(r.stream is stream and r.state == "recording" for r in self.active.values()):
             return
         for entry in self.config.auto:
-            spec = {"stream": entry} if isinstance(entry, str) else entry
-            if fnmatch.fnmatchcase(stream.name, spec["stream"]):
-                self._spawn(self._auto_record(stream, spec))
+            if fnmatch.fnmatchcase(stream.name, entry.stream):
+                if self.once is None:
+                    self._spawn(self._auto_record(stream, entry))
+                else:
+                    self.once(f"record.{stream.name}",
+                              lambda entry=entry: self._auto_record(stream, entry),
+                              lambda: self._stop_auto(stream))
                 return
 
-    async def _auto_record(self, stream: Stream, spec: dict[str, Any]) -> None:
+    async def _auto_record(self, stream: Stream, entry: AutoRecording) -> None:
         try:
-            await self.record(stream, spec.get("format"), spec.get("sample_rate"))
+            await self.record(stream, entry.format, entry.sample_rate)
         except (OSError, RecordingError) as exc:
             log.error("automatic recording of %s failed to start: %s", stream.name, exc)
             self.events.publish("recording_failed", stream.name, error=str(exc))
+
+    async def _stop_auto(self, stream: Stream) -> None:
+        """Another node records this stream now (this one lost the job's lease)."""
+        for recorder in list(self.active.values()):
+            if recorder.stream is stream:
+                await recorder.close("recorded by another node of the cluster")
 
     async def _retain(self) -> None:
         while True:

@@ -16,11 +16,14 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+
+from gateway.core.ids import new_id
 
 from ..codecs.spec import CodecSpec
+from ..core.counters import OutputCounters
 from ..core.ring import RingClosed
 from ..core.stream import Stream
+from ..models.info import RtpOutputInfo
 from ..rtp import rtcp
 from ..rtp.packet import build_header
 from .encoders import EncodedPacket, SharedEncoder, shared_encoder
@@ -35,9 +38,8 @@ class OutputError(ValueError):
 
 
 async def resolve(host: str, port: int) -> tuple[int, tuple]:
-    """(address family, sockaddr) for a destination; OutputError if it does not resolve."""
-    if not 0 < port < 65536:
-        raise OutputError(f"port must be 1-65535, got {port}")
+    """(address family, sockaddr) for a destination (its port checked by the request,
+    models.limits.RtpPort); OutputError if it does not resolve."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -63,7 +65,7 @@ class RtpOutput:
         bitrate: int | None = None,
         kind: str = "rtp",
     ) -> None:
-        self.id = secrets.token_urlsafe(8)
+        self.id = new_id(8)
         self.kind = kind  # "rtp", or "sip" for the media leg of a call
         self.stream = stream
         self.spec = spec
@@ -90,6 +92,10 @@ class RtpOutput:
         self.group: RtpFanout | None = None
         #: The socket packets leave from: the pool's, or a call's own (symmetric RTP).
         self.sock: socket.socket | None = None
+        #: A call's RTCP socket (port + 1): its reports leave from there (else ``sock``).
+        self.rtcp_sock: socket.socket | None = None
+        #: Report blocks to put in our SRs (a call: about the phone's RTP).
+        self.report_blocks: Callable[[], list[rtcp.ReportBlock]] | None = None
         self.on_close: Callable[[RtpOutput], None] | None = None
 
     def retarget(self, sockaddr: tuple) -> None:
@@ -113,6 +119,7 @@ class RtpOutput:
             packet_count=self.packets,
             octet_count=self.octets,
             cname=f"gateway-{self.stream.name}",
+            reports=self.report_blocks() if self.report_blocks is not None else (),
         )
 
     def bye(self) -> bytes:
@@ -139,27 +146,30 @@ class RtpOutput:
         lines += [f"a=ptime:{self.ptime}", "a=recvonly"]
         return "\r\n".join(lines) + "\r\n"
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.kind,
-            "stream": self.stream.name,
-            "host": self.host,
-            "port": self.sockaddr[1],
-            "address": self.sockaddr[0],
-            "multicast": self.multicast,
-            "codec": self.spec.name,
-            "clock_rate": self.spec.clock_rate,
-            "payload_type": self.payload_type,
-            "ptime": self.ptime,
-            "ssrc": self.ssrc,
-            "packets": self.packets,
-            "bytes": self.octets,
-            "drops": self.drops,
-            "errors": self.errors,
-            "encoder_shared_with": self.shared_with,
-            "since": self.started,
-        }
+    def info(self) -> RtpOutputInfo:
+        return RtpOutputInfo(
+            id=self.id,
+            type=self.kind,
+            stream=self.stream.name,
+            host=self.host,
+            port=self.sockaddr[1],
+            address=self.sockaddr[0],
+            multicast=self.multicast,
+            codec=self.spec.name,
+            clock_rate=self.spec.clock_rate,
+            payload_type=self.payload_type,
+            ptime=self.ptime,
+            ssrc=self.ssrc,
+            packets=self.packets,
+            bytes=self.octets,
+            drops=self.drops,
+            errors=self.errors,
+            encoder_shared_with=self.shared_with,
+            since=self.started,
+        )
+
+    def counters(self) -> OutputCounters:
+        return OutputCounters(self.packets, self.octets, self.drops, self.errors)
 
     @property
     def shared_with(self) -> int:
@@ -234,7 +244,7 @@ class RtpFanout:
         self.encoder = encoder
         self.sockets = sockets
         self.outputs: dict[str, RtpOutput] = {}
-        self._reader = encoder.subscribe()
+        self._reader = encoder.subscribe(kind="rtp")
         self._task = asyncio.create_task(self._run(), name=f"rtp-fanout-{encoder.key}")
         self._report_cursor = 0
         self._report_credit = 1.0  # the first output reports at once
@@ -245,8 +255,9 @@ class RtpFanout:
         self.outputs[output.id] = output
 
     def remove(self, output: RtpOutput) -> None:
-        if self.outputs.pop(output.id, None) is not None and output.sock is not None:
-            send(output.sock, output, output.bye(), output.rtcp_sockaddr)
+        if self.outputs.pop(output.id, None) is not None and output.sock is not None \
+                and output.packets:  # nobody heard a never-sent stream: no BYE to them
+            send(output.rtcp_sock or output.sock, output, output.bye(), output.rtcp_sockaddr)
         output.group = None
         if not self.outputs:
             self._task.cancel()
@@ -285,7 +296,8 @@ class RtpFanout:
             output = outputs[self._report_cursor % len(outputs)]
             self._report_cursor += 1
             if not output.paused:
-                send(output.sock, output, output.sender_report(now), output.rtcp_sockaddr)  # type: ignore[arg-type]
+                send(output.rtcp_sock or output.sock, output, output.sender_report(now),  # type: ignore[arg-type]
+                     output.rtcp_sockaddr)
 
 
 class RtpOutputs:
@@ -294,6 +306,8 @@ class RtpOutputs:
     def __init__(self, multicast_interface: str | None = None) -> None:
         self.sockets = SocketPool(multicast_interface)
         self.outputs: dict[str, RtpOutput] = {}
+        #: Ends every output id (".<node>" in a cluster: any node can tell where it is).
+        self.id_suffix = ""
         self._fanouts: dict[tuple, RtpFanout] = {}
 
     async def create(
@@ -308,10 +322,11 @@ class RtpOutputs:
     ) -> RtpOutput:
         family, sockaddr = await resolve(host, port)
         output = RtpOutput(stream, spec, ptime, host, family, sockaddr, ttl, bitrate=bitrate)
+        output.id += self.id_suffix
         self.attach(output)
         output.on_close = self.stop
         self.outputs[output.id] = output
-        stream.add_listener(output)  # type: ignore[arg-type]
+        stream.outputs.add(output)
         log.info(
             "rtp output %s: stream %s -> %s:%d %s/%d ms",
             output.id, stream.name, sockaddr[0], port, spec.name, ptime,
@@ -339,8 +354,8 @@ class RtpOutputs:
 
     def stop(self, output: RtpOutput) -> None:
         self.outputs.pop(output.id, None)
-        output.stream.remove_listener(output)  # type: ignore[arg-type]
-        self.detach(output)
+        self.detach(output)  # its RTCP BYE counts too
+        output.stream.outputs.remove(output)
         log.info("rtp output %s stopped after %d packets", output.id, output.packets)
 
     def close(self) -> None:

@@ -3,16 +3,26 @@
 aiortc's audio jitter buffer (prefetch 4, and a delay that grows for good after one
 loss) is replaced by a tap that hands every depayloaded packet to the gateway's own
 playout (bounded jitter buffer, decoder); the media clock pulls one frame per tick.
+aiortc still sends the publisher a receiver report about once a second, with the
+playout's reception statistics (so the browser's encoder sees its loss and turns FEC on).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 from aiortc import RTCRtpTransceiver
 from aiortc.rtp import RtpPacket
 
+from ..codecs.spec import OPUS
+from ..core.counters import SenderStats
+from ..models.info import PublisherInfo
+from ..rtp.packet import ReceiverStats
+from ..webrtc.aiortc_patches import (
+    depayloaded,
+    negotiated_codecs,
+    replace_jitter_buffer,
+    report_reception,
+)
 from ..webrtc.session import WebRTCSession, codec_spec
 from .playout import Playout
 
@@ -26,8 +36,8 @@ class PacketTap:
         self._playout = playout
 
     def add(self, packet: RtpPacket) -> tuple[bool, None]:
-        data = packet._data  # type: ignore[attr-defined]  # depayloaded by aiortc
-        self._playout.push(packet.sequence_number, packet.payload_type, data, packet.ssrc)
+        self._playout.push(packet.sequence_number, packet.payload_type, depayloaded(packet),
+                           packet.ssrc, packet.timestamp)
         return False, None
 
 
@@ -54,19 +64,33 @@ class WebRTCIngress(WebRTCSession):
 
     def prepare(self, transceiver: RTCRtpTransceiver) -> None:
         transceiver.direction = "recvonly"
-        for codec in transceiver._codecs:
+        for codec in negotiated_codecs(transceiver):
             spec = codec_spec(codec.mimeType)
             if spec is not None:
                 self.playout.codecs[codec.payloadType] = spec
-        # aiortc offers no hook for this; the attribute is pinned by a regression test.
-        receiver = transceiver.receiver
-        receiver._RTCRtpReceiver__jitter_buffer = PacketTap(self.playout)  # type: ignore[attr-defined]
+            if spec is OPUS:  # RFC 7587: the receiver says it can use in-band FEC, so a
+                # browser's encoder adds it when our receiver reports show loss
+                codec.parameters.update(minptime=10, useinbandfec=1)
+        self.playout.source.clock_rate = self.playout.clock_rate()
+        if self.red_payload_type is not None:
+            self.playout.red_payload_types.add(self.red_payload_type)
+        replace_jitter_buffer(transceiver.receiver, PacketTap(self.playout))
+        report_reception(transceiver.receiver, self._reception, self._reported)
+
+    def _reception(self, ssrc: int) -> ReceiverStats | None:
+        return self.playout.source.for_ssrc(ssrc)
+
+    def _reported(self) -> None:
+        self.playout.source.reports += 1
 
     def pull(self) -> np.ndarray | None:
         return self.playout.pull()
 
+    def stats(self) -> SenderStats:
+        return self.playout.stats()
+
     def release(self) -> None:
         self.stream.detach(self)
 
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), **self.playout.info()}
+    def info(self) -> PublisherInfo:
+        return PublisherInfo(**self.fields(), **vars(self.playout.info()))

@@ -13,6 +13,7 @@ All calls block: use them from a worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .store import RecordingError
+from .errors import RecordingError
 
 RATE = 48000  # Opus granule positions always count 48 kHz samples
 #: libopus's look-ahead at 48 kHz (6.5 ms), what its encoder asks players to skip.
@@ -54,36 +55,12 @@ def silence_packets(pre_skip: int) -> int:
 
 
 # -- CRC ---------------------------------------------------------------------------------
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x8000_0000 else r << 1
-        table.append(r & 0xFFFF_FFFF)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
-def ogg_crc_reference(data: bytes) -> int:
-    """The Ogg CRC as RFC 3533 defines it: poly 0x04C11DB7, init 0, unreflected, no xor.
-
-    Table-driven and pure Python: ~1.5 ms per 8 kB page under the GIL, so the writer uses
-    :func:`ogg_crc` instead; this one stays as the readable definition tests check it by.
-    """
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF_FFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
-    return crc
-
-
 _BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def ogg_crc(data: bytes) -> int:
-    """The Ogg CRC computed by zlib's (C, table-driven) reflected CRC-32, ~100x faster.
+    """The Ogg CRC computed by zlib's (C, table-driven) reflected CRC-32: ~100x faster
+    than the table-driven pure-Python definition the tests check it against.
 
     An unreflected CRC equals the reflected CRC of the bit-reversed bytes, bit-reversed.
     zlib's init/final ~ are cancelled by starting from 0xFFFFFFFF and inverting the result.
@@ -211,9 +188,14 @@ class OggOpusWriter:
         if len(tags_packet) > MAX_PACKET:
             raise ValueError("OpusTags too large for one page")
         self._file: BinaryIO = open(self.path, "wb")  # kept open until close()
-        self._write_page(FLAG_BOS, 0, lacing_values(19), opus_head(channels, pre_skip))
-        self._write_page(0, 0, lacing_values(len(tags_packet)), tags_packet)
-        self._sync()
+        try:
+            self._write_page(FLAG_BOS, 0, lacing_values(19), opus_head(channels, pre_skip))
+            self._write_page(0, 0, lacing_values(len(tags_packet)), tags_packet)
+            self._sync()
+        except BaseException:  # disk full: the caller removes the file
+            with contextlib.suppress(OSError):
+                self._file.close()
+            raise
 
     @property
     def duration_s(self) -> float:
@@ -379,6 +361,7 @@ def repair_ogg(path: str | os.PathLike[str]) -> float:
             count = silence_packets(pre_skip)
             lacing = lacing_values(len(SILENCE_PACKET)) * count
             f.write(build_page(FLAG_EOS, 960 * count, serial, 2, lacing, SILENCE_PACKET * count))
+            f.flush()
             end = f.tell()
             os.fsync(f.fileno())
         elif end != size:

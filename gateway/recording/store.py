@@ -1,8 +1,12 @@
 """Where recordings live: safe file names, crash recovery, listing, retention.
 
 Layout: ``<directory>/<safe stream name>/<safe name>-<UTC start>.<wav|opus>``, with a
-``.part`` suffix while being written and a sidecar ``<file>.json`` holding what the file
+``.part`` suffix until finished and a sidecar ``<file>.json`` holding what the file
 name cannot (the real stream name, the start time, whether it was recovered).
+
+A ``.part`` is in progress only while a recorder of this process writes it (the store
+hands out and takes back those names); any other ``.part`` is unfinished: left by a crash
+or a failed recording, listed with the reason, and finished by :meth:`recover`.
 
 Every method does blocking file I/O: call them from a thread (``asyncio.to_thread``),
 never on the event loop.
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
+import contextlib
 import hashlib
 import json
 import os
@@ -20,15 +26,16 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..models.limits import RECORDING_FORMATS
+from .errors import RecordingError
+from .ogg import ogg_duration, repair_ogg
+from .wav import repair_wav, wav_info
 
-class RecordingError(Exception):
-    """A recording file is not what it should be, or an operation on it is not allowed."""
-
-
-FORMATS = ("wav", "opus")
+FORMATS = RECORDING_FORMATS
 PART = ".part"
 BROKEN = ".broken"
 SIDECAR = ".json"
+TMP = ".tmp"
 #: Longest safe name; stream names can be anything a client sends.
 MAX_NAME = 80
 _HASH_LEN = 12
@@ -65,6 +72,41 @@ def _timestamp(started: float) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ms // 1000)) + f"{ms % 1000:03d}Z"
 
 
+def _longest_id() -> int:
+    """Characters in the id of the longest path new_path makes: base64 of
+    ``<name>/<name>-<timestamp>-<n>.<format>``."""
+    rel = MAX_NAME + len("/") + MAX_NAME + len("-") + len(_timestamp(0)) + len("-999") \
+        + len(".") + max(map(len, FORMATS))
+    return -(-rel // 3) * 4
+
+
+#: Longest recording id (256): ids are urlsafe base64 without padding.
+MAX_ID_CHARS = _longest_id()
+ID_PATTERN = "[A-Za-z0-9_-]+"
+_ID = re.compile(ID_PATTERN)
+
+
+def valid_id(recording_id: str) -> bool:
+    """Whether ``recording_id`` can be one this store made: checked before it is decoded,
+    so that no odd id (too long for a file name, say) ever reaches the filesystem."""
+    return len(recording_id) <= MAX_ID_CHARS and _ID.fullmatch(recording_id) is not None
+
+
+_STARTED = re.compile(r"-(\d{8}T\d{6})(\d{3})Z(?:-\d+)?\.[a-z]+$")
+
+
+def _started_of(name: str) -> float | None:
+    """The start time :func:`_timestamp` put in a recording's file name, if it is there."""
+    match = _STARTED.search(name.removesuffix(PART))
+    if match is None:
+        return None
+    try:
+        parsed = time.strptime(match[1], "%Y%m%dT%H%M%S")
+    except ValueError:
+        return None
+    return calendar.timegm(parsed) + int(match[2]) / 1000
+
+
 def _format_of(name: str) -> str | None:
     """'wav'/'opus' for a recording file name (finished or ``.part``), else None."""
     base = name.removesuffix(PART)
@@ -75,24 +117,32 @@ def _format_of(name: str) -> str | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
+    """Replace ``path`` atomically: it holds the old or the new data, never a torn file.
+    A failed write (disk full) removes its temporary file and raises."""
+    tmp = path.with_name(path.name + TMP)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())  # a full disk or quota may only tell here
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _finished(entry: dict[str, Any]) -> bool:
+    return not entry["in_progress"] and entry["error"] is None
 
 
 def _duration(path: Path, fmt: str, in_progress: bool) -> float:
-    from .ogg import ogg_duration  # imported here: wav/ogg import RecordingError from us
-    from .wav import wav_info
-
     if fmt == "wav":
         return wav_info(path, from_size=in_progress)[2]
     return ogg_duration(path)
 
 
 def _repair(path: Path, fmt: str) -> float:
-    from .ogg import repair_ogg
-    from .wav import repair_wav
-
     return repair_wav(path) if fmt == "wav" else repair_ogg(path)
 
 
@@ -106,6 +156,10 @@ class RecordingStore:
         self.directory = Path(directory).resolve()
         self.max_age_s = max_age_s
         self.max_total_bytes = max_total_bytes  # the directory is made by the first recording
+        #: ``.part`` files a recorder is writing: the only recordings in progress.
+        self._writing: set[Path] = set()
+        #: ``.part`` files left unfinished (a failed recording or recovery), and why.
+        self._unfinished: dict[Path, str] = {}
 
     # -- paths and ids -----------------------------------------------------------------
     def _inside(self, path: Path) -> Path:
@@ -136,11 +190,19 @@ class RecordingStore:
             part = self._inside(final.with_name(final.name + PART))
             if any(p.exists() for p in (final, part, final.with_name(final.name + BROKEN))):
                 continue
+            sidecar = self._sidecar(final)
             try:  # creating the sidecar exclusively claims the name, even across threads
-                with open(self._sidecar(final), "x") as f:
-                    json.dump(meta, f, sort_keys=True)
+                f = open(sidecar, "x")
             except FileExistsError:
                 continue
+            try:
+                with f:
+                    json.dump(meta, f, sort_keys=True)
+            except BaseException:  # disk full: no empty sidecar left claiming the name
+                with contextlib.suppress(OSError):
+                    sidecar.unlink()
+                raise
+            self._writing.add(part)
             return part
         raise RecordingError(f"no free file name for {stem}")
 
@@ -151,6 +213,8 @@ class RecordingStore:
     def _final_of(self, recording_id: str) -> Path:
         """The finished path an id stands for, checked to be a recording name in a stream
         folder of the directory (whether it exists or not); KeyError otherwise."""
+        if not valid_id(recording_id):
+            raise KeyError(recording_id)
         try:
             padded = recording_id + "=" * (-len(recording_id) % 4)
             rel = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
@@ -185,23 +249,61 @@ class RecordingStore:
             raise ValueError(f"not an in-progress recording: {path}")
         final = path.with_name(path.name.removesuffix(PART))
         os.replace(path, final)
-        meta = self._meta(final)
-        meta["finished"] = time.time()
-        _write_json(self._sidecar(final), meta)
+        self._writing.discard(path)
         return final
 
-    def recover(self) -> list[dict[str, Any]]:
-        """Repair and finish every ``.part`` a crash left behind (call before recording).
+    def release(self, path: Path, reason: str) -> None:
+        """A recorder stops writing ``path`` without finishing it (its writes failed): it
+        is listed as unfinished, with ``reason``, until the next :meth:`recover`."""
+        path = Path(path)
+        if path in self._writing:
+            self._unfinished[path] = reason
+            self._writing.discard(path)
 
-        Unrepairable files are renamed ``x.wav.broken`` and reported, never deleted.
+    def discard(self, path: Path) -> None:
+        """Remove a ``.part`` (and its sidecar) whose writer never started: nothing is in
+        it. Best effort: what cannot be removed now, the next :meth:`recover` clears."""
+        path = Path(path)
+        final = path.with_name(path.name.removesuffix(PART))
+        for leftover in (path, self._sidecar(final)):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+        self._writing.discard(path)
+
+    def recover(self) -> list[dict[str, Any]]:
+        """Repair and finish every ``.part`` that no recorder writes (a crash or a failed
+        recording left it), and clear what interrupted writes left behind (``*.json.tmp``,
+        sidecars without a recording). Call at start, before recording.
+
+        Each file is repaired in place, then its sidecar is written (atomically), then it
+        is renamed: a step that fails (disk full, read-only, I/O error) leaves a ``.part``
+        that plays up to its last repair, listed as unfinished with the reason, and the
+        next call starts over. Unrepairable files are renamed ``x.wav.broken`` and
+        reported, never deleted; a ``.part`` without a single byte is removed.
         """
+        self._clear_leftovers()
         report = []
         for part in sorted(self.directory.glob(f"*/*{PART}")):
             fmt = _format_of(part.name)
-            if fmt is None or part.is_symlink() or not part.is_file():
+            if (fmt is None or part in self._writing or part.is_symlink()
+                    or not part.is_file()):
                 continue
-            final = part.with_name(part.name.removesuffix(PART))
-            meta = self._meta(final)
+            item = self._recover(part, fmt)
+            if item is not None:
+                report.append(item)
+        return report
+
+    def _recover(self, part: Path, fmt: str) -> dict[str, Any] | None:
+        final = part.with_name(part.name.removesuffix(PART))
+        meta = self._meta(final)
+        report = {"path": str(part), "stream": meta["stream"], "format": fmt,
+                  "broken": False, "recovered": False, "duration_s": 0.0}
+        try:
+            if part.stat().st_size == 0:  # its writer could not write a byte
+                part.unlink()
+                self._sidecar(final).unlink(missing_ok=True)
+                self._unfinished.pop(part, None)
+                return None
             try:
                 if final.exists():
                     raise RecordingError(f"{final.name} already exists")
@@ -209,16 +311,34 @@ class RecordingStore:
             except RecordingError as exc:
                 broken = final.with_name(final.name + BROKEN)
                 os.replace(part, broken)
-                report.append({"path": str(broken), "stream": meta["stream"], "format": fmt,
-                               "broken": True, "recovered": False, "duration_s": 0.0,
-                               "error": str(exc)})
-                continue
-            os.replace(part, final)
+                self._unfinished.pop(part, None)
+                return {**report, "path": str(broken), "broken": True, "error": str(exc)}
             meta["recovered"] = True
             _write_json(self._sidecar(final), meta)
-            entry = self._entry(final, fmt, in_progress=False)
-            report.append({**entry, "path": str(final), "duration_s": round(duration, 3)})
-        return report
+            os.replace(part, final)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self._unfinished[part] = f"not recovered: {reason}; retried at the next start"
+            return {**report, "error": self._unfinished[part]}
+        self._unfinished.pop(part, None)
+        entry = self._entry(final, fmt, part=False)
+        return {**report, **entry, "path": str(final), "duration_s": round(duration, 3)}
+
+    def _clear_leftovers(self) -> None:
+        """Temporary sidecars of interrupted writes, and sidecars whose recording is gone
+        (deleted halfway, or never started because the disk was full)."""
+        for path in self.directory.glob(f"*/*{SIDECAR}{TMP}"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for path in self.directory.glob(f"*/*{SIDECAR}"):
+            final = path.with_name(path.name.removesuffix(SIDECAR))
+            if _format_of(final.name) is None or path.is_symlink():
+                continue
+            names = (final, final.with_name(final.name + PART),
+                     final.with_name(final.name + BROKEN))
+            if not any(p.exists() or p in self._writing for p in names):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     # -- listing -----------------------------------------------------------------------
     def _meta(self, final: Path) -> dict[str, Any]:
@@ -229,22 +349,29 @@ class RecordingStore:
                 return meta
         except (OSError, ValueError):
             pass
-        path = final if final.exists() else final.with_name(final.name + PART)
-        try:
-            started = path.stat().st_mtime
-        except OSError:
-            started = 0.0
+        started = _started_of(final.name)
+        if started is None:
+            path = final if final.exists() else final.with_name(final.name + PART)
+            try:
+                started = path.stat().st_mtime
+            except OSError:
+                started = 0.0
         return {"stream": final.parent.name, "format": _format_of(final.name),
                 "started": started, "recovered": False}
 
-    def _entry(self, final: Path, fmt: str, in_progress: bool) -> dict[str, Any]:
-        path = final.with_name(final.name + PART) if in_progress else final
+    def _entry(self, final: Path, fmt: str, part: bool) -> dict[str, Any]:
+        path = final.with_name(final.name + PART) if part else final
+        writing = path in self._writing  # before stat: finish() renames, then forgets
         size = path.stat().st_size
         try:
-            duration = _duration(path, fmt, in_progress)
+            duration = _duration(path, fmt, part)
         except RecordingError:
             duration = 0.0  # a .part whose header is not on disk yet
         meta = self._meta(final)
+        error = None
+        if part and not writing:
+            error = self._unfinished.get(path, "unfinished (left by an interrupted run); "
+                                               "recovered at the next start")
         return {
             "id": self._id(final),
             "stream": meta["stream"],
@@ -253,12 +380,13 @@ class RecordingStore:
             "started": float(meta.get("started") or 0.0),
             "duration_s": round(duration, 3),
             "bytes": size,
-            "in_progress": in_progress,
-            "recovered": bool(meta.get("recovered")),
+            "in_progress": writing,
+            "recovered": bool(meta.get("recovered")) and not part,
+            "error": error,
         }
 
     def list(self) -> list[dict[str, Any]]:
-        """Every recording, finished and in progress, oldest first."""
+        """Every recording: finished, in progress and unfinished, oldest first."""
         entries = []
         for folder in self.directory.iterdir():
             if not folder.is_dir() or folder.is_symlink():
@@ -267,12 +395,12 @@ class RecordingStore:
                 fmt = _format_of(path.name)
                 if fmt is None or path.is_symlink():
                     continue
-                in_progress = path.name.endswith(PART)
+                part = path.name.endswith(PART)
                 final = path.with_name(path.name.removesuffix(PART))
                 try:
-                    entries.append(self._entry(final, fmt, in_progress))
+                    entries.append(self._entry(final, fmt, part))
                 except FileNotFoundError:
-                    if not in_progress:
+                    if not part:
                         continue  # deleted meanwhile
                     try:  # finished meanwhile: renamed from .part
                         entries.append(self._entry(final, fmt, False))
@@ -282,23 +410,25 @@ class RecordingStore:
         return sorted(unique.values(), key=lambda e: (e["started"], e["id"]))
 
     def delete(self, recording_id: str) -> None:
-        """Remove a finished recording and its sidecar; KeyError if unknown."""
+        """Remove a recording (finished or unfinished) and its sidecar; KeyError if
+        unknown, RecordingError while a recorder writes it."""
         path = self.path_of(recording_id)
-        if path.name.endswith(PART):
+        if path in self._writing:
             raise RecordingError("recording in progress; stop it first")
         path.unlink(missing_ok=True)
-        self._sidecar(path).unlink(missing_ok=True)
+        self._sidecar(path.with_name(path.name.removesuffix(PART))).unlink(missing_ok=True)
+        self._unfinished.pop(path, None)
 
     def enforce_retention(self, now: float) -> list[Path]:
         """Delete finished recordings that ended over ``max_age_s`` ago, then the oldest
-        until all recordings (in-progress ones count, but are never deleted) fit in
-        ``max_total_bytes``. Returns the deleted files."""
+        until all recordings (in-progress and unfinished ones count, but are never
+        deleted) fit in ``max_total_bytes``. Returns the deleted files."""
         entries = self.list()
         deleted: list[Path] = []
         kept = []
         for entry in entries:
             ended = entry["started"] + entry["duration_s"]
-            if (self.max_age_s is not None and not entry["in_progress"]
+            if (self.max_age_s is not None and _finished(entry)
                     and now - ended > self.max_age_s):
                 deleted.append(self._remove(entry))
             else:
@@ -308,7 +438,7 @@ class RecordingStore:
             for entry in kept:  # oldest first
                 if total <= self.max_total_bytes:
                     break
-                if not entry["in_progress"]:
+                if _finished(entry):
                     deleted.append(self._remove(entry))
                     total -= entry["bytes"]
         return deleted

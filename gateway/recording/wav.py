@@ -14,13 +14,14 @@ All calls block: use them from a worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from .store import RecordingError
+from .errors import RecordingError
 
 HEADER_SIZE = 44
 _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
@@ -90,8 +91,13 @@ class WavWriter:
         self._pending: list[bytes] = []
         self._failed = False  # a write to the file failed: nothing more is written
         self._file = open(self.path, "wb")  # kept open until close()
-        self._file.write(_header(sample_rate, channels, 0))
-        self._sync()
+        try:
+            self._file.write(_header(sample_rate, channels, 0))
+            self._sync()
+        except BaseException:  # disk full: the caller removes the file
+            with contextlib.suppress(OSError):
+                self._file.close()
+            raise
 
     # -- state ------------------------------------------------------------------------
     @property

@@ -3,25 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
+import socket
 import time
 from dataclasses import dataclass
 
 from ..core.registry import UnknownStream
 from ..core.stream import Stream, StreamBusy
-from ..sdp import SdpError, answer, choose_codec, parse_audio
+from ..sdp import AudioDescription, SdpError, answer, check_target, choose_codec, parse_audio
 from .call import SipCall, SipSource
 from .dialog import Dialog, new_tag
 from .media import CallMedia, MediaPortsExhausted
 from .message import Address, Request, SipParseError
 from .parts import ServicePart
-from .transaction import Flow, ServerTransaction
+from .transaction import Flow, ServerTransaction, State
 
 log = logging.getLogger(__name__)
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER"
 SDP = "application/sdp"
+
+
+class Refusal(Exception):
+    """A final non-2xx answer to an INVITE; raised while answering, sent in one place."""
+
+    def __init__(self, status: int, reason: str | None = None,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+@dataclass
+class _Attempt:
+    """One INVITE being answered: the To tag of all its responses, its call once ports
+    are open, and whether its 200 went out (until then, whatever stops the answer
+    releases the call)."""
+
+    tag: str
+    call: SipCall | None = None
+    answered: bool = False
+
+
+def _warning(exc: SdpError) -> str:
+    """A Warning header value (RFC 3261 §20.43) saying why an offer is not acceptable."""
+    text = str(exc).replace('"', "'")[:120]
+    return f'{exc.warning} gateway "{text}"'
 
 
 @dataclass
@@ -38,10 +68,10 @@ class DialIn(ServicePart):
 
     def route(self, user: str) -> Route:
         for rule in self.config.routes:
-            match = re.fullmatch(rule["match"], user)
+            match = re.fullmatch(rule.match, user)
             if match:
-                listen = match.expand(rule["listen"]) if rule.get("listen") else None
-                publish = match.expand(rule["publish"]) if rule.get("publish") else None
+                listen = match.expand(rule.listen) if rule.listen else None
+                publish = match.expand(rule.publish) if rule.publish else None
                 return Route(listen, publish)
         return Route(user, None)
 
@@ -55,15 +85,41 @@ class DialIn(ServicePart):
         return self.registry.get_or_create(name)
 
     async def _answer(self, invite: Request, tx: ServerTransaction, flow: Flow) -> None:
-        """Answer a dial-in: route, check, ring, negotiate, wire the media."""
+        """Answer a dial-in. Whatever happens on the way, the INVITE gets a final response
+        and a call that did not come up leaves no port, output or listener behind."""
+        attempt = _Attempt(new_tag())
+        refusal = Refusal(500, "Server Internal Error")
+        try:
+            await self._connect(invite, tx, flow, attempt)
+            return
+        except Refusal as exc:
+            refusal = exc
+        except asyncio.CancelledError:  # CANCEL, Timer C, or shutdown
+            refusal = (Refusal(503, "Shutting Down", [("Retry-After", "30")]) if self.stopping
+                       else Refusal(487))
+            raise
+        except Exception:
+            log.exception("sip: answering INVITE %s failed", invite.call_id[:48])
+        finally:
+            if attempt.call is not None and not attempt.answered:
+                self._release(attempt.call, f"not answered: {refusal.status}")
+            if tx.state == State.PROCEEDING:
+                self._reply(tx, invite, refusal.status, refusal.reason, refusal.headers,
+                            to_tag=attempt.tag)
+
+    async def _connect(self, invite: Request, tx: ServerTransaction, flow: Flow,
+                       attempt: _Attempt) -> None:
+        """Route, check, ring, negotiate, wire the media; Refusal for a final non-2xx."""
         user = invite.uri.user or ""
         if self.stopping:
-            self._reply(tx, invite, 503, "Shutting Down", [("Retry-After", "30")])
-            return
+            raise Refusal(503, "Shutting Down", [("Retry-After", "30")])
         if len(self.calls) >= self.config.max_calls:
             self.stats["calls_refused"] += 1
-            self._reply(tx, invite, 503, "Too Many Calls", [("Retry-After", "10")])
-            return
+            raise Refusal(503, "Too Many Calls", [("Retry-After", "10")])
+        overload = self.admit("sip")
+        if overload is not None:  # refused before anything is allocated: fast and cheap
+            self.stats["calls_refused"] += 1
+            raise Refusal(503, "Overloaded", [("Retry-After", str(overload.retry_after_s))])
         if self.config.auth_calls and self.config.users:
             _, challenge = self.registrar.check_auth(invite, self.endpoint.now())
             if challenge is not None:
@@ -74,78 +130,87 @@ class DialIn(ServicePart):
             listen = self._stream(route.listen) if route.listen else None
             publish = self.registry.get_or_create(route.publish) if route.publish else None
         except (UnknownStream, ValueError):
-            self._reply(tx, invite, 404, f"No Stream {user[:40]}")
-            return
+            raise Refusal(404, f"No Stream {user[:40]}") from None
         if publish is not None and publish.source is not None:
-            self._reply(tx, invite, 486, "Stream Has A Sender",
-                        [("Warning", f'399 gateway "stream {publish.name} already has a sender"')])
-            return
+            busy = f'399 gateway "stream {publish.name} already has a sender"'
+            raise Refusal(486, "Stream Has A Sender", [("Warning", busy)])
         if listen is None:
             listen = publish  # publish-only route: the caller hears its own stream's ring
         assert listen is not None
         if invite.content_type != SDP or not invite.body:
-            self._reply(tx, invite, 488, "SDP Offer Required")
-            return
+            raise Refusal(488, "SDP Offer Required")
         try:
             offer = parse_audio(invite.body.decode("utf-8", "replace"))
             choose_codec(offer, self.preference)
+            self._check_target(offer, initial=True)
+            dialog = Dialog.as_uas(invite, attempt.tag)
         except SdpError as exc:
-            self._reply(tx, invite, 488, None, [("Warning", f'304 gateway "{exc}"')])
-            return
+            raise Refusal(488, None, [("Warning", _warning(exc))]) from None
+        except SipParseError as exc:
+            raise Refusal(400, str(exc)[:60]) from None
         try:
             media = await self.ports.open(CallMedia())
         except (MediaPortsExhausted, OSError) as exc:
             log.warning("sip: refusing call to %s: %s", user, exc)
-            self._reply(tx, invite, 503, "No Media Ports", [("Retry-After", "10")])
-            return
-        call = SipCall("in", str(invite.from_.uri), listen, media, self.outputs)
+            raise Refusal(503, "No Media Ports", [("Retry-After", "10")]) from None
+        call = attempt.call = self._named(SipCall("in", str(invite.from_.uri), listen, media,
+                                                  self.outputs))
         call.invite_tx = tx
         call.flow = flow
         call.hangup_handler = self._hangup
         media.on_digit = lambda digit: self._on_digit(call, digit)
         media.on_latch = call.latched
-        local_tag = new_tag()
-        self._pending[id(tx)] = (call, local_tag)
-        try:
-            if self.config.ring_ms > 0:
-                self._reply(tx, invite, 180, to_tag=local_tag)
-                await asyncio.sleep(self.config.ring_ms / 1000)
-            sdp, pt, spec = answer(offer, self.endpoint.advertised_host, media.port,
-                                   self.preference, call.sdp_session, call.sdp_version)
-            dialog = Dialog.as_uas(invite, local_tag)
-        except (SdpError, SipParseError) as exc:
-            self._pending.pop(id(tx), None)
-            self.ports.release(media)
-            self._reply(tx, invite, 400 if isinstance(exc, SipParseError) else 488, str(exc)[:60])
-            return
-        except asyncio.CancelledError:
-            self._pending.pop(id(tx), None)
-            self.ports.release(media)
-            raise
-        self._pending.pop(id(tx), None)
+        if self.config.ring_ms > 0:
+            self._reply(tx, invite, 180, to_tag=attempt.tag)
+            await asyncio.sleep(self.config.ring_ms / 1000)
+            if tx.state != State.PROCEEDING:
+                return  # answered meanwhile (Timer C gave up): nothing left to connect
+        sdp, pt, spec = answer(offer, self.endpoint.advertised_host, media.port,
+                               self.preference, call.sdp_session, call.sdp_version)
         call.dialog = dialog
         call.local_sdp = sdp
         if publish is not None:
             try:
                 media.publish(dict(offer.codecs))
                 call.source = SipSource(call)
-                publish.attach(call.source)  # type: ignore[arg-type]
+                await self.take_sender(publish, call.source,  # type: ignore[arg-type]
+                                       "replaced by a SIP caller")
                 call.publish_to = publish
             except StreamBusy:
-                self.ports.release(media)
-                self._reply(tx, invite, 486, "Stream Has A Sender")
-                return
+                raise Refusal(486, "Stream Has A Sender") from None
         media.telephone_event = offer.telephone_event
+        call.awaiting_ack = True  # no media to the SDP's address before the ACK or RTP
         self._activate(call, offer.address, offer.port, spec, pt, offer.on_hold)
         self._reply(tx, invite, 200, headers=[("Contact", str(self._contact(flow))),
                                               ("Allow", ALLOW)],
-                    body=sdp.encode(), to_tag=local_tag)
+                    body=sdp.encode(), to_tag=attempt.tag)
+        attempt.answered = True
         log.info("sip call %s: %s dialed %s: hears %s%s, %s/%d", call.id, call.peer, user,
                  listen.name, f", feeds {publish.name}" if publish else "", spec.name,
                  media.port)
 
+    def _check_target(self, desc: AudioDescription, initial: bool) -> None:
+        """SdpError unless the call's RTP socket may send where ``desc`` says (see
+        check_target); the kernel is asked too, since only it knows the subnet
+        broadcasts of the local interfaces."""
+        if check_target(desc, initial):
+            return  # hold: nothing is sent there
+        family = socket.AF_INET6 if ":" in self.ports.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((desc.address, desc.port))  # a route lookup; nothing is sent
+            except socket.gaierror:
+                raise SdpError(f"connection address {desc.address} is not of the gateway's "
+                               f"address family (IPv{6 if family == socket.AF_INET6 else 4})",
+                               301) from None
+            except OSError as exc:
+                if exc.errno == errno.EACCES:  # a broadcast, and no SO_BROADCAST
+                    raise SdpError(f"broadcast connection address {desc.address}",
+                                   301) from None
+                # unreachable from here: latching to the phone's RTP may still work
+
     def _contact(self, flow: Flow) -> Address:
-        return self.endpoint.contact("gateway", flow[0])
+        return self.endpoint.contact("gateway", flow)
 
     def _activate(self, call: SipCall, host: str, port: int, spec, pt: int,  # type: ignore[no-untyped-def]
                   on_hold: bool) -> None:
@@ -159,23 +224,21 @@ class DialIn(ServicePart):
         assert call.dialog is not None
         self.calls[call.id] = call
         self._by_dialog[call.dialog.id] = call
-        call.stream.add_listener(call)  # type: ignore[arg-type]
+        call.stream.outputs.add(call)
         self.stats["calls_total"] += 1
 
     def _on_ack(self, ack: Request) -> None:
         call = self._find_dialog(ack)
         if call is not None and call.state == "active":
             call.invite_tx = None
+            call.acked()
 
     def _on_cancel(self, tx: ServerTransaction) -> None:
+        """The answering task ends with 487 and releases what it opened (see _answer)."""
         task = self._answering.get(id(tx))
-        pending = self._pending.pop(id(tx), None)
         if task is None or task.done():
             return  # already answered: the CANCEL changes nothing (RFC 3261 §9.2)
         task.cancel()
-        if pending is not None:
-            self.ports.release(pending[0].media)
-        self._reply(tx, tx.request, 487, to_tag=pending[1] if pending else None)
         log.info("sip: call to %s cancelled before answer", tx.request.uri)
 
     def _reinvite(self, call: SipCall, request: Request, tx: ServerTransaction) -> None:
@@ -193,12 +256,13 @@ class DialIn(ServicePart):
             return
         try:
             offer = parse_audio(request.body.decode("utf-8", "replace"))
-            call.sdp_version += 1
+            self._check_target(offer, initial=False)
             sdp, pt, spec = answer(offer, self.endpoint.advertised_host, call.media.port,
-                                   self.preference, call.sdp_session, call.sdp_version)
+                                   self.preference, call.sdp_session, call.sdp_version + 1)
         except SdpError as exc:
-            self._reply(tx, request, 488, None, [("Warning", f'304 gateway "{exc}"')], to_tag=tag)
+            self._reply(tx, request, 488, None, [("Warning", _warning(exc))], to_tag=tag)
             return
+        call.sdp_version += 1
         call.dialog.refresh_target(request)
         call.media.telephone_event = offer.telephone_event
         if call.publish_to is not None:
@@ -210,6 +274,7 @@ class DialIn(ServicePart):
         ):
             bitrate = self.opus_bitrate if spec.name == "opus" else None
             call.media.remote = None  # latch again: the phone may have moved
+            call.awaiting_ack = True  # and send there only once it ACKs or its RTP comes
             call.start_sending(spec, pt, (offer.address, offer.port), bitrate=bitrate)
         call.invite_tx = tx
         call.local_sdp = sdp

@@ -24,7 +24,22 @@ MAX_REDIRECTS = 5
 
 
 class DialError(ValueError):
-    """A dial-out request cannot be placed (bad URI, unknown user); sent back as 400."""
+    """A dial-out request cannot be placed (bad URI, unknown user); sent back as a 400
+    that names the request's ``field`` at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotRegisteredHere(DialError):
+    """A dial-out to a user name without a binding at this registrar; in a cluster, the
+    phone may have registered at another node (or worker), which can place the call."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__("uri", f"user {user!r} is not registered here")
+        self.user = user
 
 
 class DialOut(ServicePart):
@@ -49,10 +64,10 @@ class DialOut(ServicePart):
             return
         dialog = Dialog(response.call_id, response.from_.tag or "", response.to.tag or "",
                         response.from_, response.to, contact.uri)
-        self.endpoint.send_stateless(dialog.request("ACK", self.endpoint.via(flow[0]),
+        self.endpoint.send_stateless(dialog.request("ACK", self.endpoint.via(flow),
                                                     cseq=cseq), flow)
         dialog.local_cseq = cseq
-        bye = dialog.request("BYE", self.endpoint.via(flow[0]))
+        bye = dialog.request("BYE", self.endpoint.via(flow))
         await self._send_and_wait(bye, flow, 5.0)
 
     async def dial(self, stream: Stream, uri: str, timeout_s: float | None = None) -> SipCall:
@@ -60,20 +75,20 @@ class DialOut(ServicePart):
         try:
             target = Uri.parse(uri if ":" in uri else f"sip:{uri}@{self.endpoint.advertised_host}")
         except SipParseError as exc:
-            raise DialError(f"uri: {exc}") from None
+            raise DialError("uri", str(exc)) from None
         if target.scheme != "sip":
-            raise DialError("uri: only sip: URIs can be dialled")
+            raise DialError("uri", "only sip: URIs can be dialled")
         if len(self.calls) >= self.config.max_calls:
-            raise DialError("too many calls")
+            raise DialError("uri", "too many calls")
         flow = await self._target_flow(target)
         media = await self.ports.open(CallMedia())
-        call = SipCall("out", str(target), stream, media, self.outputs)
+        call = self._named(SipCall("out", str(target), stream, media, self.outputs))
         call.hangup_handler = self._hangup
         call.flow = flow
         media.on_digit = lambda digit: self._on_digit(call, digit)
         media.on_latch = call.latched
         self.calls[call.id] = call
-        stream.add_listener(call)  # type: ignore[arg-type]
+        stream.outputs.add(call)
         self.stats["dial_outs"] += 1
         self._spawn(self._dial(call, target, flow, timeout_s or self.config.dial_timeout_s))
         return call
@@ -85,13 +100,15 @@ class DialOut(ServicePart):
         ):
             bindings = self.registrar.lookup(target.user, self.endpoint.now())
             if not bindings:
-                raise DialError(f"uri: user {target.user!r} is not registered here")
+                raise NotRegisteredHere(target.user)
             host, port = bindings[0].source
+            # from the shared port, where the phone's NAT binding points; the phone's
+            # packets hash to the worker that holds its binding, which is this one
             return ("UDP", host, port)
         try:
-            return await self.endpoint.flow_for(target)
+            return await self.endpoint.flow_for(target, own=True)
         except EndpointError as exc:
-            raise DialError(f"uri: {exc.strerror}") from None
+            raise DialError("uri", f"{exc.strerror}") from None
 
     async def _dial(self, call: SipCall, target: Uri, flow: Flow, timeout_s: float) -> None:
         media = call.media
@@ -117,7 +134,7 @@ class DialOut(ServicePart):
                 if contact is None:
                     break
                 request_uri = contact.uri
-                flow = await self.endpoint.flow_for(request_uri)
+                flow = await self.endpoint.flow_for(request_uri, own=True)
                 call.flow = flow
                 cseq += 1
                 continue
@@ -134,7 +151,7 @@ class DialOut(ServicePart):
     def _invite(self, request_uri: Uri, target: Uri, local: Address, call_id: str, cseq: int,
                 flow: Flow, body: bytes, auth: list[tuple[str, str]]) -> Request:
         headers = Headers()
-        headers.add("Via", str(self.endpoint.via(flow[0])))
+        headers.add("Via", str(self.endpoint.via(flow)))
         headers.add("Max-Forwards", "70")
         headers.add("From", str(local))
         headers.add("To", str(Address(target)))
@@ -158,13 +175,13 @@ class DialOut(ServicePart):
             if challenge.realm in tried and not challenge.stale:
                 continue
             cred = next((c for c in self.config.credentials
-                         if c.get("realm", "*") in ("*", challenge.realm)), None)
+                         if c.realm in ("*", challenge.realm)), None)
             if cred is None:
                 continue
             tried.add(challenge.realm)
             try:
-                answer_ = answer_challenge(challenge, "INVITE", str(uri), cred["user"],
-                                           cred["password"])
+                answer_ = answer_challenge(challenge, "INVITE", str(uri), cred.user,
+                                           cred.password)
             except DigestError:
                 continue
             name = "Authorization" if header == "WWW-Authenticate" else "Proxy-Authorization"
@@ -222,7 +239,7 @@ class DialOut(ServicePart):
             await self._end(call, f"bad 2xx: {exc}", send_bye=False)
             return
         call.dialog = dialog
-        ack = dialog.request("ACK", self.endpoint.via(flow[0]), cseq=invite.cseq[0])
+        ack = dialog.request("ACK", self.endpoint.via(flow), cseq=invite.cseq[0])
         self.endpoint.send_stateless(ack, flow)
         if call.cancelled:  # DELETE or the dial timeout crossed the 200: hang up at once
             call.state = "active"
@@ -231,6 +248,7 @@ class DialOut(ServicePart):
         try:
             desc = parse_audio(response.body.decode("utf-8", "replace"))
             pt, spec = choose_codec(desc, self.preference)
+            self._check_target(desc, initial=False)  # c=0.0.0.0: the phone answers on hold
         except SdpError as exc:
             call.state = "active"
             await self._end(call, f"unusable answer: {exc}", send_bye=True)

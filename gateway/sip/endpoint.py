@@ -3,6 +3,13 @@
 Everything protocol-shaped happens in ``message``, ``transaction`` and ``nat``; this
 module only moves bytes, applies the size and rate limits before parsing, and wakes the
 transaction layer when its next timer is due. Events go to one handler (the service).
+
+Workers of ``gateway serve --workers N`` share the SIP port (SO_REUSEPORT), and the kernel
+hands each datagram to the worker its 4-tuple hashes to: right for calls that come in (a
+phone's messages keep one 4-tuple), wrong for what a worker sends itself, whose answers
+would land on any worker. So each worker also has a port of its own (``own_port``):
+requests it originates leave from there, name it in Via and Contact, and their responses
+and the dialog's later requests come back to it. Flows on that port carry ``OWN``.
 """
 
 from __future__ import annotations
@@ -33,10 +40,18 @@ from .message import (
     response_to,
 )
 from .nat import reply_address, stamp_received
+from .overload import SetupGate
 from .transaction import Event, Flow, Timers, TransactionLayer
+from .udp import BatchedUdp
 
 log = logging.getLogger(__name__)
 CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
+#: The fourth item of a flow on this worker's own port (a flow without it: the shared port).
+OWN = "own"
+
+
+def is_own(flow: Flow) -> bool:
+    return len(flow) > 3 and flow[3] == OWN  # type: ignore[misc]
 
 
 class EndpointError(OSError):
@@ -61,6 +76,13 @@ class EndpointSettings:
     #: Networks allowed to send SIP; empty: all. Others are dropped and counted.
     allow_from: tuple[str, ...] = ()
     user_agent: str = "audio-gateway"
+    #: Share the port with the other workers of `gateway serve --workers` (SO_REUSEPORT).
+    reuse_port: bool = False
+    #: A worker's own port (UDP and TCP; 0: any free one) for the requests it originates
+    #: and their dialogs; None: none (a single process owns the SIP port).
+    own_port: int | None = None
+    #: New out-of-dialog INVITEs admitted per second (more: 503 at once); 0: no limit.
+    max_setup_rate: float = 120.0
 
 
 @dataclass
@@ -81,13 +103,21 @@ class SipEndpoint:
                  timers: Timers | None = None) -> None:
         self.settings = settings
         self.handler = handler
-        self.layer = TransactionLayer(timers or Timers(), settings.max_transactions)
+        timers = timers or Timers()
+        #: Refuses new calls cheaply under overload (503 before any transaction exists).
+        self.gate = SetupGate(settings.max_setup_rate, remember_s=64 * timers.t1)
+        self.layer = TransactionLayer(timers, settings.max_transactions, self.gate)
+        self._episodes_seen = 0
+        self._episode_timer: asyncio.TimerHandle | None = None
         self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
         self.counters = Counters()
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allow_from]
         self.port = settings.port
-        self._udp: asyncio.DatagramTransport | None = None
+        self.own_port: int | None = None  # bound when settings.own_port is not None
+        self._udp: BatchedUdp | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
+        self._own_udp: BatchedUdp | None = None
+        self._own_tcp_server: asyncio.AbstractServer | None = None
         self._connections: dict[tuple[str, int], SipStream] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,66 +126,106 @@ class SipEndpoint:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         host = self.settings.bind_host
-        attempts = 20 if self.settings.port == 0 else 1
-        for _ in range(attempts):
+        self._udp, self._tcp_server, self.port = await self._open(
+            host, self.settings.port, "SIP port", own=False)
+        if self.settings.own_port is not None:
             try:
-                await self._bind(host, self.settings.port)
-                break
-            except OSError as exc:
+                self._own_udp, self._own_tcp_server, self.own_port = await self._open(
+                    host, self.settings.own_port, "this worker's own SIP port", own=True)
+            except EndpointError:
                 await self.close()
-                if exc.errno != errno.EADDRINUSE or attempts == 1:
-                    raise EndpointError(
-                        exc.errno, f"cannot open SIP port {host}:{self.settings.port}: "
-                        f"{exc.strerror}"
-                    ) from None
-        log.info("sip listening on %s:%d (%s), advertised as %s", host, self.port,
+                raise
+        log.info("sip listening on %s:%d%s (%s), advertised as %s", host, self.port,
+                 f" and {self.own_port} (this worker's own)" if self.own_port else "",
                  "+".join(self.settings.transports), self.advertised_host)
 
-    async def _bind(self, host: str, port: int) -> None:
+    async def _open(self, host: str, port: int, what: str, own: bool
+                    ) -> tuple[BatchedUdp | None, asyncio.AbstractServer | None, int]:
+        """UDP and TCP sockets on one port (any free one for 0: tried again if its number
+        is taken for the other transport)."""
+        attempts = 20 if port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._bind(host, port, own)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == attempts:
+                    raise EndpointError(
+                        exc.errno, f"cannot open {what} {host}:{port}: {exc.strerror}"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def _bind(self, host: str, port: int, own: bool
+                    ) -> tuple[BatchedUdp | None, asyncio.AbstractServer | None, int]:
         loop = asyncio.get_running_loop()
-        if "udp" in self.settings.transports:
-            self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: SipDatagram(self), local_addr=(host, port)
-            )
-            port = self._udp.get_extra_info("sockname")[1]
-        if "tcp" in self.settings.transports:
-            self._tcp_server = await loop.create_server(
-                lambda: SipStream(self, inbound=True), host, port, reuse_address=True
-            )
-            port = self._tcp_server.sockets[0].getsockname()[1]
-        self.port = port
+        reuse_port = (self.settings.reuse_port and not own) or None
+        udp = tcp = None
+        try:
+            if "udp" in self.settings.transports:
+                local: tuple[str, ...] = (OWN,) if own else ()  # a flow's fourth item
+                udp = await BatchedUdp.open(
+                    host, port, bool(reuse_port),
+                    lambda batch: self.received_batch(batch, local))
+                port = udp.sockname[1]
+            if "tcp" in self.settings.transports:
+                tcp = await loop.create_server(
+                    lambda: SipStream(self, inbound=True, own=own), host, port,
+                    reuse_address=True, reuse_port=reuse_port,
+                )
+                port = tcp.sockets[0].getsockname()[1]
+        except OSError:
+            if udp is not None:
+                udp.close()
+            raise
+        return udp, tcp, port
 
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
+        if self._episode_timer is not None:
+            self._episode_timer.cancel()
+            self._episode_timer = None
+        for udp in (self._udp, self._own_udp):
+            if udp is not None:
+                udp.close()
+        self._udp = self._own_udp = None
         for conn in list(self._connections.values()):
             conn.close()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            self._tcp_server = None
+        for server in (self._tcp_server, self._own_tcp_server):
+            if server is not None:
+                server.close()
+        self._tcp_server = self._own_tcp_server = None
+
+    @property
+    def listening(self) -> bool:
+        """A UDP socket or a TCP server is open (started, not closed)."""
+        return self._udp is not None or self._tcp_server is not None
 
     @property
     def advertised_host(self) -> str:
         return self.settings.advertised_host or self.settings.bind_host
 
     # -- what the service uses -----------------------------------------------------
-    def via(self, transport: str = "UDP") -> Via:
-        return Via(transport.upper(), self.advertised_host, self.port,
+    def _port_of(self, flow: Flow) -> int:
+        return self.own_port if is_own(flow) and self.own_port is not None else self.port
+
+    def via(self, flow: Flow) -> Via:
+        """A new top Via for a request sent on ``flow``: it names the port the request
+        leaves from, where its responses come back."""
+        return Via(flow[0].upper(), self.advertised_host, self._port_of(flow),
                    {"branch": new_branch(), "rport": None})
 
-    def contact(self, user: str | None = None, transport: str = "UDP") -> Address:
-        params = {"transport": "tcp"} if transport.upper() == "TCP" else {}
-        return Address(Uri("sip", self.advertised_host, user, self.port, params))
+    def contact(self, user: str | None = None, flow: Flow = ("UDP", "", 0)) -> Address:
+        """Our Contact in a dialog on ``flow``: the far end's requests in it come there."""
+        params = {"transport": "tcp"} if flow[0].upper() == "TCP" else {}
+        return Address(Uri("sip", self.advertised_host, user, self._port_of(flow), params))
 
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
 
-    async def flow_for(self, uri: Uri) -> Flow:
-        """Where a request to ``uri`` goes: its transport, host and port (no SRV lookups)."""
+    async def flow_for(self, uri: Uri, own: bool = False) -> Flow:
+        """Where a request to ``uri`` goes: its transport, host and port (no SRV lookups).
+        ``own``: from this worker's own port, if it has one (requests it originates)."""
         transport = "TCP" if (uri.params.get("transport") or "").lower() == "tcp" else "UDP"
         port = uri.port or 5060
         host = bare_host(uri.host)
@@ -165,6 +235,8 @@ class SipEndpoint:
             )
         except (socket.gaierror, UnicodeError) as exc:
             raise EndpointError(errno.EHOSTUNREACH, f"cannot resolve {host!r}: {exc}") from None
+        if own and self.own_port is not None:
+            return (transport, infos[0][4][0], port, OWN)
         return (transport, infos[0][4][0], port)
 
     def request(self, request: Request, flow: Flow):  # type: ignore[no-untyped-def]
@@ -187,10 +259,18 @@ class SipEndpoint:
         self._flush()
 
     # -- incoming ------------------------------------------------------------------
+    def received_batch(self, batch: list[tuple[bytes, tuple]], local: tuple[str, ...]
+                       ) -> None:
+        """The datagrams one wake-up of the loop read from a UDP socket, in order."""
+        for data, addr in batch:
+            if data.strip(b"\r\n") == b"":
+                continue  # keep-alive (RFC 5626 §4.4.1)
+            self.received(data, ("UDP", addr[0], addr[1], *local))
+
     def received(self, data: bytes, flow: Flow) -> None:
         """One datagram or one framed stream message from ``flow``."""
         self.counters.received += 1
-        transport, host, port = flow
+        transport, host, port = flow[:3]
         if self.allowed and not self._allowed(host):
             self.counters.forbidden += 1
             return
@@ -217,9 +297,41 @@ class SipEndpoint:
             stamp_received(message, host, port)
         token = request_id.set(f"sip:{message.call_id[:48]}")
         try:
-            self._dispatch(self.layer.receive(message, flow, self.now()))
+            self._dispatch(self.layer.receive(message, flow, self.now(), validated=True))
         finally:
             request_id.reset(token)
+        if self.gate.episodes != self._episodes_seen:
+            self._episode_began()
+
+    # -- overload episodes -----------------------------------------------------------
+    def _episode_began(self) -> None:
+        """Log once per episode (not per refused INVITE) and watch for its end."""
+        self._episodes_seen = self.gate.episodes
+        log.warning("sip overloaded: answering new INVITEs 503 with Retry-After (%s); calls "
+                    "already up and requests in their dialogs are served as usual",
+                    self._why())
+        self._watch_episode()
+
+    def _why(self) -> str:
+        reason = self.gate.episode_reason
+        return {"admission": "admission control is refusing new work",
+                "setup_rate": f"new INVITEs above sip.max_setup_rate, "
+                              f"{self.settings.max_setup_rate:g}/s",
+                "transactions": "the transaction table is full (sip.max_transactions)",
+                }.get(reason, reason)
+
+    def _watch_episode(self) -> None:
+        self._episode_timer = None
+        if self._loop is None:
+            return
+        ended = self.gate.end_episode(self.now())
+        if ended is not None:
+            seconds, refusals = ended
+            log.info("sip overload over: %d new INVITEs refused in %.1f s", refusals, seconds)
+            return
+        deadline = self.gate.episode_deadline()
+        if deadline is not None:
+            self._episode_timer = self._loop.call_at(deadline, self._watch_episode)
 
     def _allowed(self, host: str) -> bool:
         try:
@@ -280,54 +392,47 @@ class SipEndpoint:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _send(self, message: Request | Response, flow: Flow) -> None:
-        transport, host, port = flow
+        transport, host, port = flow[:3]
         if isinstance(message, Response) and transport == "UDP":
             host, port = reply_address(message)
         data = bytes(message)
+        own = is_own(flow)
         try:
             if transport == "UDP":
-                if self._udp is None:
+                udp = self._own_udp if own else self._udp
+                if udp is None:
                     raise OSError(errno.ENOTCONN, "no UDP socket")
-                self._udp.sendto(data, (host, port))
+                udp.sendto(data, (host, port))
             else:
-                self._send_stream(data, (host, port))
+                self._send_stream(data, (host, port), own)
             self.counters.sent += 1
         except OSError as exc:
             self.counters.send_errors += 1
-            log.warning("sip: cannot send to %s:%d/%s: %s", host, port, transport, exc)
+            if not isinstance(exc, BlockingIOError) or self.counters.send_errors % 1000 == 1:
+                log.warning("sip: cannot send to %s:%d/%s: %s", host, port, transport,
+                            "socket buffer full" if isinstance(exc, BlockingIOError) else exc)
 
-    def _send_stream(self, data: bytes, address: tuple[str, int]) -> None:
+    def _send_stream(self, data: bytes, address: tuple[str, int], own: bool) -> None:
         conn = self._connections.get(address)
         if conn is not None and conn.transport is not None:
             conn.transport.write(data)
             return
         if self._loop is None:
             return
-        self._loop.create_task(self._connect_and_send(data, address))
+        self._loop.create_task(self._connect_and_send(data, address, own))
 
-    async def _connect_and_send(self, data: bytes, address: tuple[str, int]) -> None:
+    async def _connect_and_send(self, data: bytes, address: tuple[str, int],
+                                own: bool) -> None:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(lambda: SipStream(self), *address)
+            _, conn = await loop.create_connection(lambda: SipStream(self, own=own),
+                                                   *address)
         except OSError as exc:
             self.counters.send_errors += 1
             log.warning("sip: cannot connect to %s:%d/TCP: %s", *address, exc.strerror)
             return
         assert conn.transport is not None
         conn.transport.write(data)
-
-
-class SipDatagram(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: SipEndpoint) -> None:
-        self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if data.strip(b"\r\n") == b"":
-            return  # keep-alive (RFC 5626 §4.4.1)
-        self.endpoint.received(data, ("UDP", addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("sip udp: %s", exc)
 
 
 class SipStream(asyncio.Protocol):
@@ -338,9 +443,10 @@ class SipStream(asyncio.Protocol):
     messages may then stay idle as long as it likes: a call's BYE can come over it hours
     later (RFC 3261 §18 keeps the connection of an INVITE for the dialog)."""
 
-    def __init__(self, endpoint: SipEndpoint, inbound: bool = False) -> None:
+    def __init__(self, endpoint: SipEndpoint, inbound: bool = False, own: bool = False) -> None:
         self.endpoint = endpoint
         self.inbound = inbound
+        self.local: tuple[str, ...] = (OWN,) if own else ()  # a flow's fourth item
         self.framer = StreamFramer(endpoint.settings.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
@@ -371,7 +477,7 @@ class SipStream(asyncio.Protocol):
         if self.framer.pending and self._deadline is None:
             self._start_deadline()  # a new message began: its clock starts now
         for message in messages:
-            self.endpoint.received(message, ("TCP", *self.peer))
+            self.endpoint.received(message, ("TCP", *self.peer, *self.local))
 
     def _start_deadline(self) -> None:
         loop = asyncio.get_running_loop()

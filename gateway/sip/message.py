@@ -79,6 +79,10 @@ def _number(text: str, what: str, limit: int = 2**32 - 1) -> int:
     return value
 
 
+#: What a URI may not contain: white space (as str.isspace), <, > and ".
+_URI_FORBIDDEN = re.compile(r'[\s<>"]')
+
+
 def canonical_name(name: str) -> str:
     lower = name.strip().lower()
     if lower in COMPACT:
@@ -88,6 +92,8 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-joined header value, ignoring commas in quotes, <...> and escapes."""
+    if '"' not in value and "<" not in value:  # the usual case, in C (no quotes, no URIs)
+        return [p for p in (part.strip() for part in value.split(",")) if p]
     parts: list[str] = []
     start = 0
     quoted = False
@@ -128,7 +134,7 @@ def parse_params(text: str) -> dict[str, str | None]:
         name, value = name.strip(), value.strip()
         if not PARAM_NAME.fullmatch(name):
             raise SipParseError(f"bad parameter {item.strip()[:40]!r}")
-        if not value.startswith('"') and any(c.isspace() for c in value):
+        if not value.startswith('"') and len(value.split()) > 1:  # white space inside
             raise SipParseError(f"white space in parameter value {value[:40]!r}")
         params[name.lower()] = value if eq else None
     return params
@@ -139,6 +145,8 @@ def format_params(params: dict[str, str | None]) -> str:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    if '"' not in text:  # escapes count only inside quotes
+        return text.split(sep)
     parts, start, quoted, i = [], 0, False, 0
     while i < len(text):
         ch = text[i]
@@ -208,7 +216,7 @@ class Uri:
         scheme = scheme.lower()
         if not colon or scheme not in ("sip", "sips", "tel"):
             raise SipParseError(f"not a SIP URI: {text[:80]!r}")
-        if any(c.isspace() or c in '<>"' for c in rest):
+        if _URI_FORBIDDEN.search(rest):
             raise SipParseError(f"white space or <>\" in URI {text[:80]!r}")
         if scheme == "tel":
             number, semicolon, params = rest.partition(";")
@@ -425,7 +433,7 @@ class Message:
     @property
     def call_id(self) -> str:
         value = self._required("Call-ID")
-        if not value or any(c.isspace() for c in value):
+        if value.split() != [value]:  # empty, or white space in it
             raise SipParseError(f"bad Call-ID: {value[:80]!r}")
         return value
 

@@ -14,6 +14,7 @@ Digest nonces are stateless.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from gateway.sip.dialog import new_tag
 from gateway.sip.digest import Credentials, DigestError, DigestServer, parse_credentials
 from gateway.sip.message import Address, Request, Response, SipParseError, Uri, response_to
+
+log = logging.getLogger(__name__)
 
 #: RFC 3261 §19.1.4: these URI parameters must match when either URI has them.
 _STRICT_URI_PARAMS = ("user", "ttl", "method", "maddr", "transport")
@@ -170,29 +173,42 @@ class Registrar:
         Works for any challengeable method (REGISTER, INVITE, ...; never ACK or CANCEL,
         RFC 3261 §22.1). Unknown users and wrong passwords get the same fresh challenge,
         so a caller cannot learn which users exist; a right password with an expired
-        nonce gets ``stale=TRUE`` so the phone retries without asking its user.
+        nonce gets ``stale=TRUE`` so the phone retries without asking its user. Every
+        refused answer is logged with its reason (never the password or the hash); a
+        request without any answer yet is the normal first step and is not.
         """
-        credentials = self._credentials(request)
+        credentials, unusable = self._credentials(request)
         if credentials is None:
+            if unusable:
+                _log_refusal(request, None, unusable)
             return None, self._challenge(request, now, stale=False)
         result = self.digest.verify(credentials, request.method, self.users.get, now)
-        if result.ok and not _uri_matches(credentials.uri, request.uri):
+        if result.ok and not digest_uri_matches(credentials.uri, request.uri):
+            _log_refusal(request, credentials, "uri does not match the Request-URI")
             return None, self._challenge(request, now, stale=False)
         if not result.ok:
+            _log_refusal(request, credentials, result.reason)
             return None, self._challenge(request, now, stale=result.stale)
         return result.username, None
 
-    def _credentials(self, request: Request) -> Credentials | None:
-        """The first readable Authorization for our realm (a phone may carry others)."""
+    def _credentials(self, request: Request) -> tuple[Credentials | None, str]:
+        """The first readable Authorization for our realm (a phone may carry others), or
+        None and why the ones present are unusable ("" when there are none)."""
+        why = ""
         for name in ("Authorization", "Proxy-Authorization"):
             for value in request.headers.get_all(name):
+                if (value.split(None, 1) or [""])[0].lower() != "digest":
+                    why = f"{name} is not Digest"  # Basic carries the password: not logged
+                    continue
                 try:
                     credentials = parse_credentials(value)
-                except DigestError:
+                except DigestError as exc:
+                    why = f"unreadable {name}: {exc}"
                     continue
                 if credentials.realm == self.realm:
-                    return credentials
-        return None
+                    return credentials, ""
+                why = f"{name} for another realm {credentials.realm[:40]!r}"
+        return None, why
 
     def _challenge(self, request: Request, now: float, stale: bool) -> Response:
         headers = [("WWW-Authenticate", str(c)) for c in self.digest.challenges(now, stale)]
@@ -296,13 +312,48 @@ class Registrar:
         return min(expires, self.max_expires)
 
 
-def _uri_matches(digest_uri: str, request_uri: Uri) -> bool:
-    """Whether the credentials were computed for this Request-URI (compared parsed, since
-    our formatting of the URI need not be byte-identical to the phone's)."""
+def digest_uri_matches(digest_uri: str, request_uri: Uri) -> bool:
+    """Whether credentials computed for ``digest_uri`` serve this Request-URI.
+
+    RFC 3261 §22.4 makes the digest ``uri`` the Request-URI but leaves the comparison to
+    the server. Scheme, user, password, host and port must agree as in §19.1.4 (host
+    case-insensitive; an omitted port is not 5060), so an answer computed for another
+    server or another stream does not pass. URI parameters count only when both URIs
+    carry them: phones decorate the digest uri (pyVoIP 1.6 answers for
+    ``sip:host;transport=UDP`` while sending ``REGISTER sip:host``), and §19.1.4's rule that
+    a transport on one side only makes URIs differ is about routing, which the hash
+    does not protect. Deployed servers are laxer still: Kamailio's auth module does not
+    compare the uri unless asked to (its docs: it "will not work with a lot of UA
+    implementations"), and Asterisk's chan_sip hashes whatever uri the phone sent.
+    """
     try:
-        return same_uri(Uri.parse(digest_uri), request_uri)
+        a = Uri.parse(digest_uri)
     except SipParseError:
         return False
+    b = request_uri
+    if a.scheme.lower() != b.scheme.lower() or a.user != b.user or a.password != b.password:
+        return False
+    if a.host.lower() != b.host.lower() or a.port != b.port:
+        return False
+    return all(
+        (a.params[name] or "").lower() == (b.params[name] or "").lower()
+        for name in set(a.params) & set(b.params)
+    )
+
+
+def _log_refusal(request: Request, credentials: Credentials | None, reason: str) -> None:
+    """Say why a Digest answer was refused: the phone only sees a fresh 401."""
+    try:
+        via = request.top_via
+        source = via.params.get("received") or via.host
+    except SipParseError:
+        source = "?"
+    if credentials is None:
+        log.info("sip digest refused: %s %s from %s: %s", request.method, request.uri,
+                 source, reason)
+        return
+    log.info("sip digest refused: %s %s from %s, user %r, uri %r: %s", request.method,
+             request.uri, source, credentials.username[:64], credentials.uri[:200], reason)
 
 
 def _reply(

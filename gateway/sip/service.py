@@ -13,11 +13,14 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import SipConfig
 from ..core.registry import StreamRegistry
+from ..core.stream import Stream
 from ..egress.rtp import RtpOutputs
+from ..models.info import RegistrationInfo, SipInfo
 from .call import SipCall
 from .dial_in import ALLOW, SDP, DialIn
 from .dial_out import DialOut
@@ -36,22 +39,43 @@ from .transaction import (
     RequestReceived,
     ResponseReceived,
     ServerTransaction,
+    State,
     StrayResponse,
+    Timers,
     TransactionTimeout,
 )
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
+async def _attach(stream: Stream, source: Any, why: str) -> None:
+    stream.attach(source)
+
+
+def _admit_all(kind: str) -> None:
+    return None
+
+
+_refuse_none = _admit_all
+
+
 class SipService(DialIn, DialOut, Upstream):
     """Owns the SIP endpoint, the calls and the registrar; dispatches what arrives."""
 
     def __init__(self, config: SipConfig, registry: StreamRegistry, outputs: RtpOutputs,
-                 opus_bitrate: int = 64000) -> None:
+                 opus_bitrate: int = 64000, reuse_port: bool = False,
+                 own_port: int | None = None) -> None:
         self.config = config
         self.registry = registry
         self.outputs = outputs
         self.opus_bitrate = opus_bitrate
+        self.take_sender = _attach
+        self.run_once = self._run_here
+        self.call_suffix = ""
+        self.admit = _admit_all
+        #: While admission control refuses anyway: its Refusal, without a new measurement
+        #: (asked for every new INVITE at datagram read, so it must be cheap).
+        self.refuse_early = _refuse_none
         self.endpoint = SipEndpoint(
             EndpointSettings(
                 bind_host=config.bind_host,
@@ -64,38 +88,49 @@ class SipService(DialIn, DialOut, Upstream):
                 user_agent=config.user_agent,
                 allow_from=tuple(config.allow_from),
                 max_transactions=config.max_transactions,
+                max_setup_rate=config.max_setup_rate,
                 max_connections=config.max_tcp_connections,
                 tcp_message_timeout_s=config.tcp_message_timeout_s,
+                reuse_port=reuse_port,
+                own_port=own_port,
             ),
             self._on_event,
+            Timers(t1=config.t1_ms / 1000),
         )
+        self.endpoint.gate.admission = self._admission_retry_after
         self.ports = MediaPorts(config.bind_host, config.rtp_port_min, config.rtp_port_max)
         self.preference = tuple(config.codecs)
         self.calls: dict[str, SipCall] = {}
         self.stopping = False  # shutting down: new calls get 503
         self.ended: deque[SipCall] = deque(maxlen=100)  # recent, so the API can say why
         self._by_dialog: dict[tuple[str, str, str], SipCall] = {}
-        #: id(invite server tx) -> (call being answered, the To tag its 180 carried)
-        self._pending: dict[int, tuple[SipCall, str]] = {}
         self._answering: dict[int, asyncio.Task[Any]] = {}
         self._responses: dict[int, asyncio.Queue[Response | None]] = {}  # client tx waiters
         self._tasks: set[asyncio.Task[Any]] = set()
         self.registrar = Registrar(config.realm, dict(config.users), secrets.token_bytes(32),
                                    algorithms=tuple(config.digest_algorithms))
         self.registrations: list[RegistrationClient] = []
+        self.registering: dict[int, asyncio.Task[Any]] = {}
         self.stats: dict[str, int] = {
             "calls_total": 0, "calls_refused": 0, "rtp_timeouts": 0, "dial_outs": 0,
         }
         self.responses_sent: dict[int, int] = {}
 
+    def _admission_retry_after(self) -> int | None:
+        """The gate's view of admission control: Retry-After while it refuses, else None."""
+        refusal = self.refuse_early("sip")
+        return None if refusal is None else refusal.retry_after_s
+
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         await self.endpoint.start()
         self._spawn(self._watch_media())
-        for entry in self.config.registrations:
-            client = self._registration_client(entry)
-            self.registrations.append(client)
-            self._spawn(self._keep_registered(client))
+        self._start_registrations()
+
+    def _run_here(self, name: str, start: Callable[[], Awaitable[Any]],
+                  stop: Callable[[], Awaitable[Any]]) -> None:
+        """A single gateway runs its once-per-cluster jobs itself."""
+        self._spawn(start())
 
     async def stop(self) -> None:
         """Hang up every call with BYE and unregister, then close the sockets."""
@@ -106,9 +141,13 @@ class SipService(DialIn, DialOut, Upstream):
         for client in self.registrations:
             if client.state == "registered":
                 await self._register(client, client.unregister(self.endpoint.now()), 2.0)
-        await asyncio.sleep(0.05)  # let the last BYEs leave
-        for task in list(self._tasks):
+        if ending or self.registrations:
+            await asyncio.sleep(0.05)  # let the last BYEs leave
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:  # calls being answered get their 503 and release their ports
+            await asyncio.wait(tasks, timeout=2.0)
         await self.endpoint.close()
 
     def _spawn(self, coro) -> asyncio.Task[Any]:  # type: ignore[no-untyped-def]
@@ -161,20 +200,32 @@ class SipService(DialIn, DialOut, Upstream):
         elif method == "INVITE":  # the transaction layer has sent 100 Trying
             task = self._spawn(self._answer(request, tx, flow))
             self._answering[id(tx)] = task
-            task.add_done_callback(lambda _t: self._answering.pop(id(tx), None))
+            task.add_done_callback(lambda t: self._answered(t, request, tx))
         elif method == "OPTIONS":
             self._reply(tx, request, 200, headers=self._capabilities())
         elif method == "REGISTER":
             if not self.config.users:
                 self._reply(tx, request, 405, headers=[("Allow", ALLOW)])
             else:
-                self.endpoint.respond(tx, self.registrar.handle(request, flow[1:],
+                self.endpoint.respond(tx, self.registrar.handle(request, flow[1:3],
                                                                 self.endpoint.now()))
         elif method == "BYE":
             self._reply(tx, request, 481)
         else:
             self._reply(tx, request, 501 if method not in ALLOW else 405,
                         headers=[("Allow", ALLOW)])
+
+    def _answered(self, task: asyncio.Task[Any], invite: Request,
+                  tx: ServerTransaction) -> None:
+        """A task cancelled before it ran never enters its code: a CANCEL (or shutdown)
+        right behind the INVITE, in the same batch of datagrams. Its final answer is then
+        given here (nothing was allocated yet)."""
+        self._answering.pop(id(tx), None)
+        if task.cancelled() and tx.state == State.PROCEEDING:
+            if self.stopping:
+                self._reply(tx, invite, 503, "Shutting Down", [("Retry-After", "30")])
+            else:
+                self._reply(tx, invite, 487)
 
     def _capabilities(self) -> list[tuple[str, str]]:
         return [("Allow", ALLOW), ("Accept", SDP), ("Accept-Language", "en")]
@@ -185,8 +236,11 @@ class SipService(DialIn, DialOut, Upstream):
             queue.put_nowait(None)
             return
         if isinstance(tx, ServerTransaction) and tx.is_invite:
+            answering = self._answering.get(id(tx))
+            if answering is not None:  # Timer C answered 408 for it: stop ringing
+                answering.cancel()
             call = next((c for c in self.calls.values() if c.invite_tx is tx), None)
-            if call is not None and call.state == "active":
+            if call is not None and call.state == "active":  # Timer H (64*T1): no ACK
                 self._spawn(self._end(call, "no ACK for our 200", send_bye=True))
 
     # -- in-dialog requests ------------------------------------------------------------
@@ -234,26 +288,35 @@ class SipService(DialIn, DialOut, Upstream):
         await self._end(call, reason, send_bye=True)
 
     async def _end(self, call: SipCall, reason: str, send_bye: bool) -> None:
-        if call.state == "ended":
-            return
         was_active = call.state == "active"
+        if not self._release(call, reason):
+            return
+        if send_bye and was_active and call.dialog is not None and call.flow is not None:
+            bye = call.dialog.request("BYE", self.endpoint.via(call.flow))
+            await self._send_and_wait(bye, call.flow, 4.0)
+
+    def _release(self, call: SipCall, reason: str) -> bool:
+        """Free what a call holds, however far it got: output, listener, sender slot,
+        listing, RTP ports. False if it was already released."""
+        if call.state == "ended":
+            return False
+        listed = self.calls.pop(call.id, None) is call
         call.state = "ended"
         call.end_reason = call.end_reason or reason
         call.stop_sending()
         if call.source is not None and call.publish_to is not None:
             call.publish_to.detach(call.source)  # type: ignore[arg-type]
-        call.stream.remove_listener(call)  # type: ignore[arg-type]
-        self.calls.pop(call.id, None)
-        self.ended.append(call)
-        if call.dialog is not None:
-            self._by_dialog.pop(call.dialog.id, None)
+        call.stream.outputs.remove(call)
+        if listed:
+            self.ended.append(call)
+        if call.dialog is not None and self._by_dialog.get(call.dialog.id) is call:
+            del self._by_dialog[call.dialog.id]
         self.ports.release(call.media)
         call.media.on_digit = call.media.on_latch = None  # no cycle: freed without the GC
-        log.info("sip call %s ended: %s (%.0f s, %d packets sent)", call.id, call.end_reason,
-                 time.time() - (call.answered or call.started), call.media.packets)
-        if send_bye and was_active and call.dialog is not None and call.flow is not None:
-            bye = call.dialog.request("BYE", self.endpoint.via(call.flow[0]))
-            await self._send_and_wait(bye, call.flow, 4.0)
+        log.info("sip call %s ended: %s (%.0f s, %d packets sent, %d received)", call.id,
+                 call.end_reason, time.time() - (call.answered or call.started),
+                 call.sent()["packets"], call.media.packets)
+        return True
 
     async def _watch_media(self) -> None:
         """End calls whose phone went quiet (no RTP or RTCP), never for a silent stream."""
@@ -289,34 +352,37 @@ class SipService(DialIn, DialOut, Upstream):
         """A live call, or one that ended recently (its state and end reason stay visible)."""
         return self.calls.get(call_id) or next((c for c in self.ended if c.id == call_id), None)
 
-    def calls_on(self, stream_name: str) -> list[SipCall]:
-        return [c for c in self.calls.values() if c.stream.name == stream_name]
-
-    def info(self) -> dict[str, Any]:
+    def info(self) -> SipInfo:
         counters = self.endpoint.counters
         self.registrar.expire(self.endpoint.now())
-        return {
-            "port": self.port,
-            "advertised_host": self.endpoint.advertised_host,
-            "calls": len(self.calls),
-            "calls_by_state": _count(c.state for c in self.calls.values()),
+        return SipInfo(
+            port=self.port,
+            worker_port=self.endpoint.own_port,  # --workers: this worker's own (cluster.md)
+            advertised_host=self.endpoint.advertised_host,
+            calls=len(self.calls),
+            calls_by_state=_count(c.state for c in self.calls.values()),
             **self.stats,
-            "responses_sent": dict(sorted(self.responses_sent.items())),
-            "messages_received": counters.received,
-            "messages_malformed": counters.malformed,
-            "messages_too_large": counters.too_large,
-            "rate_limited": counters.rate_limited,
-            "overload_rejected": self.endpoint.layer.rejected_overload,
-            "forbidden_sources": counters.forbidden,
-            "tcp_connections": len(self.endpoint._connections),
-            "tcp_connections_refused": counters.connections_refused,
-            "tcp_connections_timed_out": counters.connections_timed_out,
-            "registrations": [
-                {"registrar": str(c.registrar), "state": c.state,
-                 "last_status": c.last_status} for c in self.registrations
+            responses_sent=dict(sorted(self.responses_sent.items())),
+            messages_received=counters.received,
+            messages_malformed=counters.malformed,
+            messages_too_large=counters.too_large,
+            rate_limited=counters.rate_limited,
+            overload_rejected=self.endpoint.layer.rejected_overload,
+            invites_refused=dict(self.endpoint.gate.refused),
+            overload_episodes=self.endpoint.gate.episodes,
+            overloaded=self.endpoint.gate.overloaded,
+            forbidden_sources=counters.forbidden,
+            tcp_connections=len(self.endpoint._connections),
+            tcp_connections_refused=counters.connections_refused,
+            tcp_connections_timed_out=counters.connections_timed_out,
+            registrations=[  # state "elsewhere": another node of the cluster runs it
+                RegistrationInfo(registrar=str(c.registrar),
+                                 state=c.state if i in self.registering else "elsewhere",
+                                 last_status=c.last_status)
+                for i, c in enumerate(self.registrations)
             ],
-            "registered_users": self.registrar.bindings_count,
-        }
+            registered_users=self.registrar.bindings_count,
+        )
 
 
 def _count(items) -> dict[str, int]:  # type: ignore[no-untyped-def]

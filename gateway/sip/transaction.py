@@ -23,6 +23,15 @@ bounded (every state that waits on somebody has a timer):
   reported (CancelReceived) only while that transaction is Proceeding, since after a
   final response it has no effect (§9.2).
 - A late ``poll`` sends one retransmission, not a burst; the schedule keeps its grid.
+- An OPTIONS server transaction ends with its final response, also over UDP (no Timer
+  J): the answer is idempotent and cheap, so a retransmitted OPTIONS is simply answered
+  again by the TU. Kept for 64*T1, the keep-alive and monitoring pings of many phones
+  would hold thousands of transactions (every full garbage collection walks them, and
+  they count against ``max_transactions``) for nothing.
+- A new out-of-dialog INVITE the ``SetupGate`` refuses (overload, see ``overload``), or
+  one beyond ``max_transactions``, gets 503 + Retry-After without a transaction; its
+  retransmissions get the same 503, its ACK is absorbed. In-dialog requests, BYE and
+  CANCEL pass the transaction cap (up to twice it), so admitted calls can go on and end.
 """
 
 from __future__ import annotations
@@ -43,9 +52,12 @@ from gateway.sip.message import (
     SipParseError,
     response_to,
 )
+from gateway.sip.overload import TRANSACTIONS, SetupGate, Verdict
 
 #: (transport "UDP"|"TCP"|..., remote host, remote port): where a message comes from or goes to.
-Flow = tuple[str, str, int]
+#: A fourth item, when present, names the local port (the endpoint's business, see
+#: ``endpoint.OWN``); this layer passes flows through untouched.
+Flow = tuple[str, str, int] | tuple[str, str, int, str]
 Message = Request | Response
 
 
@@ -494,7 +506,8 @@ class NonInviteServerTransaction(ServerTransaction):
             return
         self.state = State.COMPLETED
         self._stop("guard")
-        self._linger("J", 0 if self.reliable else 64 * self._t.t1, now)
+        stateless = self.reliable or self.request.method == "OPTIONS"
+        self._linger("J", 0 if stateless else 64 * self._t.t1, now)
 
     def _fire(self, name: str, at: float, now: float) -> list[Event]:
         self._terminate()  # J, or the TU never answered
@@ -516,9 +529,12 @@ def _server_key(request: Request) -> tuple:
 class TransactionLayer:
     """All client and server transactions of one SIP endpoint."""
 
-    def __init__(self, timers: Timers = DEFAULT_TIMERS, max_transactions: int = 10000) -> None:
+    def __init__(self, timers: Timers = DEFAULT_TIMERS, max_transactions: int = 10000,
+                 gate: SetupGate | None = None) -> None:
         self.timers = timers
         self.max_transactions = max_transactions
+        #: Asked about every new out-of-dialog INVITE; without one only the cap refuses.
+        self.gate = gate
         self._clients: dict[tuple, ClientTransaction] = {}
         self._servers: dict[tuple, ServerTransaction] = {}
         self._accepted: dict[tuple, InviteServerTransaction] = {}  # 2xx ACK matching
@@ -541,11 +557,14 @@ class TransactionLayer:
         return len(self._clients) + len(self._servers)
 
     # -- I/O side -------------------------------------------------------------------
-    def receive(self, message: Message, flow: Flow, now: float) -> list[Event]:
+    def receive(self, message: Message, flow: Flow, now: float,
+                validated: bool = False) -> list[Event]:
+        """``validated``: the caller already ran ``message.validate()`` (the endpoint does,
+        to answer 400); checking every header again would cost as much as the parse."""
         try:
             if isinstance(message, Response):
-                return self._receive_response(message, flow, now)
-            return self._receive_request(message, flow, now)
+                return self._receive_response(message, flow, now, validated)
+            return self._receive_request(message, flow, now, validated)
         except SipParseError:  # a header we need is missing or unreadable; keys come first
             self.malformed += 1
             return []
@@ -641,8 +660,10 @@ class TransactionLayer:
         tx._begin(now)
         return tx
 
-    def _receive_response(self, response: Response, flow: Flow, now: float) -> list[Event]:
-        response.validate()
+    def _receive_response(self, response: Response, flow: Flow, now: float,
+                          validated: bool = False) -> list[Event]:
+        if not validated:
+            response.validate()
         key = (response.top_via.branch, response.cseq[1])
         tx = self._clients.get(key)
         if tx is None:
@@ -651,13 +672,18 @@ class TransactionLayer:
         events = tx._on_response(response, flow, now)
         return [] if tx.internal else events
 
-    def _receive_request(self, request: Request, flow: Flow, now: float) -> list[Event]:
-        request.validate()  # so nothing below fails half-way through a state change
+    def _receive_request(self, request: Request, flow: Flow, now: float,
+                         validated: bool = False) -> list[Event]:
+        if not validated:  # so nothing below fails half-way through a state change
+            request.validate()
         key = _server_key(request)
         tx = self._servers.get(key)
+        gate = self.gate
         if request.method == "ACK":
             if isinstance(tx, InviteServerTransaction):
                 return tx._on_ack(request, flow, now)
+            if gate is not None and gate.absorb_ack(key, now):
+                return []  # the ACK of a 503 the gate sent
             dialog = (request.call_id, request.cseq[0], request.from_.tag, request.to.tag)
             accepted = self._accepted.get(dialog)
             if accepted is not None:
@@ -665,15 +691,29 @@ class TransactionLayer:
             return [AckReceived(request, None, flow)]
         if tx is not None:
             return tx._on_retransmission()
-        # Requests that end calls (BYE, CANCEL) are let through past the cap: refusing
-        # them would keep sending media to phones that hung up. A bounded headroom.
-        ends_call = request.method in ("BYE", "CANCEL") and (
+        in_dialog = request.to.tag is not None
+        new_call = request.method == "INVITE" and not in_dialog
+        if new_call and gate is not None:
+            verdict = gate.refused_before(key, now)
+            if verdict is not None:  # a retransmission: the same 503 again
+                self._send_busy(request, flow, verdict.retry_after_s, retransmission=True)
+                return []
+            verdict = gate.check(now)
+            if verdict is not None:
+                self._refuse(request, key, flow, now, verdict)
+                return []
+        # Requests that end calls (BYE, CANCEL) or change them (re-INVITE) are let through
+        # past the cap: refusing them would keep sending media to phones that hung up, or
+        # break calls already admitted. A bounded headroom.
+        reinvite = in_dialog and request.method == "INVITE"
+        passes = (request.method in ("BYE", "CANCEL") or reinvite) and (
             self.transactions < self.max_transactions * 2)
-        if self.transactions >= self.max_transactions and not ends_call:
+        if self.transactions >= self.max_transactions and not passes:
             self.rejected_overload += 1
-            busy = response_to(request, 503, to_tag=_local_tag(request),
-                               headers=[("Retry-After", "5")])
-            self._send(busy, flow)
+            if new_call and gate is not None:
+                self._refuse(request, key, flow, now, Verdict(TRANSACTIONS, 5))
+            else:
+                self._send_busy(request, flow, 5)
             return []
         if request.method == "CANCEL":
             return self._receive_cancel(request, key, flow, now)
@@ -682,6 +722,22 @@ class TransactionLayer:
         self._servers[key] = tx
         tx._begin(now)
         return [RequestReceived(request, tx, flow)]
+
+    def _refuse(self, request: Request, key: tuple, flow: Flow, now: float,
+                verdict: Verdict) -> None:
+        """503 without a transaction; the gate remembers it for retransmissions and the ACK
+        (for as long as a transaction would have: Timer B, 64*T1)."""
+        assert self.gate is not None
+        self.gate.refuse(key, verdict, now)
+        self._send_busy(request, flow, verdict.retry_after_s)
+
+    def _send_busy(self, request: Request, flow: Flow, retry_after_s: int,
+                   retransmission: bool = False) -> None:
+        """503 + Retry-After with a To tag derived from the request: a retransmission of
+        the request gets the very same response, with nothing stored but its key."""
+        busy = response_to(request, 503, to_tag=_local_tag(request),
+                           headers=[("Retry-After", str(retry_after_s))])
+        self._send(busy, flow, retransmission)
 
     def _receive_cancel(
         self, cancel: Request, key: tuple, flow: Flow, now: float

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
 
+from ..config import SipRegistration
 from .endpoint import EndpointError
 from .message import Request, Response, Uri
 from .parts import ServicePart
@@ -13,16 +15,47 @@ from .registration import RegistrationClient
 
 log = logging.getLogger(__name__)
 
+
+def _job_name(client: RegistrationClient) -> str:
+    """The same on every node with the same configuration, whatever the entry's index."""
+    what = f"{client.registrar}|{client.aor}|{client.contact.user}"
+    return f"sip-registration-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+
 class Upstream(ServicePart):
     """Mixed into SipService: one task per configured registration."""
 
-    def _registration_client(self, entry: dict[str, Any]) -> RegistrationClient:
-        registrar = Uri.parse(entry["registrar"])
-        aor = Uri.parse(entry["aor"]) if entry.get("aor") else Uri(
-            "sip", registrar.host, entry["user"])
-        contact = self.endpoint.contact(entry.get("contact_user", entry["user"])).uri
-        return RegistrationClient(registrar, aor, contact, entry.get("username", entry["user"]),
-                                  entry["password"], int(entry.get("expires", 300)))
+    def _start_registrations(self) -> None:
+        """Keep each configured registration fresh: in a cluster, on one node only (every
+        node has the same configuration, and the upstream must not see N registrations): a
+        once-per-cluster job, taken over by another node when its node dies."""
+        for index, entry in enumerate(self.config.registrations):
+            client = self._registration_client(entry)
+            self.registrations.append(client)
+            start, stop = self._registration_job(index, entry)
+            self.run_once(_job_name(client), start, stop)
+
+    def _registration_job(self, index: int, entry: SipRegistration
+                          ) -> tuple[Callable[[], Awaitable[None]],
+                                     Callable[[], Awaitable[None]]]:
+        async def start() -> None:
+            # a new client (Call-ID, CSeq): one stopped mid-request would wait for it
+            client = self.registrations[index] = self._registration_client(entry)
+            self.registering[index] = self._spawn(self._keep_registered(client))
+
+        async def stop() -> None:  # another node took the job over: its REGISTERs now
+            task = self.registering.pop(index, None)
+            if task is not None:
+                task.cancel()
+
+        return start, stop
+
+    def _registration_client(self, entry: SipRegistration) -> RegistrationClient:
+        registrar = Uri.parse(entry.registrar)
+        aor = Uri.parse(entry.aor) if entry.aor else Uri("sip", registrar.host, entry.user)
+        # the shared SIP port: calls from upstream may reach any worker
+        contact = self.endpoint.contact(entry.contact_user or entry.user).uri
+        return RegistrationClient(registrar, aor, contact, entry.username or entry.user,
+                                  entry.password, entry.expires)
 
     async def _keep_registered(self, client: RegistrationClient) -> None:
         """Register, refresh before expiry, retry with backoff after failures."""
@@ -45,10 +78,10 @@ class Upstream(ServicePart):
                         timeout: float) -> Response | None:
         """Send one REGISTER of ``client`` (None: no final response in time)."""
         try:
-            flow = await self.endpoint.flow_for(client.registrar)
+            flow = await self.endpoint.flow_for(client.registrar, own=True)
         except EndpointError as exc:
             log.warning("sip registration to %s: %s", client.registrar, exc.strerror)
             return None
-        request.headers.add("Via", str(self.endpoint.via(flow[0])), first=True)
+        request.headers.add("Via", str(self.endpoint.via(flow)), first=True)
         return await self._send_and_wait(request, flow, timeout)
 

@@ -2,15 +2,95 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from .keys import gateway_of
+from ..core.stream import Stream
+from ..models.info import (
+    ClusterStreamInfo,
+    Health,
+    SessionInfo,
+    SessionList,
+    SipOff,
+    SipOn,
+    Stats,
+    StreamDetail,
+    StreamInfo,
+    StreamList,
+)
+from ..webrtc.session import WebRTCSession
+from .auth import may_manage
+from .keys import HTTP_GUARD, gateway_of
 from .problem import problem
+from .reply import reply
+
+
+def session_info(request: web.Request, session: WebRTCSession) -> SessionInfo:
+    """A session as the caller may see it. Its id is a capability (DELETE on its WHIP/WHEP
+    URL ends it), so only its creator and admins see it."""
+    info = session.info()
+    if not may_manage(request, session.owner):
+        info.id = None  # left out of the JSON
+    return info
+
+
+#: Sessions described between two yields to the event loop: a listing of hundreds of
+#: sessions (35-90 us each) built in one go held the loop 20-40 ms and made the media
+#: clock's ticks late (docs/benchmarks.md, "Timing under load").
+SESSIONS_PER_SLICE = 16
+
+
+async def session_infos(request: web.Request,
+                        sessions: list[WebRTCSession]) -> list[SessionInfo]:
+    """session_info of each, in slices that let the media clock tick in between."""
+    infos = []
+    for n, session in enumerate(sessions):
+        if n and n % SESSIONS_PER_SLICE == 0:
+            await asyncio.sleep(0)
+        infos.append(session_info(request, session))
+    return infos
+
+
+def stream_info(request: web.Request, stream: Stream) -> StreamInfo:
+    """A stream as the caller may see it: a WebRTC sender's id only as session_info shows."""
+    info = stream.info()
+    source = stream.source
+    if isinstance(source, WebRTCSession) and not may_manage(request, source.owner):
+        info.sender.id = None  # type: ignore[union-attr]
+    return info
 
 
 async def list_streams(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
-    return web.json_response({"streams": [s.info() for s in gw.registry.streams.values()]})
+    streams = [stream_info(request, s) for s in gw.registry.streams.values()]
+    if gw.cluster is not None:
+        streams = await _with_cluster(gw, streams)
+    return reply(StreamList(streams=streams))
+
+
+async def _with_cluster(gw, streams: list[StreamInfo]) -> list[StreamInfo]:  # type: ignore[no-untyped-def]
+    """Every stream of the cluster once, each with its owner node and listeners per node;
+    streams this node does not hold come from their owner (without the sender's id)."""
+    view = await gw.cluster_streams()
+    here = {s.name for s in streams}
+    wanted: dict[str, list[str]] = {}
+    for name, entry in view.items():
+        if name not in here:
+            node = entry.owner or next(iter(entry.listeners_by_node), None)
+            if node is not None:
+                wanted.setdefault(node, []).append(name)
+    replies = await asyncio.gather(*(gw.cluster.request(node, "streams.info", names=names,
+                                                        timeout=1.0)
+                                      for node, names in wanted.items()),
+                                   return_exceptions=True)
+    for answer in replies:
+        if isinstance(answer, dict):
+            streams.extend(StreamInfo.model_validate(s) for s in answer.get("streams", []))
+    for info in streams:
+        info.cluster = view.get(info.name) or ClusterStreamInfo(
+            owner=None, sender_kind=None, listeners_by_node={}, listeners_total=0)
+    return sorted(streams, key=lambda s: s.name)
 
 
 async def get_stream(request: web.Request) -> web.StreamResponse:
@@ -18,14 +98,17 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
     stream = gw.registry.streams.get(request.match_info["stream"])
     if stream is None:
         return problem(404, "Not Found", f"no stream named {request.match_info['stream']!r}")
-    body = stream.info()
-    body["sessions"] = [s.info() for s in gw.sessions.values() if s.stream is stream]
-    return web.json_response(body)
+    sessions = await session_infos(
+        request, [s for s in gw.sessions.values() if s.stream is stream])
+    info = stream_info(request, stream)
+    if gw.cluster is not None:
+        info.cluster = (await gw.cluster_streams()).get(stream.name)
+    return reply(StreamDetail(**vars(info), sessions=sessions))
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
-    return web.json_response({"sessions": [s.info() for s in gw.sessions.values()]})
+    return reply(SessionList(sessions=await session_infos(request, list(gw.sessions.values()))))
 
 
 async def delete_session(request: web.Request) -> web.StreamResponse:
@@ -37,20 +120,34 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def cluster(request: web.Request) -> web.StreamResponse:
+    """This node and every live node of the cluster with its load (404: not clustered)."""
+    gw = gateway_of(request)
+    if gw.cluster is None:
+        return problem(404, "Not Found", "this gateway is not part of a cluster "
+                                         "(set [cluster] nats_url, or --workers)")
+    nodes = await gw.cluster.nodes()
+    nodes[gw.node_name] = {"node": gw.node_name, **gw.load()}
+    return web.json_response({**gw.cluster.info(), "nodes": nodes})
+
+
 async def stats(request: web.Request) -> web.StreamResponse:
-    return web.json_response(gateway_of(request).stats())
+    guard = request.app[HTTP_GUARD]
+    return reply(Stats(**vars(gateway_of(request).stats()),
+                       http_connections_refused=guard.refused,
+                       http_header_timeouts=guard.header_timeouts))
 
 
 async def sip_status(request: web.Request) -> web.StreamResponse:
     sip = gateway_of(request).sip
     if sip is None:
-        return web.json_response({"enabled": False})
-    return web.json_response({"enabled": True, **sip.info(),
-                              "active_calls": [c.info() for c in sip.calls.values()]})
+        return reply(SipOff(enabled=False))
+    return reply(SipOn(enabled=True, **vars(sip.info()),
+                       active_calls=[c.info() for c in sip.calls.values()]))
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"status": "ok"})
+    return reply(Health(status="ok"))
 
 
 def add_routes(app: web.Application) -> None:
@@ -59,5 +156,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/sessions", list_sessions)
     app.router.add_delete("/api/v1/sessions/{session}", delete_session)
     app.router.add_get("/api/v1/stats", stats)
+    app.router.add_get("/api/v1/cluster", cluster)
     app.router.add_get("/api/v1/sip", sip_status)
     app.router.add_get("/healthz", healthz)

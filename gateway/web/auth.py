@@ -29,7 +29,8 @@ PUBLIC_PREFIXES = ("/static/",)
 PUBLIC_PATHS = {"/", "/publish", "/listen", "/dashboard", "/healthz", "/readyz",
                 "/api/v1/openapi.json"}
 #: GET endpoints any valid token may read (no stream in the path).
-READ_PATHS = {"/api/v1/streams", "/api/v1/events", "/api/v1/stats", "/api/v1/sessions"}
+READ_PATHS = {"/api/v1/streams", "/api/v1/events", "/api/v1/stats", "/api/v1/sessions",
+              "/api/v1/cluster"}
 #: Where ``?token=`` is accepted instead of the header.
 QUERY_TOKEN_SUFFIXES = ("/levels", "/events")
 QUERY_TOKEN_PREFIXES = ("/api/v1/recordings/",)
@@ -43,6 +44,9 @@ class AuthError(Exception):
 class Principal:
     name: str
     scopes: tuple[str, ...]
+    #: Who owns what this principal creates: ``key:<name>``, ``jwt:<sub>``, or for a signed
+    #: token without ``sub``, ``token:<digest>`` (only that very token).
+    identity: str
 
     def allows(self, action: str, stream: str | None) -> bool:
         """``action``: "publish", "listen", "read" (any valid token) or "admin"."""
@@ -60,11 +64,11 @@ class Principal:
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
-        self._keys = [
-            (hashlib.sha256(k["key"].encode()).digest(),
-             Principal(k.get("name", f"key{i}"), tuple(k["scopes"])))
-            for i, k in enumerate(config.keys)
-        ]
+        self._keys: list[tuple[bytes, Principal]] = []
+        for i, k in enumerate(config.keys):
+            name = k.name or f"key{i}"
+            self._keys.append((hashlib.sha256(k.key.encode()).digest(),
+                               Principal(name, tuple(k.scopes), f"key:{name}")))
 
     @property
     def enabled(self) -> bool:
@@ -93,7 +97,10 @@ class Authenticator:
             raise AuthError(f"invalid token: {exc}") from None
         scope = claims.get("scope", claims.get("scopes", ""))
         scopes = tuple(scope.split() if isinstance(scope, str) else map(str, scope))
-        return Principal(str(claims.get("sub", "jwt")), scopes)
+        if "sub" in claims:
+            return Principal(str(claims["sub"]), scopes, f"jwt:{claims['sub']}")
+        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+        return Principal("jwt", scopes, f"token:{digest}")
 
 
 def required(request: web.Request) -> tuple[str, str | None] | None:
@@ -159,9 +166,35 @@ def auth_middleware_factory():  # type: ignore[no-untyped-def]
         if not principal.allows(action, stream):
             what = f"{action}:{stream}" if stream else action
             return problem(403, "Forbidden", f"token {principal.name!r} lacks scope {what}")
+        request[PRINCIPAL] = principal
         return await handler(request)
 
     return middleware
 
 
+def owner_of(request: web.Request) -> str | None:
+    """The identity that will own what this request creates (None: access control off)."""
+    principal = request.get(PRINCIPAL)
+    return principal.identity if principal is not None else None
+
+
+def may_manage(request: web.Request, owner: str | None) -> bool:
+    """Whether the caller may see the id of, and end, a session created by ``owner``: its
+    creator and admins may; with access control off, everyone may."""
+    if not request.app[AUTH].enabled:
+        return True
+    principal = request.get(PRINCIPAL)
+    return principal is not None and ("admin" in principal.scopes
+                                      or principal.identity == owner)
+
+
+def caller_rights(request: web.Request) -> dict[str, object]:
+    """What another node needs to apply may_manage to a session it holds."""
+    principal = request.get(PRINCIPAL)
+    return {"everyone": not request.app[AUTH].enabled,
+            "admin": principal is not None and "admin" in principal.scopes,
+            "identity": principal.identity if principal is not None else None}
+
+
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from ..app import Gateway
+from ..gateway import Gateway
+from .connection_guard import ConnectionGuard
 
-GATEWAY: web.AppKey[Any] = web.AppKey("gateway")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+HTTP_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("http_guard", ConnectionGuard)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 
 

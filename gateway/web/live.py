@@ -76,7 +76,8 @@ async def levels(request: web.Request) -> web.StreamResponse:
                 await _send(resp, "ended", {"stream": name})
                 break
             if stream.analysis is not None:
-                await _send(resp, "levels", {"stream": name, **stream.analysis.snapshot()})
+                snapshot = stream.analysis.snapshot().model_dump(mode="json")
+                await _send(resp, "levels", {"stream": name, **snapshot})
             await asyncio.sleep(LEVELS_INTERVAL_S)
     except (ConnectionResetError, asyncio.CancelledError):
         pass

@@ -2,23 +2,25 @@
 
 A custom collector reads the live objects (streams, senders, outputs, calls, recorders)
 when Prometheus scrapes, so forwarding pays nothing per packet. Each application has its
-own ``CollectorRegistry``: several gateways in one process never share series.
+own ``CollectorRegistry``, and every counter belongs to one gateway: several gateways in
+one process never share series.
 
-Counters summed over things that come and go (outputs, listeners, senders, readers) are
-kept monotonic by a ``Tally``: a finished object is read one last time and its values are
-carried over, so ``rate()`` sees no false resets when a listener leaves. A sweep every
-second notices new objects, so one that lives a few seconds between two scrapes counts
-too. Metric names and meanings: ``docs/monitoring.md``.
+Counters summed over things that come and go (outputs, senders, ring readers) are kept
+where they outlive them: an output's final counts go to its stream's output registry when
+it ends, a sender's to its stream when it detaches, a ring reader's skips to its ring. So
+the sums never go down (``rate()`` sees no false resets) and one that lived between two
+scrapes is counted, with nothing polling in between. Metric names and meanings:
+``docs/monitoring.md``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import astuple, fields
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -35,79 +37,21 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from ..core.counters import SenderCounters
 from ..core.looplag import LoopLagMonitor
-from ..egress.encoders import SharedEncoder
-from .keys import GATEWAY
-
-if TYPE_CHECKING:
-    from ..app import Gateway
+from ..gateway import Gateway
+from ..models.info import Levels, Readiness
+from .connection_guard import ConnectionGuard
+from .keys import GATEWAY, HTTP_GUARD
+from .reply import reply
 
 log = logging.getLogger(__name__)
 
-#: Seconds between sweeps that notice new outputs, listeners and senders.
-SWEEP_S = 1.0
 #: SIP call states shown even when no call is in them (0), so alerts have a series.
 CALL_STATES = ("calling", "ringing", "active")
 RECORDING_STATES = ("starting", "recording", "failed", "stopped")
-FRAME_S = 0.02
-
-Labels = tuple[str, ...]
-Reader = Callable[[Any], tuple[float, ...]]
-
-
-class Tally:
-    """Counters summed per label set over objects that come and go, never going down.
-
-    Each tracked object keeps the highest values read from it (a counter read after its
-    owner released it may read 0). When an object is no longer live it is read one last
-    time and its values move to ``retired`` under its labels. Retired values of streams
-    that no longer exist are dropped (the stream's series end with it).
-    """
-
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self._live: dict[int, tuple[Any, Labels, Reader, list[float]]] = {}
-        self._retired: dict[Labels, list[float]] = {}
-
-    def update(self, items: Iterable[tuple[Any, Labels, Reader]],
-               streams: Iterable[str] | None = None) -> dict[Labels, list[float]]:
-        seen: set[int] = set()
-        for obj, labels, read in items:
-            key = id(obj)
-            seen.add(key)
-            entry = self._live.get(key)
-            if entry is None or entry[0] is not obj:
-                entry = self._live[key] = (obj, labels, read, [0.0] * self.width)
-            _raise_to(entry[3], _safe_read(read, obj, self.width))
-        for key in [k for k in self._live if k not in seen]:
-            obj, labels, read, high = self._live.pop(key)
-            _raise_to(high, _safe_read(read, obj, self.width))
-            total = self._retired.setdefault(labels, [0.0] * self.width)
-            for i, value in enumerate(high):
-                total[i] += value
-        if streams is not None:
-            alive = set(streams)
-            for labels in [lb for lb in self._retired if lb[0] not in alive]:
-                del self._retired[labels]
-        out = {labels: list(values) for labels, values in self._retired.items()}
-        for _obj, labels, _read, high in self._live.values():
-            total = out.setdefault(labels, [0.0] * self.width)
-            for i, value in enumerate(high):
-                total[i] += value
-        return out
-
-
-def _safe_read(read: Reader, obj: Any, width: int) -> tuple[float, ...]:
-    try:
-        return read(obj)
-    except Exception:  # an object torn down between two reads: keep what we had
-        return (0.0,) * width
-
-
-def _raise_to(high: list[float], values: tuple[float, ...]) -> None:
-    for i, value in enumerate(values):
-        if value > high[i]:
-            high[i] = value
+#: Buckets of listeners' reported loss (0-1).
+LOSS_BUCKETS = (0.0, 0.01, 0.03, 0.05, 0.1, 0.2, float("inf"))
 
 
 class EventCounter:
@@ -122,126 +66,31 @@ class EventCounter:
         self.counts[kind] = self.counts.get(kind, 0) + 1
 
 
-# -- what is read from each live object ------------------------------------------------
-def _read_rtp_output(o: Any) -> tuple[float, ...]:
-    return (o.packets, o.octets, o.drops, o.errors)
-
-
-def _read_webrtc_listener(s: Any) -> tuple[float, ...]:
-    reader = s.track.reader
-    return (s.track.sent, 0, reader.skipped if reader is not None else 0, 0)
-
-
-def _read_recorder(r: Any) -> tuple[float, ...]:
-    info = r.info()
-    return (r.frames, _recording_bytes(r), info.get("skipped_frames", 0),
-            1 if r.state == "failed" else 0)
-
-
-def _recording_bytes(r: Any) -> float:
-    """Audio bytes written: exact for WAV (16-bit mono), from the bitrate for Opus."""
-    if r.format == "wav":
-        return r.frames * round(r.sample_rate * FRAME_S) * 2
-    return r.frames * r.opus_bitrate * FRAME_S / 8
-
-
-def _read_encoder_skips(e: Any) -> tuple[float, ...]:
-    return (e.info()["skipped_frames"],)
-
-
-def _read_analysis_skips(a: Any) -> tuple[float, ...]:
-    return (a.snapshot().get("skipped_frames", 0),)
-
-
-def _read_recorder_skips(r: Any) -> tuple[float, ...]:
-    return (r.info().get("skipped_frames", 0),)
-
-
-def _read_listener_skips(s: Any) -> tuple[float, ...]:
-    reader = s.track.reader
-    return (reader.skipped if reader is not None else 0,)
-
-
-def _read_fanout_skips(f: Any) -> tuple[float, ...]:
-    reader = getattr(f, "_reader", None)  # the fan-out's cursor on the packet ring
-    return (getattr(reader, "skipped", 0),)
-
-
-SENDER_FIELDS = ("packets", "lost", "late", "concealed", "underruns")
-
-
-def _read_playout(p: Any) -> tuple[float, ...]:
-    info = p.info()
-    return tuple(info[f] for f in SENDER_FIELDS)
+SENDER_FIELDS = tuple(field.name for field in fields(SenderCounters))
 
 
 class GatewayCollector:
     """Reads the gateway's live objects at scrape time (prometheus_client's Collector)."""
 
-    def __init__(self, gw: Gateway, lag: LoopLagMonitor, events: EventCounter,
-                 ready: Callable[[], bool]) -> None:
+    def __init__(self, gw: Gateway, guard: ConnectionGuard, lag: LoopLagMonitor,
+                 events: EventCounter, ready: Callable[[], bool]) -> None:
         self.gw = gw
+        self.guard = guard
         self.lag = lag
         self.events = events
         self.ready = ready
-        self.outputs = Tally(4)  # (stream, kind): packets, bytes, drops, errors
-        self.skips = Tally(1)  # (stream, kind of reader): skipped frames or packets
-        self.senders = Tally(len(SENDER_FIELDS))  # (stream, kind of sender)
-
-    # -- live objects --------------------------------------------------------------
-    def _output_items(self) -> Iterator[tuple[Any, Labels, Reader]]:
-        gw = self.gw
-        for o in list(gw.rtp_outputs.outputs.values()):
-            yield o, (o.stream.name, o.kind), _read_rtp_output
-        if gw.sip is not None:
-            for call in list(gw.sip.calls.values()):
-                if call.output is not None:
-                    yield call.output, (call.output.stream.name, "sip"), _read_rtp_output
-        for s in list(gw.sessions.values()):
-            if s.role == "listener":
-                yield s, (s.stream.name, "webrtc"), _read_webrtc_listener
-        for r in list(gw.recordings.active.values()):
-            yield r, (r.stream.name, "recording"), _read_recorder
-
-    def _skip_items(self) -> Iterator[tuple[Any, Labels, Reader]]:
-        gw = self.gw
-        for stream in list(gw.registry.streams.values()):
-            for encoder in list(stream.egress.values()):
-                yield encoder, (stream.name, "encoder"), _read_encoder_skips
-            if stream.analysis is not None:
-                yield stream.analysis, (stream.name, "analysis"), _read_analysis_skips
-        for r in list(gw.recordings.active.values()):
-            yield r, (r.stream.name, "recording"), _read_recorder_skips
-        for s in list(gw.sessions.values()):
-            if s.role == "listener":
-                yield s, (s.stream.name, "webrtc"), _read_listener_skips
-        for fanout in list(getattr(gw.rtp_outputs, "_fanouts", {}).values()):
-            yield fanout, (fanout.encoder.stream.name, "rtp"), _read_fanout_skips
-
-    def _sender_items(self) -> Iterator[tuple[Any, Labels, Reader]]:
-        for stream in list(self.gw.registry.streams.values()):
-            source = stream.source
-            playout = getattr(source, "playout", None)
-            if playout is not None:
-                yield playout, (stream.name, source.kind), _read_playout
-
-    def sweep(self) -> tuple[dict[Labels, list[float]], ...]:
-        """Notice new objects and retire finished ones (every second and at each scrape)."""
-        names = list(self.gw.registry.streams)
-        return (self.outputs.update(self._output_items(), names),
-                self.skips.update(self._skip_items(), names),
-                self.senders.update(self._sender_items(), names))
 
     # -- the Collector interface ---------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        outputs, skips, senders = self.sweep()
-        yield from self._streams(skips)
-        yield from self._senders(senders)
-        yield from self._outputs(outputs)
+        yield from self._streams()
+        yield from self._senders()
+        yield from self._outputs()
         yield from self._sip()
+        yield from self._cluster()
+        yield from self._admission()
         yield from self._runtime()
 
-    def _streams(self, skips: dict[Labels, list[float]]) -> Iterator[Metric]:
+    def _streams(self) -> Iterator[Metric]:
         streams = list(self.gw.registry.streams.values())
         st = ["stream"]
         count = GaugeMetricFamily("gateway_streams", "Streams that exist now.",
@@ -290,33 +139,29 @@ class GatewayCollector:
             silence.add_metric(name, stream.frames_silence)
             senders_total.add_metric(name, stream.senders_total)
             present.add_metric(name, 1 if stream.source is not None else 0)
-            playout = getattr(stream.source, "playout", None)
-            last = getattr(playout, "last_packet", None)
-            if last is not None:
-                age.add_metric(name, max(0.0, now - last))
-            by_kind: dict[str, int] = {}
-            for listener in list(stream.listeners.values()):
-                by_kind[listener.kind] = by_kind.get(listener.kind, 0) + 1
-            for kind, n in sorted(by_kind.items()):
+            stats = stream.source.stats() if stream.source is not None else None
+            if stats is not None and stats.last_packet is not None:
+                age.add_metric(name, max(0.0, now - stats.last_packet))
+            for kind, n in sorted(stream.outputs.count_by_kind().items()):
                 listeners.add_metric([stream.name, kind], n)
+            for kind, n in sorted(stream.skipped_by_kind().items()):
+                skipped.add_metric([stream.name, kind], n)
             encoders.add_metric(name, len(stream.egress))
-            snapshot = stream.analysis.snapshot() if stream.analysis is not None else {}
+            snapshot = stream.analysis.snapshot() if stream.analysis is not None else None
             for key, family in levels.items():
-                value = snapshot.get(key)
+                value = getattr(snapshot, key, None)
                 if value is not None:
                     family.add_metric(name, value)
-            if snapshot.get("silence_alarm") is not None:
-                alarm.add_metric(name, 1 if snapshot["silence_alarm"] else 0)
-        for (stream_name, kind), (value,) in sorted(skips.items()):
-            skipped.add_metric([stream_name, kind], value)
+            if isinstance(snapshot, Levels):
+                alarm.add_metric(name, 1 if snapshot.silence_alarm else 0)
         yield from (count, written, from_sender, silence, senders_total, present, age,
                     listeners, encoders, skipped, *levels.values(), alarm)
         yield CounterMetricFamily(
             "gateway_encoders_created_total",
-            "Shared encoders started since the process started (all gateways in it).",
-            value=SharedEncoder.created_total)
+            "Shared encoders the gateway started.",
+            value=self.gw.registry.counters.encoders_created)
 
-    def _senders(self, totals: dict[Labels, list[float]]) -> Iterator[Metric]:
+    def _senders(self) -> Iterator[Metric]:
         lk = ["stream", "kind"]
         docs = {
             "packets": "RTP packets the stream's senders delivered to the jitter buffer.",
@@ -324,16 +169,26 @@ class GatewayCollector:
             "late": "Packets that arrived after their playout time (dropped).",
             "concealed": "Ticks filled by loss concealment.",
             "underruns": "Ticks the jitter buffer had nothing to play.",
+            "fec_recovered": "Lost packets decoded from the next packet's in-band FEC (Opus).",
+            "red_recovered": "Lost packets played from a RED (RFC 2198) copy carried by a "
+                             "later packet (also counted as lost, not concealed).",
+            "plc_concealed": "Lost packets' worth of audio made by the codec's own "
+                             "concealment (libopus PLC, G.711 Appendix I).",
         }
         names = {"packets": "gateway_sender_packets_total",
                  "lost": "gateway_sender_lost_packets_total",
                  "late": "gateway_sender_late_packets_total",
                  "concealed": "gateway_sender_concealed_frames_total",
-                 "underruns": "gateway_sender_underruns_total"}
+                 "underruns": "gateway_sender_underruns_total",
+                 "fec_recovered": "gateway_sender_fec_recovered_packets_total",
+                 "red_recovered": "gateway_sender_red_recovered_packets_total",
+                 "plc_concealed": "gateway_sender_plc_concealed_packets_total"}
         families = [CounterMetricFamily(names[f], docs[f], labels=lk) for f in SENDER_FIELDS]
-        for labels, values in sorted(totals.items()):
-            for family, value in zip(families, values, strict=True):
-                family.add_metric(list(labels), value)
+        streams = list(self.gw.registry.streams.values())
+        for stream in streams:
+            for kind, counters in sorted(stream.sender_totals().items()):
+                for family, value in zip(families, astuple(counters), strict=True):
+                    family.add_metric([stream.name, kind], value)
         yield from families
         delay = GaugeMetricFamily(
             "gateway_sender_delay_seconds",
@@ -344,19 +199,18 @@ class GatewayCollector:
         target = GaugeMetricFamily(
             "gateway_sender_jitter_target_seconds",
             "Current target depth of the sender's jitter buffer.", labels=lk)
-        for stream in list(self.gw.registry.streams.values()):
+        for stream in streams:
             source = stream.source
-            playout = getattr(source, "playout", None)
-            if playout is None:
+            stats = source.stats() if source is not None else None
+            if source is None or stats is None:
                 continue
-            info = playout.info()
             labels = [stream.name, source.kind]
-            delay.add_metric(labels, info["delay_ms_avg"] / 1000)
-            delay_max.add_metric(labels, info["delay_ms_max"] / 1000)
-            target.add_metric(labels, info["jitter_target_ms"] / 1000)
+            delay.add_metric(labels, stats.delay_s)
+            delay_max.add_metric(labels, stats.delay_max_s)
+            target.add_metric(labels, stats.jitter_target_s)
         yield from (delay, delay_max, target)
 
-    def _outputs(self, totals: dict[Labels, list[float]]) -> Iterator[Metric]:
+    def _outputs(self) -> Iterator[Metric]:
         gw = self.gw
         lk = ["stream", "kind"]
         packets = CounterMetricFamily(
@@ -364,21 +218,25 @@ class GatewayCollector:
             "Packets sent per output kind (recording: 20 ms frames written).", labels=lk)
         octets = CounterMetricFamily(
             "gateway_output_bytes_total",
-            "Payload bytes sent (rtp, sip) or audio bytes written (recording).", labels=lk)
+            "Payload bytes sent (rtp, sip, webrtc) or audio bytes written (recording).",
+            labels=lk)
         drops = CounterMetricFamily(
             "gateway_output_drops_total",
-            "rtp/sip: packets dropped on a full socket buffer; webrtc: packets skipped by a "
-            "slow listener; recording: frames skipped.", labels=lk)
+            "rtp/sip: packets dropped on a full socket buffer; webrtc: the same, and packets "
+            "missed because the fan-out fell behind; recording: frames skipped.", labels=lk)
         errors = CounterMetricFamily(
             "gateway_output_errors_total",
-            "rtp/sip: send errors (unreachable, refused); recording: recordings failed.",
+            "rtp/sip/webrtc: send errors (unreachable, refused); recording: recordings failed.",
             labels=lk)
-        for labels, values in sorted(totals.items()):
-            for family, value in zip((packets, octets, drops, errors), values, strict=True):
-                if family is octets and labels[1] == "webrtc":
-                    continue  # aiortc does not say
-                family.add_metric(list(labels), value)
+        for stream in list(gw.registry.streams.values()):
+            for kind, c in sorted(stream.outputs.totals().items()):
+                labels = [stream.name, kind]
+                packets.add_metric(labels, c.packets)
+                octets.add_metric(labels, c.bytes)
+                drops.add_metric(labels, c.drops)
+                errors.add_metric(labels, c.errors)
         yield from (packets, octets, drops, errors)
+        yield from self._reported_loss()
         recordings = GaugeMetricFamily(
             "gateway_recordings", "Recordings the gateway holds, by state.", labels=["state"])
         states = _count(r.state for r in gw.recordings.active.values())
@@ -394,6 +252,71 @@ class GatewayCollector:
         yield sessions
         yield GaugeMetricFamily("gateway_rtp_inputs", "Plain RTP inputs open.",
                                 value=len(gw.rtp_inputs))
+
+    def _reported_loss(self) -> Iterator[Metric]:
+        """What listeners say in their RTCP receiver reports, per stream and listener kind
+        (not per listener: ids as labels would make a new series for every listener that
+        comes and goes; the API and the dashboard list each listener's own numbers)."""
+        lk = ["stream", "kind"]
+        worst = GaugeMetricFamily(
+            "gateway_listener_reported_loss_max",
+            "Highest loss (0-1, smoothed over ~3 reports) a listener reports in its RTCP "
+            "receiver reports.", labels=lk)
+        by_loss = GaugeMetricFamily(
+            "gateway_listeners_reported_loss",
+            "Listeners whose smoothed reported loss is at most `le` (0-1), cumulative like "
+            "a histogram; listeners that have sent no report are not counted.",
+            labels=[*lk, "le"])
+        expected = GaugeMetricFamily(
+            "gateway_encoder_expected_loss_percent",
+            "The loss a shared Opus encoder's in-band FEC protects against (0: FEC off), "
+            "from its worst listener's reports.", labels=["stream", "codec", "bitrate"])
+        for stream in list(self.gw.registry.streams.values()):
+            losses: dict[str, list[float]] = {}
+            for output in list(stream.outputs):
+                feedback = getattr(output, "feedback", None)
+                if feedback is not None and feedback.reception.reports:
+                    losses.setdefault(output.kind, []).append(feedback.reception.loss_smoothed)
+            for kind, values in sorted(losses.items()):
+                worst.add_metric([stream.name, kind], max(values))
+                for bound in LOSS_BUCKETS:
+                    by_loss.add_metric([stream.name, kind, _le(bound)],
+                                       sum(1 for v in values if v <= bound))
+            for encoder in list(stream.egress.values()):
+                percent = encoder.info().expected_loss_percent
+                if percent is not None:
+                    expected.add_metric([stream.name, encoder.spec.name, str(encoder.bitrate)],
+                                        percent)
+        yield from (worst, by_loss, expected)
+
+    def _cluster(self) -> Iterator[Metric]:
+        cluster = self.gw.cluster
+        if cluster is None:
+            return
+        yield GaugeMetricFamily("gateway_cluster_connected",
+                                "1 while this node is connected to NATS.",
+                                value=1 if cluster.nc is not None and cluster.nc.is_connected
+                                else 0)
+        yield CounterMetricFamily("gateway_cluster_disconnects_total",
+                                  "Times this node lost its NATS connection.",
+                                  value=cluster.disconnects)
+        silences = CounterMetricFamily(
+            "gateway_cluster_feed_silences_total",
+            "Times a stream fed from another node went silent for over a second (NATS "
+            "away, the owner gone).", labels=["stream"])
+        for name, value in sorted(cluster.feed_silences.items()):
+            silences.add_metric([name], value)
+        yield silences
+        published = CounterMetricFamily(
+            "gateway_cluster_published_bytes_total",
+            "Bytes of a stream this node published to the cluster (while other nodes read it).",
+            labels=["stream"])
+        for name, publication in sorted(cluster.publications.items()):
+            published.add_metric([name], publication.bytes)
+        yield published
+        yield GaugeMetricFamily("gateway_cluster_subscribed_streams",
+                                "Streams this node hears from other nodes now.",
+                                value=len(cluster.remote))
 
     def _sip(self) -> Iterator[Metric]:
         sip = self.gw.sip
@@ -429,7 +352,7 @@ class GatewayCollector:
              "SIP messages over sip.max_message_bytes."),
             (c.rate_limited, "gateway_sip_messages_rate_limited_total",
              "SIP messages dropped by the per-source rate limit."),
-            (getattr(c, "forbidden", 0), "gateway_sip_messages_forbidden_total",
+            (c.forbidden, "gateway_sip_messages_forbidden_total",
              "SIP messages dropped because the source is not in sip.allow_from."),
             (c.send_errors, "gateway_sip_send_errors_total", "SIP messages that failed to send."),
             (c.connections_refused, "gateway_sip_connections_refused_total",
@@ -438,6 +361,20 @@ class GatewayCollector:
              "TCP connections closed for not completing a message in time."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        gate = sip.endpoint.gate
+        refused = CounterMetricFamily(
+            "gateway_sip_invites_refused_total", "New INVITEs answered 503 + Retry-After at "
+            "once under overload, before any transaction, by reason (admission, setup_rate, "
+            "transactions).", labels=["reason"])
+        for reason, n in sorted(gate.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield CounterMetricFamily("gateway_sip_overload_episodes_total",
+                                  "Times the gateway started refusing new INVITEs.",
+                                  value=gate.episodes)
+        yield GaugeMetricFamily("gateway_sip_overloaded",
+                                "1 while new INVITEs are being refused (until 1 s after the "
+                                "last refusal).", value=1 if gate.overloaded else 0)
         with contextlib.suppress(Exception):
             sip.registrar.expire(sip.endpoint.now())
         yield GaugeMetricFamily("gateway_sip_registered_bindings",
@@ -450,7 +387,50 @@ class GatewayCollector:
             regs.add_metric([state], n)
         yield regs
 
+    def _admission(self) -> Iterator[Metric]:
+        adm = self.gw.admission
+        refused = CounterMetricFamily(
+            "gateway_admission_refused_total",
+            "New work refused by admission control (503 + Retry-After), by kind.",
+            labels=["kind"])
+        for kind, n in sorted(adm.refused.items()):
+            refused.add_metric([kind], n)
+        yield refused
+        yield GaugeMetricFamily("gateway_admission_refusing",
+                                "1 while admission control refuses new work.",
+                                value=1 if adm.refusing else 0)
+        yield CounterMetricFamily("gateway_admission_episodes_total",
+                                  "Times admission control started refusing.",
+                                  value=adm.episodes)
+        yield GaugeMetricFamily(
+            "gateway_admission_cpu_share",
+            "CPU use over the last second / the cores this process may use.",
+            value=adm.cpu_share)
+        yield GaugeMetricFamily(
+            "gateway_admission_cores_available",
+            "Cores this process may use: one, or less under a container CPU quota.",
+            value=adm.cores_available)
+        yield GaugeMetricFamily(
+            "gateway_clock_lateness_p99_seconds",
+            "99th percentile of the media clock's tick lateness over the last second.",
+            value=adm.lateness_p99_ms() / 1000)
+        late = self.gw.registry.clock.lateness
+        hist = HistogramMetricFamily(
+            "gateway_clock_lateness_seconds",
+            "How late the media clock's 20 ms ticks ran after their deadline.")
+        hist.add_metric([], [(_le(b), n) for b, n in late.cumulative()], late.sum)
+        yield hist
+
     def _runtime(self) -> Iterator[Metric]:
+        guard = self.guard
+        yield CounterMetricFamily(
+            "gateway_http_connections_refused_total",
+            "HTTP connections closed at once: their address had http.max_pending_per_address "
+            "connections without a request.", value=guard.refused)
+        yield CounterMetricFamily(
+            "gateway_http_header_timeouts_total",
+            "HTTP connections closed for not completing request headers within "
+            "http.header_timeout_s.", value=guard.header_timeouts)
         registry = self.gw.registry
         yield CounterMetricFamily("gateway_clock_ticks_total", "Media clock ticks (20 ms).",
                                   value=registry.ticks)
@@ -487,10 +467,26 @@ def _count(items: Iterable[str]) -> dict[str, int]:
     return out
 
 
+class NodeLabelled:
+    """A collector whose every series also carries ``node="<name>"`` (in a cluster, so the
+    series of several nodes and workers stay apart wherever they are aggregated)."""
+
+    def __init__(self, inner: Any, node: str | None) -> None:
+        self.inner = inner
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            if self.node is not None:
+                metric.samples = [s._replace(labels={"node": self.node, **s.labels})
+                                  for s in metric.samples]
+            yield metric
+
+
 class Metrics:
     """Per application: the registry, the loop-lag monitor, readiness."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, guard: ConnectionGuard) -> None:
         self.gw = gw
         self.started = False
         self.stopping = False
@@ -498,25 +494,22 @@ class Metrics:
         self.events = EventCounter()
         # The bus offers every event to each subscriber; this one only counts.
         gw.events.subscribers.add(self.events)  # type: ignore[arg-type]
-        self.collector = GatewayCollector(gw, self.lag, self.events, self.ready)
+        self.collector = GatewayCollector(gw, guard, self.lag, self.events, self.ready)
         self.registry = CollectorRegistry()
-        self.registry.register(self.collector)  # type: ignore[arg-type]
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        self._sweeper: asyncio.Task[None] | None = None
+        node = gw.node_name if gw.cluster is not None else None
+        scratch = CollectorRegistry()  # prometheus_client's own collectors insist on one
+        for collector in (self.collector, ProcessCollector(registry=scratch),
+                          PlatformCollector(registry=scratch), GCCollector(registry=scratch)):
+            self.registry.register(NodeLabelled(collector, node))  # type: ignore[arg-type]
 
     def checks(self) -> dict[str, bool]:
         gw = self.gw
-        clock = getattr(gw.registry, "_task", None)
         checks = {
             "started": self.started and not self.stopping and not gw.stopping.is_set(),
-            "media_clock": clock is not None and not clock.done(),
+            "media_clock": gw.registry.running,
         }
         if gw.sip is not None:
-            endpoint = gw.sip.endpoint
-            checks["sip"] = (getattr(endpoint, "_udp", None) is not None
-                             or getattr(endpoint, "_tcp_server", None) is not None)
+            checks["sip"] = gw.sip.endpoint.listening
         return checks
 
     def ready(self) -> bool:
@@ -525,7 +518,6 @@ class Metrics:
     async def on_startup(self, app: web.Application) -> None:
         # runs after the gateway's own startup hook (added before ours in create_app)
         self.lag.start()
-        self._sweeper = asyncio.create_task(self._sweep(), name="metrics-sweep")
         self.started = True
 
     async def on_shutdown(self, app: web.Application) -> None:
@@ -533,19 +525,7 @@ class Metrics:
 
     async def on_cleanup(self, app: web.Application) -> None:
         await self.lag.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
         self.gw.events.subscribers.discard(self.events)  # type: ignore[arg-type]
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_S)
-            try:
-                self.collector.sweep()
-            except Exception:  # never let metrics take anything down
-                log.exception("metrics sweep failed")
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
@@ -561,12 +541,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready: started, media clock running, SIP listening if enabled (else 503)."""
     checks = request.app[METRICS].checks()
     ok = all(checks.values())
-    return web.json_response({"status": "ready" if ok else "not ready", "checks": checks},
-                             status=200 if ok else 503)
+    return reply(Readiness(status="ready" if ok else "not ready", checks=checks),
+                 200 if ok else 503)
 
 
 def add_routes(app: web.Application) -> None:
-    state = Metrics(app[GATEWAY])
+    state = Metrics(app[GATEWAY], app[HTTP_GUARD])
     app[METRICS] = state
     app.on_startup.append(state.on_startup)
     app.on_shutdown.insert(0, state.on_shutdown)

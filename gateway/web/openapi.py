@@ -1,7 +1,8 @@
 """The HTTP API contract: an OpenAPI 3.1 document, served at /api/v1/openapi.json.
 
-The document is built here, in Python, so that it shares its constants (stream names,
-codecs, packet times, recording formats) with the handlers that enforce them.
+Its schema components are generated from the models the handlers validate requests with
+(``io_requests``) and answer with (``models.info``, ``web.problem``), so a limit or a
+field is declared once; only the paths and operations are written here.
 tests/test_openapi.py keeps it honest: every route the app serves must be described here
 and every path described here must be served, and a fuzzer drives the API from it.
 
@@ -20,10 +21,14 @@ from importlib import metadata
 from typing import Any
 
 from aiohttp import web
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 
-from ..codecs.spec import CODECS, L16, PTIMES
 from ..core.registry import STREAM_NAME
-from ..recording.store import FORMATS
+from ..io_requests import OutputRequest, RtpInputRequest
+from ..models import info
+from ..recording.store import ID_PATTERN, MAX_ID_CHARS
+from .problem import Problem, ValidationProblem
 
 PATH = "/api/v1/openapi.json"
 
@@ -43,36 +48,10 @@ def _version() -> str:
 
 
 def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF.format(model=name)}
 
 
-def _obj(required: list[str], props: dict[str, Any], extra: bool = True, **more: Any) -> Schema:
-    out: Schema = {"type": "object", "required": required, "properties": props}
-    if not extra:
-        out["additionalProperties"] = False
-    out.update(more)
-    return out
-
-
-INT = {"type": "integer"}
-COUNT = {"type": "integer", "minimum": 0}
-NUM = {"type": "number"}
 STR = {"type": "string"}
-BOOL = {"type": "boolean"}
-EPOCH = {"type": "number", "description": "Unix time, seconds"}
-
-
-def _nullable(schema: Schema) -> Schema:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-CODEC_NAMES = [*(c.name for c in CODECS.values()), "L16"]
-L16_RATE = {"type": "integer", "description": f"L16 sample rate: one of {sorted(L16)}, "
-                                              "default 48000 (other codecs ignore it)"}
-#: The rate of L16 is checked; other codecs accept any integer and ignore it.
-L16_RATES = {"if": {"required": ["codec"], "properties": {"codec": {"const": "L16"}}},
-             "then": {"properties": {"rate": {"enum": sorted(L16)}}}}
-ALL_PTIMES = sorted({p for ptimes in PTIMES.values() for p in ptimes})
 
 # -- example SDP offers (valid for check_offer; no ICE candidates, so nothing is dialled) -
 _OFFER = (
@@ -94,199 +73,49 @@ RTP_SDP = (
 )
 
 
+REF = "#/components/schemas/{model}"
+#: The schema components: every one is generated from the model (or union of models) that
+#: the handlers validate requests with or answer with; a component's name is the model's.
+MODELS: dict[str, tuple[Any, JsonSchemaMode]] = {
+    "OutputRequest": (OutputRequest, "validation"),
+    "RtpInputRequest": (RtpInputRequest, "validation"),
+    "Problem": (Problem, "serialization"),
+    "ValidationProblem": (ValidationProblem, "serialization"),
+    "StreamList": (info.StreamList, "serialization"),
+    "StreamDetail": (info.StreamDetail, "serialization"),
+    "SessionList": (info.SessionList, "serialization"),
+    "Output": (info.Output, "serialization"),
+    "OutputList": (info.OutputList, "serialization"),
+    "RtpInputInfo": (info.RtpInputInfo, "serialization"),
+    "InputList": (info.InputList, "serialization"),
+    "RecordingList": (info.RecordingList, "serialization"),
+    "Stats": (info.Stats, "serialization"),
+    "SipStatus": (info.SipStatus, "serialization"),
+    "Health": (info.Health, "serialization"),
+    "Readiness": (info.Readiness, "serialization"),
+}
+
+
+class _Untitled(GenerateJsonSchema):
+    """Property titles repeat the property names: left out."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
 def _schemas() -> dict[str, Schema]:
-    field_error = _obj(["field", "message"], {
-        "field": {**STR, "description": "the request field at fault, or `body`"},
-        "message": STR,
-    })
-    return {
-        "Problem": _obj(["type", "title", "status"], {
-            "type": {**STR, "format": "uri-reference", "default": "about:blank"},
-            "title": {**STR, "description": "the HTTP reason phrase"},
-            "status": {"type": "integer", "minimum": 400, "maximum": 599},
-            "detail": {**STR, "description": "what went wrong, for a person"},
-            "instance": {**STR, "format": "uri-reference"},
-            "errors": {"type": "array", "items": ref("FieldError")},
-        }, description="RFC 9457 problem details: the shape of every 4xx and 5xx response."),
-        "ValidationProblem": {
-            "allOf": [ref("Problem"), _obj(["errors"], {
-                "status": {"const": 400},
-                "errors": {"type": "array", "minItems": 1, "items": ref("FieldError")},
-            })],
-            "description": "A 400 naming the request fields at fault.",
-        },
-        "FieldError": field_error,
-        "StreamName": {
-            "type": "string", "pattern": STREAM_NAME.pattern, "examples": ["lobby"],
-            "description": "1-64 of `A-Z a-z 0-9 . _ ~ -`, starting with a letter or digit",
-        },
-        "Codec": {
-            "type": "string", "enum": CODEC_NAMES, "default": "PCMU",
-            "description": "codec name, any case; L16 takes `rate`",
-        },
-        # -- request bodies ---------------------------------------------------------
-        "RtpOutputRequest": _obj(["type", "host", "port"], {
-            "type": {"const": "rtp"},
-            "host": {**STR, "minLength": 1, "examples": ["239.1.1.1", "127.0.0.1"],
-                     "description": "destination: unicast or multicast address, or a name"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65534, "examples": [5004],
-                     "description": "RTP port; RTCP goes to port + 1"},
-            "codec": ref("Codec"),
-            "rate": L16_RATE,
-            "ptime": {"type": "integer", "enum": ALL_PTIMES, "default": 20,
-                      "description": "packet time, ms; Opus has no 30"},
-            "ttl": {"type": "integer", "minimum": 1, "maximum": 255, "default": 16},
-            "bitrate": {"type": "integer", "minimum": 6000, "maximum": 510000,
-                        "description": "Opus bit rate, b/s (default `webrtc.opus_bitrate`)"},
-            "stream": {"description": "ignored (the config-file form names the stream)"},
-        }, extra=False, description="Send the stream as RTP to host:port.", **L16_RATES),
-        "SipOutputRequest": _obj(["type", "uri"], {
-            "type": {"const": "sip"},
-            "uri": {**STR, "pattern": r"\S", "examples": ["sip:alice@pbx.example.org"],
-                    "description": "the phone to call; a bare user calls a registered user"},
-            "timeout_s": {"type": "number", "minimum": 1, "maximum": 600,
-                          "description": "give up ringing after this (default "
-                                         "`sip.dial_timeout_s`)"},
-            "stream": {"description": "ignored"},
-        }, extra=False, description="Call a phone that plays the stream (SIP dial-out)."),
-        "RecordingOutputRequest": _obj(["type"], {
-            "type": {"const": "recording"},
-            "format": {"type": "string", "enum": list(FORMATS),
-                       "description": "default `recording.format`"},
-            "sample_rate": {"type": "integer", "enum": [8000, 16000, 24000, 48000],
-                            "description": "WAV only (Opus is 48 kHz)"},
-            "stream": {"description": "ignored"},
-        }, extra=False, description="Record the stream to a file."),
-        "OutputRequest": {
-            "oneOf": [ref("RtpOutputRequest"), ref("SipOutputRequest"),
-                      ref("RecordingOutputRequest")],
-            "discriminator": {"propertyName": "type", "mapping": {
-                "rtp": "#/components/schemas/RtpOutputRequest",
-                "sip": "#/components/schemas/SipOutputRequest",
-                "recording": "#/components/schemas/RecordingOutputRequest",
-            }},
-        },
-        "RtpInputRequest": _obj(["port"], {
-            "type": {"const": "rtp", "default": "rtp"},
-            "port": {"type": "integer", "minimum": 0, "maximum": 65535,
-                     "description": "UDP port to listen on (`rtp.bind_host`); 0: any free"},
-            "codec": ref("Codec"),
-            "rate": L16_RATE,
-            "payload_type": {"type": "integer", "minimum": 0, "maximum": 127,
-                             "description": "default: the codec's usual one"},
-            "stream": {"description": "ignored (the config-file form names the stream)"},
-        }, extra=False, description="Receive RTP on a port and make it the stream's sender.",
-            **L16_RATES),
-        # -- response bodies --------------------------------------------------------
-        "Encoder": _obj(["codec", "clock_rate", "bitrate", "ptime", "subscribers",
-                         "frames_encoded"], {
-            "codec": STR, "clock_rate": INT, "bitrate": _nullable(INT), "ptime": INT,
-            "subscribers": COUNT, "frames_encoded": COUNT, "skipped_frames": COUNT,
-        }),
-        "Analysis": _obj(["plugins"], {
-            "frames": COUNT, "peak_dbfs": NUM, "rms_dbfs": NUM, "meter_dbfs": NUM,
-            "peak_hold_dbfs": NUM, "momentary_lufs": _nullable(NUM),
-            "short_term_lufs": _nullable(NUM), "integrated_lufs": _nullable(NUM),
-            "voice": _nullable(BOOL), "voice_ratio": _nullable(NUM), "silent": BOOL,
-            "silence_alarm": BOOL, "skipped_frames": COUNT,
-            "plugins": {"type": "array", "items": {"type": "object"}},
-        }, description="levels, loudness (EBU R 128), voice activity, silence alarm"),
-        "Session": _obj(["id", "kind", "role", "stream", "codec", "state", "since"], {
-            "id": STR, "kind": STR,
-            "role": {"type": "string", "enum": ["publisher", "listener"]},
-            "stream": STR, "codec": _nullable(STR),
-            "state": {**STR, "description": "the peer connection's state"},
-            "since": EPOCH,
-        }, description="A WebRTC (WHIP or WHEP) session, with its counters."),
-        "Stream": _obj(["name", "sender", "listeners", "listeners_by_kind", "frames_written",
-                        "frames_from_sender", "frames_silence", "encoders", "analysis"], {
-            "name": STR,
-            "sender": _nullable({"type": "object", "description": "the sender's info"}),
-            "listeners": COUNT,
-            "listeners_by_kind": {"type": "object", "additionalProperties": COUNT},
-            "frames_written": COUNT, "frames_from_sender": COUNT, "frames_silence": COUNT,
-            "duration_s": NUM,
-            "encoders": {"type": "array", "items": ref("Encoder")},
-            "analysis": _nullable(ref("Analysis")),
-            "persistent": BOOL,
-        }),
-        "StreamDetail": {"allOf": [ref("Stream"), _obj(["sessions"], {
-            "sessions": {"type": "array", "items": ref("Session")},
-        })]},
-        "RtpOutput": _obj(["id", "type", "stream", "host", "port", "codec", "payload_type",
-                           "ptime", "ssrc", "packets", "bytes"], {
-            "id": STR, "type": {"const": "rtp"}, "stream": STR, "host": STR,
-            "port": INT, "address": STR, "multicast": BOOL, "codec": STR, "clock_rate": INT,
-            "payload_type": INT, "ptime": INT, "ssrc": INT, "packets": COUNT,
-            "bytes": COUNT, "drops": COUNT, "errors": COUNT, "encoder_shared_with": COUNT,
-            "since": EPOCH,
-        }),
-        "SipCall": _obj(["id", "type", "direction", "state", "uri", "stream"], {
-            "id": STR, "type": {"const": "sip"},
-            "direction": {"type": "string", "enum": ["in", "out"]},
-            "state": {"type": "string", "examples": ["calling", "ringing", "active", "ended"]},
-            "status": _nullable(INT), "uri": STR, "stream": STR, "publish": _nullable(STR),
-            "codec": _nullable(STR), "payload_type": _nullable(INT), "on_hold": BOOL,
-            "packets": COUNT, "bytes": COUNT, "drops": COUNT, "errors": COUNT,
-            "media": {"type": "object"}, "dtmf": {"type": "array"},
-            "since": EPOCH, "answered": _nullable(EPOCH), "end_reason": _nullable(STR),
-        }),
-        "Recorder": _obj(["id", "type", "stream", "state", "format", "sample_rate"], {
-            "id": STR, "type": {"const": "recording"}, "stream": STR,
-            "state": {"type": "string", "examples": ["starting", "recording", "stopped",
-                                                     "failed"]},
-            "error": _nullable(STR), "format": {"type": "string", "enum": list(FORMATS)},
-            "sample_rate": INT, "duration_s": NUM, "gap_frames": COUNT,
-            "skipped_frames": COUNT, "file": _nullable(STR),
-            "files": {"type": "array", "items": STR}, "since": EPOCH,
-        }, description="A recording in progress (an output of its stream)."),
-        "Output": {
-            "oneOf": [ref("RtpOutput"), ref("SipCall"), ref("Recorder")],
-            "discriminator": {"propertyName": "type", "mapping": {
-                "rtp": "#/components/schemas/RtpOutput",
-                "sip": "#/components/schemas/SipCall",
-                "recording": "#/components/schemas/Recorder",
-            }},
-        },
-        "RtpInput": _obj(["id", "type", "stream", "port", "codecs"], {
-            "id": STR, "type": {"const": "rtp"}, "kind": STR, "stream": STR, "port": INT,
-            "codecs": {"type": "object", "additionalProperties": STR,
-                       "description": "payload type -> codec"},
-            "source": _nullable(STR), "malformed": COUNT, "rtcp_packets": COUNT,
-            "since": EPOCH, "packets": COUNT, "lost": COUNT, "late": COUNT,
-            "concealed": COUNT, "delay_ms_max": NUM,
-        }),
-        "RecordingFile": _obj(["id", "stream", "format", "file", "started", "duration_s",
-                               "bytes", "in_progress", "recovered"], {
-            "id": STR, "stream": STR, "format": {"type": "string", "enum": list(FORMATS)},
-            "file": STR, "started": EPOCH, "duration_s": NUM, "bytes": COUNT,
-            "in_progress": BOOL, "recovered": BOOL,
-        }),
-        "Stats": _obj(["streams", "sessions", "encoders_active", "encoders_created_total",
-                       "clock_ticks", "clock_late_ticks"], {
-            "streams": COUNT, "sessions": COUNT, "encoders_active": COUNT,
-            "encoders_created_total": COUNT, "clock_ticks": COUNT, "clock_late_ticks": COUNT,
-            "sip_calls": COUNT,
-        }),
-        "SipStatus": _obj(["enabled"], {
-            "enabled": BOOL, "port": INT, "advertised_host": STR, "calls": COUNT,
-            "calls_by_state": {"type": "object", "additionalProperties": COUNT},
-            "responses_sent": {"type": "object", "additionalProperties": COUNT,
-                               "description": "by status code"},
-            "messages_received": COUNT, "messages_malformed": COUNT,
-            "messages_too_large": COUNT, "rate_limited": COUNT,
-            "tcp_connections": COUNT, "tcp_connections_refused": COUNT,
-            "tcp_connections_timed_out": COUNT,
-            "registrations": {"type": "array", "items": {"type": "object"}},
-            "registered_users": COUNT,
-            "active_calls": {"type": "array", "items": ref("SipCall")},
-        }, description="`{\"enabled\": false}` when SIP is off; else its counters."),
-        "Health": _obj(["status"], {"status": {"const": "ok"}}),
-        "Readiness": _obj(["status", "checks"], {
-            "status": {"type": "string", "enum": ["ready", "not ready"]},
-            "checks": {"type": "object", "additionalProperties": BOOL},
-        }),
+    adapters = [(name, mode, TypeAdapter(kind)) for name, (kind, mode) in MODELS.items()]
+    named, defs = TypeAdapter.json_schemas(adapters, ref_template=REF,
+                                           schema_generator=_Untitled)
+    out = dict(defs.get("$defs", {}))
+    for (name, _mode), schema in named.items():
+        if schema != ref(name):  # a union: named here, its members are components
+            out[name] = schema
+    out["StreamName"] = {  # the path parameter
+        "type": "string", "pattern": STREAM_NAME.pattern, "examples": ["lobby"],
+        "description": "1-64 of `A-Z a-z 0-9 . _ ~ -`, starting with a letter or digit",
     }
+    return dict(sorted(out.items()))
 
 
 # -- responses -------------------------------------------------------------------------
@@ -345,7 +174,9 @@ STREAM = _path_param("stream", "stream name", ref("StreamName"))
 SESSION = _path_param("session", "session id (the last part of the WHIP/WHEP Location)")
 OUTPUT = _path_param("output", "output id: an RTP output, a SIP call or a recording")
 INPUT = _path_param("input", "input id")
-RECORDING = _path_param("id", "recording id (from GET /api/v1/recordings)")
+RECORDING = _path_param("id", "recording id (from GET /api/v1/recordings)",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS,
+                         "pattern": f"^{ID_PATTERN}$"})
 
 
 #: Where ``?token=`` may stand in for the header (EventSource and <audio> cannot send one).
@@ -362,7 +193,8 @@ def _op(op_id: str, summary: str, tags: list[str], scopes: list[str],
         out["security"] = [{"bearerAuth": roles}]
         if op_id in QUERY_TOKEN_OPS:
             out["security"].append({"queryToken": roles})
-        responses = {**responses, "401": _r("Unauthorized"), "403": _r("Forbidden")}
+        responses = {**responses, "401": _r("Unauthorized"),
+                     "403": responses.get("403", _r("Forbidden"))}
     else:
         out["security"] = []
     out["responses"] = responses
@@ -420,7 +252,10 @@ def _whip_whep(prefix: str, role: str, scope: str, offer: str) -> dict[str, Sche
             "delete": _op(
                 f"{prefix}_delete", "End the session", [tag], [scope],
                 {"200": {"description": "Ended.", "headers": CORS_HEADERS},
-                 "404": _problem("No such session on this stream.")},
+                 "403": _problem("The token lacks the scope, or did not create this "
+                                 "session: only its creator (the same API key, or JWT "
+                                 "`sub`) or an admin may end it."),
+                 "404": _problem(f"No such {role} session on this stream.")},
             ),
             "patch": _op(
                 f"{prefix}_patch", "Trickle ICE / ICE restart: not supported", [tag], [scope],
@@ -446,8 +281,7 @@ def _paths() -> dict[str, Schema]:
         **_whip_whep("whep", "listener", "listen", LISTEN_OFFER),
         "/api/v1/streams": {"get": _op(
             "list_streams", "Every stream", ["streams"], ["read"],
-            {"200": _json("The streams.", _obj(["streams"], {
-                "streams": {"type": "array", "items": ref("Stream")}}))},
+            {"200": _json("The streams.", ref("StreamList"))},
         )},
         "/api/v1/streams/{stream}": {"parameters": [STREAM], "get": _op(
             "get_stream", "One stream, with its sessions", ["streams"], ["listen"],
@@ -487,8 +321,7 @@ def _paths() -> dict[str, Schema]:
         ), "get": _op(
             "list_outputs", "The stream's outputs, with live counters", ["outputs"], ["listen"],
             {"200": _json("RTP outputs, SIP calls (both directions), recordings.",
-                          _obj(["outputs"], {"outputs": {"type": "array",
-                                                         "items": ref("Output")}})),
+                          ref("OutputList")),
              "404": _r("NotFound")},
         )},
         f"{io}/outputs/{{output}}": {"parameters": [STREAM, OUTPUT], "get": _op(
@@ -507,7 +340,7 @@ def _paths() -> dict[str, Schema]:
         )},
         f"{io}/inputs": {"parameters": [STREAM], "post": _op(
             "create_input", "Add an RTP input: the stream's sender", ["inputs"], ["admin"],
-            {"201": _json("Created.", ref("RtpInput"), created),
+            {"201": _json("Created.", ref("RtpInputInfo"), created),
              "400": _r("FieldErrors"),
              "404": stream_404,
              "409": _problem("The port is in use, or the stream has a live sender."),
@@ -522,21 +355,19 @@ def _paths() -> dict[str, Schema]:
             }},
         ), "get": _op(
             "list_inputs", "The stream's inputs, with counters", ["inputs"], ["listen"],
-            {"200": _json("The inputs.", _obj(["inputs"], {
-                "inputs": {"type": "array", "items": ref("RtpInput")}})),
+            {"200": _json("The inputs.", ref("InputList")),
              "404": _r("NotFound")},
         )},
         f"{io}/inputs/{{input}}": {"parameters": [STREAM, INPUT], "get": _op(
             "get_input", "One input", ["inputs"], ["listen"],
-            {"200": _json("The input.", ref("RtpInput")), "404": _r("NotFound")},
+            {"200": _json("The input.", ref("RtpInputInfo")), "404": _r("NotFound")},
         ), "delete": _op(
             "delete_input", "Stop an input", ["inputs"], ["admin"],
             {"204": NO_CONTENT, "404": _r("NotFound")},
         )},
         "/api/v1/sessions": {"get": _op(
             "list_sessions", "Every WebRTC session", ["sessions"], ["read"],
-            {"200": _json("The sessions.", _obj(["sessions"], {
-                "sessions": {"type": "array", "items": ref("Session")}}))},
+            {"200": _json("The sessions.", ref("SessionList"))},
         )},
         "/api/v1/sessions/{session}": {"parameters": [SESSION], "delete": _op(
             "delete_session", "End a publisher or listener", ["sessions"], ["admin"],
@@ -545,9 +376,7 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/recordings": {"get": _op(
             "list_recordings", "Recording files, and the recordings in progress",
             ["recordings"], ["admin"],
-            {"200": _json("The recordings.", _obj(["recordings", "active"], {
-                "recordings": {"type": "array", "items": ref("RecordingFile")},
-                "active": {"type": "array", "items": ref("Recorder")}}))},
+            {"200": _json("The recordings.", ref("RecordingList"))},
         )},
         "/api/v1/recordings/{id}": {"parameters": [RECORDING], "get": _op(
             "get_recording", "Download a recording (Range requests supported)",
@@ -581,6 +410,14 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/stats": {"get": _op(
             "stats", "Gateway counters", ["status"], ["read"],
             {"200": _json("Counters.", ref("Stats"))},
+        )},
+        "/api/v1/cluster": {"get": _op(
+            "cluster", "This node and every live node of the cluster, with its load",
+            ["status"], ["read"],
+            {"200": _json("The cluster.", {"type": "object", "required": ["node", "nodes"],
+                                           "properties": {"node": STR,
+                                                          "nodes": {"type": "object"}}}),
+             "404": _problem("Not part of a cluster.")},
         )},
         "/api/v1/sip": {"get": _op(
             "sip_status", "SIP service status", ["status"], ["admin"],

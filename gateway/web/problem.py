@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
+from ..models.info import omitted
 from .keys import MAX_BODY
+from .reply import reply
 
 log = logging.getLogger(__name__)
 
 
-def problem(status: int, title: str, detail: str = "", **extra: object) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    body.update(extra)
-    return web.json_response(body, status=status, content_type="application/problem+json")
+class FieldProblem(BaseModel):
+    field: str = Field(description="the request field at fault, or `body`")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the shape of every 4xx and 5xx response."""
+
+    type: str = Field(json_schema_extra={"format": "uri-reference", "default": "about:blank"})
+    title: str = Field(description="the HTTP reason phrase")
+    status: int = Field(json_schema_extra={"minimum": 400, "maximum": 599})
+    detail: str | None = omitted(description="what went wrong, for a person")
+    instance: str | None = omitted(json_schema_extra={"format": "uri-reference"})
+    errors: list[FieldProblem] | None = omitted()
+
+
+class ValidationProblem(Problem):
+    """A 400 naming the request fields at fault."""
+
+    status: Literal[400]
+    errors: list[FieldProblem] = Field(json_schema_extra={"minItems": 1})
+
+
+def problem(status: int, title: str, detail: str = "",
+            errors: list[tuple[str, str]] | None = None) -> web.Response:
+    body = Problem(type="about:blank", title=title, status=status, detail=detail or None,
+                   errors=[FieldProblem(field=f, message=m) for f, m in errors]
+                   if errors else None)
+    return reply(body, status, "application/problem+json")
+
+
+def overloaded(refusal) -> web.Response:  # type: ignore[no-untyped-def]
+    """503 for work refused by admission control, with when to try again."""
+    resp = problem(503, "Service Unavailable", refusal.reason)
+    resp.headers["Retry-After"] = str(refusal.retry_after_s)
+    return resp
 
 
 def error_middleware_factory():  # type: ignore[no-untyped-def]

@@ -7,9 +7,12 @@ import mimetypes
 
 from aiohttp import web
 
-from ..recording.store import RecordingError
+from ..models.info import RecordingList
+from ..recording.errors import RecordingError
+from ..recording.store import MAX_ID_CHARS, valid_id
 from .keys import gateway_of
 from .problem import problem
+from .reply import reply
 
 CONTENT_TYPES = {".wav": "audio/wav", ".opus": "audio/ogg", ".part": "application/octet-stream"}
 
@@ -17,8 +20,15 @@ CONTENT_TYPES = {".wav": "audio/wav", ".opus": "audio/ogg", ".part": "applicatio
 async def list_recordings(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     items = await gw.recordings.list()
-    return web.json_response({"recordings": items,
-                              "active": [r.info() for r in gw.recordings.active.values()]})
+    return reply(RecordingList(recordings=items,  # type: ignore[arg-type]
+                               active=[r.info() for r in gw.recordings.active.values()]))
+
+
+def _not_found(recording_id: str) -> web.Response:
+    if valid_id(recording_id):
+        return problem(404, "Not Found", "no such recording")
+    return problem(404, "Not Found", f"no such recording: a recording id is 1-{MAX_ID_CHARS} "
+                                     "characters of A-Z, a-z, 0-9, '-' and '_'")
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
@@ -26,7 +36,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     try:
         path = gw.recordings.store.path_of(request.match_info["id"])
     except KeyError:
-        return problem(404, "Not Found", "no such recording")
+        return _not_found(request.match_info["id"])
     name = path.name[: -len(".part")] if path.name.endswith(".part") else path.name
     suffix = "." + name.rsplit(".", 1)[-1]
     ctype = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -41,7 +51,7 @@ async def delete_recording(request: web.Request) -> web.StreamResponse:
     try:
         await gw.recordings.delete(request.match_info["id"])
     except KeyError:
-        return problem(404, "Not Found", "no such recording")
+        return _not_found(request.match_info["id"])
     except RecordingError as exc:
         return problem(409, "Conflict", str(exc))
     return web.Response(status=204)

@@ -6,17 +6,15 @@ ICE is not trickled: answers carry all candidates, so PATCH answers 405.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from aiohttp import web
 
-from ..core.registry import UnknownStream, check_stream_name
-from ..core.stream import StreamBusy
-from ..egress.webrtc import WebRTCEgress
-from ..ingress.webrtc import WebRTCIngress
-from ..webrtc.session import OfferError, WebRTCSession, check_offer
+from ..cluster.node import NodeUnreachable
+from ..core.registry import check_stream_name
+from ..gateway import SessionRefused
+from ..webrtc.session import OfferError, check_offer
+from .auth import caller_rights, may_manage, owner_of
 from .keys import gateway_of
 from .problem import problem
 
@@ -56,49 +54,30 @@ async def _offer(request: web.Request, role: str) -> web.StreamResponse:
         check_offer(offer)
     except OfferError as exc:
         return problem(400, "Bad Request", str(exc))
-    if gw.stopping.is_set():
-        return problem(503, "Service Unavailable", "the gateway is shutting down")
-    if len(gw.sessions) >= gw.config.webrtc.max_sessions:
-        return problem(503, "Service Unavailable", "session limit reached")
+    owner = owner_of(request)
     try:
-        stream = gw.registry.get_or_create(name)
-    except UnknownStream:
-        return problem(404, "Not Found", f"no stream named {name!r}")
-
-    pc = gw.peers.create()
-    session: WebRTCSession
-    if role == "publisher":
-        current = stream.source
-        if current is not None:
-            if not gw.sender_is_stale(current):
-                await pc.close()
-                return problem(409, "Conflict", f"stream {name!r} already has a live sender")
-            await current.close("replaced by a new publisher")
-        w = gw.config.webrtc
-        session = WebRTCIngress(pc, stream, w.jitter_min_packets, w.jitter_max_packets)
-    else:
-        session = WebRTCEgress(pc, stream, gw.config.webrtc.opus_bitrate)
-    try:
-        answer = await session.answer(offer)
-        if role == "publisher":
-            stream.attach(session)  # type: ignore[arg-type]
-    except OfferError as exc:
-        await session.close(f"rejected offer: {exc}")
-        return problem(400, "Bad Request", str(exc))
-    except StreamBusy as exc:
-        await session.close("stream busy")
-        return problem(409, "Conflict", str(exc))
-    except Exception as exc:  # aiortc rejects some offers deep inside
-        log.warning("%s offer for %s failed: %r", role, name, exc)
-        await session.close(f"offer failed: {exc!r}")
-        return problem(400, "Bad Request", f"cannot use this offer: {exc}")
-
-    gw.add_session(session)
+        sibling = await gw.sibling_for_offer()
+        opened = sibling and await gw.hand_off_offer(sibling, name, role, offer, owner)
+        if not opened:
+            refusal = gw.refusal_for_new_session(role)
+            if refusal is not None and refusal.status == 503 and not gw.stopping.is_set():
+                elsewhere = await gw.node_with_room() if gw.cluster is not None else None
+                if elsewhere:  # WHIP and WHEP clients follow redirects (RFC 9725 §4.5)
+                    resp = web.Response(status=307,
+                                        headers={"Location": elsewhere + request.path_qs})
+                    return _cors(resp)
+            if refusal is not None:
+                raise refusal
+            opened = await gw.open_session(name, role, offer, owner)
+    except SessionRefused as exc:
+        resp = problem(exc.status, exc.title, exc.detail)
+        if exc.retry_after_s is not None:
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return _cors(resp)
     prefix = "whip" if role == "publisher" else "whep"
-    resp = web.Response(status=201, text=gw.peers.rewrite_answer(answer), content_type=SDP)
-    resp.headers["Location"] = f"/{prefix}/{name}/{session.id}"
-    resp.headers["ETag"] = f'"{session.id}"'
-    log.info("%s %s joined stream %s (codec %s)", role, session.id, name, session.codec.name)
+    resp = web.Response(status=201, text=opened.answer, content_type=SDP)
+    resp.headers["Location"] = f"/{prefix}/{name}/{opened.id}"
+    resp.headers["ETag"] = f'"{opened.id}"'
     return _cors(resp)
 
 
@@ -110,13 +89,43 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     return await _offer(request, "listener")
 
 
-async def session_delete(request: web.Request) -> web.StreamResponse:
-    gw = gateway_of(request)
-    session = gw.sessions.get(request.match_info["session"])
-    if session is None or session.stream.name != request.match_info["stream"]:
-        return problem(404, "Not Found", "no such session")
-    await session.close("deleted by client")
-    return _cors(web.Response(status=200))
+def session_delete(role: str):  # type: ignore[no-untyped-def]
+    """DELETE of a WHIP resource (``role`` publisher) or a WHEP one (listener), by the
+    principal that created it or an admin: an id alone must not let one token end another's
+    session, nor a listener end the sender."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gw = gateway_of(request)
+        session_id = request.match_info["session"]
+        session = gw.sessions.get(session_id)
+        node = gw.node_of(session_id)
+        if session is None and gw.cluster is not None and node != gw.node_name:
+            return _cors(await _delete_elsewhere(gw, node, role, request))
+        if (session is None or session.role != role
+                or session.stream.name != request.match_info["stream"]):
+            return problem(404, "Not Found", f"no such session (a {role} on this stream)")
+        if not may_manage(request, session.owner):
+            return problem(403, "Forbidden", "only the token that created this session "
+                                             "(the same key or JWT sub), or an admin, may end it")
+        await session.close("deleted by client")
+        return _cors(web.Response(status=200))
+
+    return handler
+
+
+async def _delete_elsewhere(gw, node: str, role: str,  # type: ignore[no-untyped-def]
+                            request: web.Request) -> web.StreamResponse:
+    """The session lives on another node of the cluster: that node ends it."""
+    try:
+        reply = await gw.cluster.request(
+            node, "session.delete", stream=request.match_info["stream"],
+            session=request.match_info["session"], role=role, rights=caller_rights(request))
+    except NodeUnreachable as exc:
+        return problem(502, "Bad Gateway", f"the session's node did not answer: {exc}")
+    status = int(reply.get("status", 500))
+    if status == 200:
+        return web.Response(status=200)
+    return problem(status, reply.get("title", "Error"), reply.get("detail", ""))
 
 
 async def session_patch(request: web.Request) -> web.StreamResponse:
@@ -125,23 +134,10 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
     )
 
 
-def sender_is_stale(session: WebRTCSession, takeover_after: float) -> bool:
-    """A sender that sent nothing for a while may be replaced by a new publisher."""
-    last = getattr(session, "last_packet", None)
-    idle_since = last if last is not None else session.started_monotonic
-    return time.monotonic() - idle_since > takeover_after
-
-
-async def close_if_never_connected(session: WebRTCSession, timeout: float) -> None:
-    await asyncio.sleep(timeout)
-    if session.pc.connectionState != "connected" and not session.closed.is_set():
-        await session.close(f"not connected after {timeout:.0f} s")
-
-
 def add_routes(app: web.Application) -> None:
-    for prefix, post in (("whip", whip_post), ("whep", whep_post)):
+    for prefix, post, role in (("whip", whip_post, "publisher"), ("whep", whep_post, "listener")):
         app.router.add_post(f"/{prefix}/{{stream}}", post)
         app.router.add_route("OPTIONS", f"/{prefix}/{{stream}}", options)
-        app.router.add_delete(f"/{prefix}/{{stream}}/{{session}}", session_delete)
+        app.router.add_delete(f"/{prefix}/{{stream}}/{{session}}", session_delete(role))
         app.router.add_patch(f"/{prefix}/{{stream}}/{{session}}", session_patch)
         app.router.add_route("OPTIONS", f"/{prefix}/{{stream}}/{{session}}", options)

@@ -70,19 +70,32 @@ class WebRTCClient:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.location: str | None = None
         self.answer_codec: str | None = None
+        self.answer: str | None = None
         self.token: str | None = None
 
-    async def negotiate(self, token: str | None = None) -> None:
+    def offer_sdp(self) -> str:
+        """The offer to POST (a subclass may add what aiortc cannot offer, e.g. RED)."""
+        return self.pc.localDescription.sdp
+
+    async def negotiate(self, token: str | None = None,
+                        http: aiohttp.ClientSession | None = None) -> None:
+        """POST the offer (on a new connection, or on ``http``'s kept-alive ones)."""
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         self.token = token
         headers = {"Content-Type": "application/sdp", **self._auth()}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(self.url, data=self.pc.localDescription.sdp, headers=headers) as r:
+        own = http is None
+        http = http or aiohttp.ClientSession()
+        try:
+            async with http.post(self.url, data=self.offer_sdp(), headers=headers) as r:
                 body = await r.text()
                 if r.status != 201:
                     raise RuntimeError(f"{self.url}: {r.status} {body}")
                 self.location = r.headers["Location"]
+                self.answer = body
+        finally:
+            if own:
+                await http.close()
         await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
 
     def _auth(self) -> dict[str, str]:
@@ -114,7 +127,9 @@ class Publisher(WebRTCClient):
 
 
 class Listener(WebRTCClient):
-    """Receives and keeps every decoded sample, with the arrival time of each frame."""
+    """Receives and keeps every decoded sample, with the arrival time and RTP timestamp
+    (`pts`) of each frame: a gap in the timestamps is a frame lost, however late the
+    others arrive."""
 
     def __init__(self, base_url: str, stream: str, codecs: list[str] | None = None) -> None:
         super().__init__(base_url, "whep", stream)
@@ -127,6 +142,7 @@ class Listener(WebRTCClient):
             transceiver.setCodecPreferences(wanted)
         self.chunks: list[np.ndarray] = []
         self.arrivals: list[float] = []
+        self.pts: list[int] = []
         self.frames = 0
         self.sample_rate = 0
         self.paused = False
@@ -147,6 +163,7 @@ class Listener(WebRTCClient):
                 self.chunks.append(pcm.astype(np.int16))
                 self.sample_rate = frame.sample_rate
                 self.arrivals.append(time.monotonic())
+                self.pts.append(frame.pts or 0)
                 self.frames += 1
         except MediaStreamError:
             pass

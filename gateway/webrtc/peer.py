@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
+from ..config import IceServer
 from . import aiortc_patches
 
 
 @dataclass
 class IceConfig:
-    #: STUN/TURN servers: [{"urls": "stun:host:3478"}, {"urls": "turn:..", "username":..}]
-    ice_servers: list[dict] = field(default_factory=list)
+    #: STUN/TURN servers (webrtc.ice_servers).
+    ice_servers: list[IceServer] = field(default_factory=list)
     #: Addresses to gather host candidates on; empty means every interface but loopback.
     host_addresses: list[str] = field(default_factory=list)
     #: 1:1 NAT: map a gathered address to the public one written in SDP answers.
@@ -28,9 +29,7 @@ class PeerFactory:
 
     def create(self) -> RTCPeerConnection:
         servers = [
-            RTCIceServer(
-                urls=s["urls"], username=s.get("username"), credential=s.get("credential")
-            )
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
             for s in self.ice.ice_servers
         ]
         return RTCPeerConnection(RTCConfiguration(iceServers=servers))

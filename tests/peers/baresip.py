@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from audio_checks import write_wav
 from conftest import free_port
 
 MODULES = Path("/usr/lib/baresip/modules")
@@ -50,13 +51,8 @@ def write_tone_wav(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(rate * seconds)) / rate
-    samples = (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
-    return path
+    return write_wav(path, (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2"),
+                     rate)
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

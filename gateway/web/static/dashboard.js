@@ -7,6 +7,8 @@
 //   SIP calls, recordings) are fetched every 2 s, outputs only for streams on screen
 //   that have such listeners, and at once when a stream's listener counts change, when
 //   an event arrives, or after an action.
+// * GET /api/v1/stats every 2 s for the admission line: refusing or admitting, CPU,
+//   the media clock's lateness, refusals per kind (the same numbers as /metrics).
 // * One EventSource on /api/v1/events (recordings, silence alarms, plug-ins).
 // Not one EventSource per stream: a browser opens at most 6 HTTP/1.1 connections to a
 // host and every feed holds one for good, so a dozen level feeds would already starve
@@ -23,6 +25,10 @@ const EVENT_TYPES = [
   "plugin_result", "plugin_failed",
 ];
 const KIND_NAMES = { webrtc: "WebRTC", rtp: "RTP", sip: "SIP", recording: "recording" };
+const REFUSAL_NAMES = {
+  webrtc_publish: "WebRTC publish", webrtc_listen: "WebRTC listen", rtp_output: "RTP output",
+  recording: "recording", dial_out: "dial-out", sip: "SIP call",
+};
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
@@ -282,8 +288,13 @@ class Card {
     sender.className = s.sender ? "sender on" : "sender off muted";
     const stop = this.q(".sender-stop");
     if (!this.sender || !s.sender || this.sender.id !== s.sender.id) stop.disabled = false;
-    stop.hidden = !(s.sender && (s.sender.kind === "webrtc" || s.sender.kind === "rtp"));
+    // a WebRTC sender's id is shown to its creator and admins only (it ends the session)
+    stop.hidden = !(s.sender && s.sender.id && (s.sender.kind === "webrtc" ||
+                                                s.sender.kind === "rtp"));
     this.sender = s.sender;
+    // in a cluster: the sender's node, and listeners on every node
+    this.q(".cluster-line").hidden = !s.cluster;
+    if (s.cluster) setText(this.q(".cluster"), clusterText(s.cluster));
     // listeners by kind; a change means fresh lists are needed now
     const byKind = s.listeners_by_kind || {};
     const kinds = JSON.stringify(byKind);
@@ -367,6 +378,13 @@ class Card {
   }
 }
 
+function clusterText(c) {
+  const nodes = Object.entries(c.listeners_by_node || {})
+    .map(([node, n]) => `${node}: ${n}`).join(", ");
+  return `sender on ${c.owner || "no node"} · ${c.listeners_total} listener(s)` +
+    (nodes ? ` (${nodes})` : "");
+}
+
 function senderText(s) {
   const parts = [s.kind || "?"];
   const codec = s.codec || (s.codecs && Object.values(s.codecs).join("/"));
@@ -380,6 +398,11 @@ function senderText(s) {
     parts.push(`${num(s.packets)} packets`);
     parts.push(`loss ${loss.toFixed(1)} % (${num(lost)} lost, ${num(s.late || 0)} late, ` +
                `${num(s.concealed || 0)} concealed)`);
+    if (s.fec_recovered !== undefined) {
+      // what the losses became: recovered from FEC or RED, or concealed by the codec's PLC
+      parts.push(`${num(s.fec_recovered)} recovered by FEC, ${num(s.red_recovered || 0)} by RED, ` +
+                 `${num(s.plc_concealed || 0)} concealed by PLC`);
+    }
   }
   if (s.jitter_target_ms !== undefined) parts.push(`jitter buffer ${s.jitter_target_ms} ms`);
   if (s.delay_ms_avg !== undefined) {
@@ -389,16 +412,29 @@ function senderText(s) {
   return parts.join(" · ");
 }
 
+/** What a listener's RTCP receiver reports say: "reports 3.1 % loss (12 lost), jitter 2 ms". */
+function receptionText(r) {
+  if (!r) return "";
+  const parts = [`reports ${(r.loss_smoothed * 100).toFixed(1)} % loss (${num(r.packets_lost)} lost)`,
+                 `jitter ${Math.round(r.jitter_ms)} ms`];
+  if (r.rtt_ms !== null && r.rtt_ms !== undefined) parts.push(`rtt ${Math.round(r.rtt_ms)} ms`);
+  return parts.join(", ");
+}
+
 function webrtcEntry(x) {
+  // Other principals' sessions come without an id (it is what ends them): key those by
+  // their start time, and offer no Stop.
+  const id = x.id || `since:${x.since}`;
   return {
-    key: `webrtc:${x.id}`, type: "webrtc", id: x.id, kind: "WebRTC", target: x.id,
+    key: `webrtc:${id}`, type: "webrtc", id, kind: "WebRTC", target: x.id || "–",
     codec: x.codec, state: x.state, packets: x.packets_sent, bytes: null, drops: x.skipped,
-    details: `for ${age(x.since)}`, ended: x.state === "closed",
+    details: [receptionText(x.reception), `for ${age(x.since)}`].filter(Boolean).join(", "),
+    ended: x.state === "closed",
     stopLabel: "Stop",
-    stop: () => {
+    stop: x.id && (() => {
       sessionsDirty = true;
       return api("DELETE", `/api/v1/sessions/${enc(x.id)}`);
-    },
+    }),
   };
 }
 
@@ -421,6 +457,7 @@ function outputEntry(o, card) {
     if (o.status) details.push(String(o.status));
     if (o.end_reason) details.push(o.end_reason);
     if (o.publish) details.push(`publishes ${o.publish}`);
+    if (o.reception && !ended) details.push(receptionText(o.reception));
     if (!ended && o.since) details.push(`for ${age(o.since)}`);
     return {
       ...base, kind: o.direction === "out" ? "SIP dial-out" : "SIP dial-in", target: o.uri,
@@ -479,6 +516,40 @@ async function loadSessions() {
   }
 }
 
+async function loadAdmission() {
+  let stats;
+  try {
+    stats = await api("GET", "/api/v1/stats");
+  } catch (err) {
+    return; // shown again at the next slow tick
+  }
+  showAdmission(stats.admission);
+}
+
+/** The admission line: what decides whether new listeners, calls and outputs get in. */
+function showAdmission(a) {
+  const line = $("admission");
+  if (!a) return;
+  line.hidden = false;
+  const q = (sel) => line.querySelector(sel);
+  const state = q(".state");
+  setText(state, a.refusing ? "REFUSING new work (503)" : "admitting");
+  state.className = a.refusing ? "state error" : "state on";
+  setText(q(".cpu"), `CPU ${Math.round(100 * a.cpu_share)} % of ` +
+          `${Number(a.cores_available.toFixed(2))} core(s)`);
+  setText(q(".lateness"), `clock lateness p99 ${a.clock_lateness_p99_ms.toFixed(1)} ms`);
+  const refused = q(".refused");
+  const kinds = Object.entries(a.refused || {});
+  const total = kinds.reduce((n, [, v]) => n + v, 0);
+  refused.dataset.counts = JSON.stringify(a.refused || {});
+  refused.className = total ? "refused error" : "refused muted";
+  setText(refused, total
+    ? `refused: ${kinds.filter(([, v]) => v > 0)
+        .map(([k, v]) => `${num(v)} ${REFUSAL_NAMES[k] || k}`).join(", ")}` +
+      ` (${num(a.episodes)} episode(s))`
+    : "nothing refused");
+}
+
 async function tick() {
   running = true;
   again = false;
@@ -490,6 +561,7 @@ async function tick() {
     if (slow) lastSlow = now;
     const jobs = [];
     if (slow || sessionsDirty) jobs.push(loadSessions());
+    if (slow) jobs.push(loadAdmission());
     for (const card of cards.values()) if (card.wantsOutputs(slow)) jobs.push(card.loadOutputs());
     await Promise.all(jobs);
     for (const card of cards.values()) card.renderListeners();

@@ -32,32 +32,48 @@ function iceGatheringComplete(pc, timeoutMs = 3000) {
   });
 }
 
+/** Longest Retry-After a page waits for, and how long it keeps asking in all (seconds). */
+const RETRY_AFTER_MAX_S = 10;
+const RETRY_FOR_S = 60;
+
 /**
  * Negotiate one session. kind is "whip" or "whep"; the caller has already added its
  * transceivers to pc. Returns the absolute session URL (the Location) for hangUp().
+ * A gateway at capacity answers 503 with Retry-After: the offer is sent again after that
+ * many seconds (onWait(seconds, detail) says so), for up to RETRY_FOR_S.
  */
-async function negotiate(pc, kind, stream) {
+async function negotiate(pc, kind, stream, onWait = () => {}) {
   await pc.setLocalDescription(await pc.createOffer());
   await iceGatheringComplete(pc);
   const url = `/${kind}/${encodeURIComponent(stream)}`;
-  const resp = await fetch(url, {
-    method: "POST",
-    headers: authHeaders({ "Content-Type": "application/sdp" }),
-    body: pc.localDescription.sdp,
-  });
-  const body = await resp.text();
-  if (resp.status !== 201) {
+  const giveUp = Date.now() + RETRY_FOR_S * 1000;
+  for (;;) {
+    const resp = await fetch(url, {
+      method: "POST",
+      headers: authHeaders({ "Content-Type": "application/sdp" }),
+      body: pc.localDescription.sdp,
+    });
+    const body = await resp.text();
+    if (resp.status === 201) {
+      const sessionUrl = new URL(resp.headers.get("Location"), location.href).href;
+      await pc.setRemoteDescription({ type: "answer", sdp: body });
+      return sessionUrl;
+    }
     let detail = body;
     try {
       detail = JSON.parse(body).detail || body;
     } catch (e) {
       // not problem+json: show the text as it is
     }
+    const wait = Number(resp.headers.get("Retry-After"));
+    if (resp.status === 503 && wait > 0 && wait <= RETRY_AFTER_MAX_S &&
+        Date.now() + wait * 1000 < giveUp) {
+      onWait(wait, detail);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      continue;
+    }
     throw new Error(`${kind.toUpperCase()} ${resp.status}: ${detail}`);
   }
-  const sessionUrl = new URL(resp.headers.get("Location"), location.href).href;
-  await pc.setRemoteDescription({ type: "answer", sdp: body });
-  return sessionUrl;
 }
 
 /** End a session: DELETE its URL (errors ignored) and close the peer connection. */
