@@ -302,6 +302,8 @@ def test_a_missing_packet_waits_one_tick_for_its_successor_then_fec_is_possible(
     assert out[41] == (Pop.LOST, 41)
     assert [got for got, _ in out[42:]] == list(range(41, 59))
     assert jb.stats.successor_waits == 1 and jb.stats.lost == 2
+    # the delay it reports is the one it keeps: the target and the successor's packet
+    assert jb.target == 1 and jb.kept_depth == 2
 
 
 def test_a_packet_arriving_during_the_wait_is_played_not_dropped():

@@ -190,8 +190,11 @@ async def test_listeners_past_capacity_get_503_and_the_admitted_hear_everything(
             raise AssertionError("no refusal in 20 tries at the limit")
     await offer_pc.close()
 
-    # When listeners leave, newcomers are admitted again.
-    for lis in admitted[: len(admitted) // 2]:
+    # When listeners leave, newcomers are admitted again. All but one leave: the idle
+    # gateway's own share of a 0.1-core quota differs between machines (CI's once stayed
+    # at 0.88 of it after 7 of 15 listeners left), so half leaving may not be enough.
+    leaving = admitted[:-1]
+    for lis in leaving:
         await lis.delete()
     for _attempt in range(15):  # within seconds (the CPU window is one second)
         await asyncio.sleep(1.0)
@@ -202,10 +205,9 @@ async def test_listeners_past_capacity_get_503_and_the_admitted_hear_everything(
         except RuntimeError:
             await again.pc.close()
     else:
-        raise AssertionError(f"still refusing 15 s after {len(admitted) // 2} listeners left: "
+        raise AssertionError(f"still refusing 15 s after {len(leaving)} listeners left: "
                              f"{(await _stats(url))['admission']}")
     await again.delete()
     episodes.append((await _stats(url))["admission"]["episodes"])
-    for lis in admitted[len(admitted) // 2:]:
-        await lis.delete()
+    await admitted[-1].delete()
     sender.cancel()

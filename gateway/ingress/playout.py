@@ -223,7 +223,7 @@ class Playout:
                            jitter.underruns, self.fec_recovered, self.red_recovered,
                            self.plc_concealed),
             delay_s=self.delay_ms_avg / 1000, delay_max_s=self.delay_ms_max / 1000,
-            jitter_target_s=self.jitter.target * 0.02, last_packet=self.last_packet)
+            jitter_target_s=self.jitter.kept_depth * 0.02, last_packet=self.last_packet)
 
     def info(self) -> PlayoutInfo:
         stats = self.jitter.stats
@@ -239,7 +239,7 @@ class Playout:
             plc_concealed=self.plc_concealed,
             unknown_payload=self.unknown_payload,
             red_malformed=self.red.malformed,
-            jitter_target_ms=self.jitter.target * 20,
+            jitter_target_ms=self.jitter.kept_depth * 20,
             delay_ms_avg=round(self.delay_ms_avg, 1),
             delay_ms_max=round(self.delay_ms_max, 1),
             interarrival_jitter_ms=round(self.reception.jitter_seconds * 1000, 2)

@@ -308,7 +308,7 @@ class JitterBuffer:
         """The deferred trim: the next packet, taken now, one tick early (the caller
         plays it instead of the one it just took); None if it is not there yet or the
         excess is gone (a loss used it up)."""
-        if self._next is None or len(self._packets) < self._keep():
+        if self._next is None or len(self._packets) < self.kept_depth:
             return None
         payload = self._packets.pop(self._next, None)
         if payload is None:
@@ -346,9 +346,10 @@ class JitterBuffer:
         if self._next is not None and oldest >= self._next:
             self._next = oldest + 1
 
-    def _keep(self) -> int:
-        """Packets to keep waiting after a pop: the target, and the successor wait's extra
-        packet (depth to keep, not to trim)."""
+    @property
+    def kept_depth(self) -> int:
+        """Packets kept waiting after a pop: the target, and the successor wait's extra
+        packet (depth to keep, not to trim): the delay the buffer adds, in packets."""
         return self.target + (self._successor_kept and self.keep_successor)
 
     def _watch_depth(self) -> None:
@@ -363,7 +364,7 @@ class JitterBuffer:
         if self._successor_kept and self._pops_since_loss >= self._relax_after:
             self._successor_kept = False  # no loss for a while: give the packet back
         if self._window_pops >= self._window:
-            excess = self._window_min >= self._keep() and bool(self._packets)
+            excess = self._window_min >= self.kept_depth and bool(self._packets)
             if excess and not self.defer_trim:
                 self._drop_oldest()
             else:
