@@ -148,3 +148,27 @@ def test_hovering_at_the_limit_is_one_episode(caplog):
     assert adm.episodes == 1 and caplog.text.count("overloaded") == 1
     proc.run(adm, 1.25, share=0.3, cores=1.0)
     assert not adm.refusing and "admitting again after 6 refusals" in caplog.text
+
+
+def test_a_quota_lowered_at_run_time_is_followed_and_what_was_learnt_keeps_its_cpu_time():
+    """``docker update --cpus``: the same CPU time is a larger share of a smaller quota."""
+    proc = FakeProcess()
+    cores = {"now": 1.0}
+    adm = Admission(AdmissionConfig(cpu_limit=0.8), lateness=lambda: proc.late,
+                    load=lambda: proc.load, cpu_seconds=lambda: proc.cpu,
+                    cores=lambda: cores["now"], now=lambda: proc.t)
+    proc.run(adm, 3.0, share=0.05, cores=1.0)  # idle: 0.05 core
+    proc.load = 10
+    proc.run(adm, 3.0, share=0.15, cores=1.0)  # 0.01 core per session
+    assert adm.admit("webrtc_listen") is None
+    adm.sample()
+    idle, per_session = adm.idle_share, adm.session_share
+    cores["now"] = 0.2  # the same 0.15 core is now 75 % of what the process may use
+    proc.run(adm, 1.0, share=0.75, cores=0.2)
+    assert adm.cores_available == 0.2
+    assert abs(adm.idle_share - 5 * idle) < 1e-9  # no steady window since: only rescaled
+    assert abs(adm.session_share - 5 * per_session) < 1e-9
+    admitted = sum(adm.admit("webrtc_listen") is None for _ in range(5))
+    assert admitted < 5  # at 0.75 of the new quota, about 0.05 a session: one or two
+    refusal = adm.admit("webrtc_listen")
+    assert refusal is not None and "of the 0.2 cores" in refusal.reason

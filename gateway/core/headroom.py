@@ -89,8 +89,9 @@ def available_cores() -> float:
 
 
 def process_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
+    """All threads' CPU time, to the microsecond (``os.times`` counts 10 ms clock ticks:
+    a tenth of a 0.1-core quota's second, too coarse to judge it by)."""
+    return time.process_time()
 
 
 @dataclass
@@ -149,9 +150,19 @@ class Admission:
                 if len(self._samples) == self._samples.maxlen and not self._settling(t0):
                     self._learn(self.load())
         if len(self._samples) == self._samples.maxlen:  # a quota may change at run time
-            self._available = self.cores()
+            self._rescale(self.cores())
         self._admitted_since_sample = 0
         self._end_episode_if_clear()
+
+    def _rescale(self, available: float) -> None:
+        """Shares learnt are shares of what was available: keep their CPU time when that
+        changes (``docker update --cpus``)."""
+        if available != self._available:
+            ratio = self._available / available
+            self.idle_share *= ratio
+            if self.session_share is not None:
+                self.session_share *= ratio
+            self._available = available
 
     def _settling(self, since: float) -> bool:
         """Whether a session admitted after ``since`` may still be setting up."""
