@@ -288,12 +288,13 @@ class SipClient(asyncio.DatagramProtocol):
             self.waiting = {k: f for k, f in self.waiting.items() if not f.done()}
 
 
-async def http_burst(http, url: str, n: int) -> None:  # type: ignore[no-untyped-def]
+async def http_burst(http, url: str, n: int,  # type: ignore[no-untyped-def]
+                     paths: tuple[str, ...] = HTTP_PATHS) -> None:
     async def one(path: str) -> None:
         async with http.get(url + path) as r:
             await r.read()
 
-    await asyncio.gather(*(one(HTTP_PATHS[i % len(HTTP_PATHS)]) for i in range(n)))
+    await asyncio.gather(*(one(paths[i % len(paths)]) for i in range(n)))
 
 
 async def phase(kind: str, gw: Confined, sip: SipClient, http, args) -> dict:  # type: ignore[no-untyped-def]
@@ -321,7 +322,7 @@ async def phase(kind: str, gw: Confined, sip: SipClient, http, args) -> dict:  #
             for _ in range(args.invites):
                 spawn(sip.call(1.0))
         if kind in ("http", "all"):
-            spawn(http_burst(http, gw.url, args.http))
+            spawn(http_burst(http, gw.url, args.http, args.http_paths))
         if kind in ("gc", "all"):
             assert gw.proc is not None
             gw.proc.send_signal(signal.SIGUSR2)
@@ -482,6 +483,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--options", type=int, default=200, help="OPTIONS per burst")
     p.add_argument("--invites", type=int, default=20, help="calls per burst")
     p.add_argument("--http", type=int, default=10, help="API requests per burst")
+    p.add_argument("--http-paths", type=lambda s: tuple(s.split(",")), default=HTTP_PATHS,
+                   help="comma-separated paths the API bursts cycle through")
     p.add_argument("--previous", help="also run the gateway of this commit, first")
     p.add_argument("--current", help="run this commit (exported) instead of the tree")
     p.add_argument("--load-procs", type=int, default=2)

@@ -13,9 +13,10 @@ from .gateway import Gateway
 from .web import api, dashboard, live, metrics, openapi, outputs, recordings, webrtc_http
 from .web.auth import AUTH, Authenticator, auth_middleware_factory
 from .web.connection_guard import ConnectionGuard
-from .web.keys import GATEWAY, HTTP_GUARD, MAX_BODY
+from .web.keys import GATEWAY, HTTP_GUARD, MAX_BODY, TURNS
 from .web.problem import error_middleware_factory
 from .web.request_id import request_id_middleware_factory
+from .web.turns import Turns
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "web" / "static"
@@ -40,6 +41,7 @@ def create_app(config: Config, clock: MediaClock | None = None,
     app[HTTP_GUARD] = ConnectionGuard(config.http.header_timeout_s,
                                       config.http.max_pending_per_address)
     app[MAX_BODY] = config.http.max_body_bytes
+    app[TURNS] = Turns()
 
     async def on_startup(app: web.Application) -> None:
         _warn_if_open(config)

@@ -1,26 +1,82 @@
-"""Long session listings yield to the event loop, so the media clock keeps its ticks."""
+"""API work takes turns with the media clock: one slice of it per turn of the event loop,
+across all requests, and the reply is the same bytes as encoding it in one go."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from itertools import pairwise
 
-from gateway.web import api
+from pydantic import BaseModel
+
+from gateway.web.reply import json_of
+from gateway.web.turns import Turns
 
 
-async def test_a_long_session_listing_lets_other_callbacks_run(monkeypatch):
-    described: list[int] = []
-    monkeypatch.setattr(api, "session_info", lambda request, n: described.append(n) or n)
-    seen_between: list[int] = []
+class Item(BaseModel):
+    n: int
+    name: str | None = None
 
-    async def tick() -> None:  # stands for the media clock's callback
-        while len(described) < 100:
-            seen_between.append(len(described))
-            await asyncio.sleep(0)
 
-    ticking = asyncio.create_task(tick())
-    infos = await api.session_infos(None, list(range(100)))  # type: ignore[arg-type]
-    await ticking
-    assert infos == list(range(100))
-    inside = [n for n in seen_between if 0 < n < 100]
-    steps = [b - a for a, b in zip([0, *inside], [*inside, 100], strict=True)]
-    assert inside and max(steps) <= api.SESSIONS_PER_SLICE, steps
+class Listing(BaseModel):
+    title: str
+    items: list[Item]
+
+
+async def test_a_sliced_list_reply_is_the_same_bytes_as_one_encoding():
+    items = [Item(n=n, name=None if n % 3 else f"x{n}") for n in range(50)]
+    turns = Turns(slice_s=0.0)  # a slice per item: the most splicing there can be
+    for some in (items, items[:1], []):
+        sliced = await turns.reply_with_list(Listing(title='a "b"', items=[]), "items",
+                                             some, lambda i: i)
+        assert sliced.body == json_of(Listing(title='a "b"', items=some))
+        assert json.loads(sliced.body)["items"] == [i.model_dump() for i in some]
+
+
+async def test_a_list_field_that_is_not_the_empty_last_one_is_refused():
+    class Wrong(BaseModel):
+        items: list[Item]
+        title: str
+
+    try:
+        await Turns().reply_with_list(Wrong(items=[], title="t"), "items", [], lambda i: i)
+    except ValueError as exc:
+        assert "items" in str(exc)
+    else:
+        raise AssertionError("accepted a list field that is not last")
+
+
+async def test_concurrent_requests_never_share_a_turn_and_timers_run_between_slices():
+    loop = asyncio.get_running_loop()
+    turn = 0
+    running = True
+
+    def count_turns() -> None:  # runs once per turn of the loop
+        nonlocal turn
+        turn += 1
+        if running:
+            loop.call_soon(count_turns)
+
+    count_turns()
+    turns = Turns(slice_s=0.0)
+    slices: list[tuple[str, int]] = []
+    ticks: list[int] = []
+
+    def tick() -> None:  # stands for the media clock: a timer, due at once
+        ticks.append(turn)
+        if running:
+            loop.call_later(0, tick)
+
+    loop.call_later(0, tick)
+    await asyncio.gather(*(turns.map(lambda n, r=r: slices.append((r, turn)) or n, range(8))
+                           for r in "abc"))
+    running = False
+    by_turn: dict[int, set[str]] = {}
+    for request, t in slices:
+        by_turn.setdefault(t, set()).add(request)
+    assert all(len(requests) == 1 for requests in by_turn.values()), by_turn
+    assert [r for r, _ in slices] == ["a"] * 8 + ["b"] * 8 + ["c"] * 8  # first come first
+    # the clock's timer ran between slices: never two slices without a tick in between
+    slice_turns = sorted(by_turn)
+    for t0, t1 in pairwise(slice_turns):
+        assert any(t0 < t <= t1 for t in ticks), (t0, t1, ticks)

@@ -30,8 +30,9 @@ from gateway.webrtc.client import Listener
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 10000  # the quota must be at least 1 ms a period
 #: The share of the quota the gateway's stream (and its idle work) is given: the rest is
-#: for listeners (a few dozen at 0.1 core here).
-STREAM_SHARE = 0.4
+#: for listeners, 15-30 of them (with 76, the test's own process, receiving them all on a
+#: busy machine, once lost frames the gateway had sent).
+STREAM_SHARE = 0.6
 
 
 @pytest.fixture

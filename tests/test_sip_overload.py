@@ -12,7 +12,9 @@ import logging
 import re
 import socket
 import struct
+import time
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ from gateway.sip.transaction import (
     Timers,
     TransactionLayer,
 )
-from gateway.sip.udp import BATCH, BatchedUdp
+from gateway.sip.udp import BATCH, SLICE, BatchedUdp
 
 ROOT = Path(__file__).resolve().parent.parent
 CALL_OR_503 = ROOT / "bench" / "sipp" / "uac_call_or_503.xml"
@@ -235,7 +237,7 @@ def test_admission_refusals_at_datagram_read_are_counted_as_sip():
 
 
 # -- the endpoint's UDP socket ---------------------------------------------------------
-async def test_udp_reads_up_to_64_datagrams_per_wake_up():
+async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_slices():
     batches: list[list] = []
     udp = await BatchedUdp.open("127.0.0.1", 0, False, batches.append)
     loop = asyncio.get_running_loop()
@@ -245,12 +247,60 @@ async def test_udp_reads_up_to_64_datagrams_per_wake_up():
             client.sendto(b"%d" % i, udp.sockname)
         await asyncio.sleep(0.05)
         udp._read_ready()
+        assert sum(len(b) for b in batches) == BATCH  # one wake-up reads 64 at most
         udp._read_ready()
         udp._read_ready()
-    assert [len(b) for b in batches] == [BATCH, 100 - BATCH]
+    assert [len(b) for b in batches] == [SLICE] * 12 + [100 - 12 * SLICE]
     assert [d for b in batches for d, _ in b] == [b"%d" % i for i in range(100)]
     loop.add_reader(udp._sock.fileno(), udp._read_ready)
     udp.close()
+
+
+async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between():
+    """A flood whose handling outlasts the turn's budget: the rest waits a turn (reading
+    paused meanwhile), so the media clock's timer runs between slices."""
+    loop = asyncio.get_running_loop()
+    turn = 0
+    running = True
+
+    def count_turns() -> None:
+        nonlocal turn
+        turn += 1
+        if running:
+            loop.call_soon(count_turns)
+
+    count_turns()
+    handled: list[tuple[bytes, int]] = []
+
+    def slow(batch: list) -> None:  # ~0.6 ms a slice: two slices spend a turn's budget
+        end = time.perf_counter() + 0.0006
+        while time.perf_counter() < end:
+            pass
+        handled.extend((d, turn) for d, _ in batch)
+
+    ticks: list[int] = []
+
+    def tick() -> None:
+        ticks.append(turn)
+        if running:
+            loop.call_later(0, tick)
+
+    udp = await BatchedUdp.open("127.0.0.1", 0, False, slow)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for i in range(64):
+            client.sendto(b"%d" % i, udp.sockname)
+        loop.call_later(0, tick)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if len(handled) == 64:
+                break
+    running = False
+    udp.close()
+    assert [d for d, _ in handled] == [b"%d" % i for i in range(64)]
+    turns = sorted({t for _, t in handled})
+    assert len(turns) >= 64 // SLICE // 2  # at most two slices (one budget) a turn
+    for t0, t1 in pairwise(turns):
+        assert any(t0 < t <= t1 for t in ticks), (t0, t1)
 
 
 async def test_a_cancel_read_in_the_same_batch_as_its_invite_ends_it_with_487(

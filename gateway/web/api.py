@@ -21,7 +21,7 @@ from ..models.info import (
 )
 from ..webrtc.session import WebRTCSession
 from .auth import may_manage
-from .keys import HTTP_GUARD, gateway_of
+from .keys import HTTP_GUARD, gateway_of, turns_of
 from .problem import problem
 from .reply import reply
 
@@ -35,23 +35,6 @@ def session_info(request: web.Request, session: WebRTCSession) -> SessionInfo:
     return info
 
 
-#: Sessions described between two yields to the event loop: a listing of hundreds of
-#: sessions (35-90 us each) built in one go held the loop 20-40 ms and made the media
-#: clock's ticks late (docs/benchmarks.md, "Timing under load").
-SESSIONS_PER_SLICE = 16
-
-
-async def session_infos(request: web.Request,
-                        sessions: list[WebRTCSession]) -> list[SessionInfo]:
-    """session_info of each, in slices that let the media clock tick in between."""
-    infos = []
-    for n, session in enumerate(sessions):
-        if n and n % SESSIONS_PER_SLICE == 0:
-            await asyncio.sleep(0)
-        infos.append(session_info(request, session))
-    return infos
-
-
 def stream_info(request: web.Request, stream: Stream) -> StreamInfo:
     """A stream as the caller may see it: a WebRTC sender's id only as session_info shows."""
     info = stream.info()
@@ -63,10 +46,14 @@ def stream_info(request: web.Request, stream: Stream) -> StreamInfo:
 
 async def list_streams(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
-    streams = [stream_info(request, s) for s in gw.registry.streams.values()]
-    if gw.cluster is not None:
-        streams = await _with_cluster(gw, streams)
-    return reply(StreamList(streams=streams))
+    turns = turns_of(request)
+    here = list(gw.registry.streams.values())
+    if gw.cluster is None:
+        return await turns.reply_with_list(StreamList(streams=[]), "streams", here,
+                                           lambda s: stream_info(request, s))
+    streams = await turns.map(lambda s: stream_info(request, s), here)
+    streams = await _with_cluster(gw, streams)
+    return await turns.call(lambda: reply(StreamList(streams=streams)))
 
 
 async def _with_cluster(gw, streams: list[StreamInfo]) -> list[StreamInfo]:  # type: ignore[no-untyped-def]
@@ -98,17 +85,20 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
     stream = gw.registry.streams.get(request.match_info["stream"])
     if stream is None:
         return problem(404, "Not Found", f"no stream named {request.match_info['stream']!r}")
-    sessions = await session_infos(
-        request, [s for s in gw.sessions.values() if s.stream is stream])
     info = stream_info(request, stream)
     if gw.cluster is not None:
         info.cluster = (await gw.cluster_streams()).get(stream.name)
-    return reply(StreamDetail(**vars(info), sessions=sessions))
+    return await turns_of(request).reply_with_list(
+        StreamDetail(**vars(info), sessions=[]), "sessions",
+        [s for s in gw.sessions.values() if s.stream is stream],
+        lambda s: session_info(request, s))
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
-    return reply(SessionList(sessions=await session_infos(request, list(gw.sessions.values()))))
+    return await turns_of(request).reply_with_list(
+        SessionList(sessions=[]), "sessions", list(gw.sessions.values()),
+        lambda s: session_info(request, s))
 
 
 async def delete_session(request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import astuple, fields
+from dataclasses import astuple, dataclass, fields
 from typing import Any
 
 from aiohttp import web
@@ -39,10 +39,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.counters import SenderCounters
 from ..core.looplag import LoopLagMonitor
+from ..core.stream import Stream
 from ..gateway import Gateway
 from ..models.info import Levels, Readiness
 from .connection_guard import ConnectionGuard
-from .keys import GATEWAY, HTTP_GUARD
+from .keys import GATEWAY, HTTP_GUARD, turns_of
 from .reply import reply
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,47 @@ class EventCounter:
 SENDER_FIELDS = tuple(field.name for field in fields(SenderCounters))
 
 
+@dataclass
+class StreamReading:
+    """What /metrics says about one stream, read in one go: reading a stream walks its
+    listeners, so a scrape reads streams a slice at a time (``web.turns``)."""
+
+    stream: Stream
+    name: str
+    source_kind: str | None
+    stats: Any  # the sender's stats, or None
+    count_by_kind: dict[str, int]
+    skipped_by_kind: dict[str, int]
+    snapshot: Any  # the analysis's latest, or None
+    sender_totals: dict[str, SenderCounters]
+    output_totals: dict[str, Any]
+    losses: dict[str, list[float]]  # listeners' smoothed reported loss, by kind
+    expected_loss: list[tuple[str, int, float]]  # (codec, bitrate, percent) per encoder
+
+
+def read_stream(stream: Stream) -> StreamReading:
+    source = stream.source
+    losses: dict[str, list[float]] = {}
+    for output in list(stream.outputs):
+        feedback = getattr(output, "feedback", None)
+        if feedback is not None and feedback.reception.reports:
+            losses.setdefault(output.kind, []).append(feedback.reception.loss_smoothed)
+    expected = []
+    for encoder in list(stream.egress.values()):
+        percent = encoder.info().expected_loss_percent
+        if percent is not None:
+            expected.append((encoder.spec.name, encoder.bitrate, percent))
+    return StreamReading(
+        stream=stream, name=stream.name,
+        source_kind=source.kind if source is not None else None,
+        stats=source.stats() if source is not None else None,
+        count_by_kind=stream.outputs.count_by_kind(),
+        skipped_by_kind=stream.skipped_by_kind(),
+        snapshot=stream.analysis.snapshot() if stream.analysis is not None else None,
+        sender_totals=stream.sender_totals(), output_totals=stream.outputs.totals(),
+        losses=losses, expected_loss=expected)
+
+
 class GatewayCollector:
     """Reads the gateway's live objects at scrape time (prometheus_client's Collector)."""
 
@@ -79,22 +121,26 @@ class GatewayCollector:
         self.lag = lag
         self.events = events
         self.ready = ready
+        #: Set by the /metrics handler (read a slice at a time); else read in collect().
+        self.readings: list[StreamReading] | None = None
 
     # -- the Collector interface ---------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        yield from self._streams()
-        yield from self._senders()
-        yield from self._outputs()
+        readings = self.readings
+        if readings is None:
+            readings = [read_stream(s) for s in list(self.gw.registry.streams.values())]
+        yield from self._streams(readings)
+        yield from self._senders(readings)
+        yield from self._outputs(readings)
         yield from self._sip()
         yield from self._cluster()
         yield from self._admission()
         yield from self._runtime()
 
-    def _streams(self) -> Iterator[Metric]:
-        streams = list(self.gw.registry.streams.values())
+    def _streams(self, readings: list[StreamReading]) -> Iterator[Metric]:
         st = ["stream"]
         count = GaugeMetricFamily("gateway_streams", "Streams that exist now.",
-                                  value=len(streams))
+                                  value=len(readings))
         written = CounterMetricFamily(
             "gateway_stream_frames_total",
             "20 ms frames written to the stream's ring (sender's or silence).", labels=st)
@@ -132,22 +178,21 @@ class GatewayCollector:
         alarm = GaugeMetricFamily(
             "gateway_stream_silence_alarm", "1 while the silence alarm is raised.", labels=st)
         now = time.monotonic()
-        for stream in streams:
-            name = [stream.name]
+        for r in readings:
+            stream, name = r.stream, [r.name]
             written.add_metric(name, stream.ring.head)
             from_sender.add_metric(name, stream.frames_from_sender)
             silence.add_metric(name, stream.frames_silence)
             senders_total.add_metric(name, stream.senders_total)
-            present.add_metric(name, 1 if stream.source is not None else 0)
-            stats = stream.source.stats() if stream.source is not None else None
-            if stats is not None and stats.last_packet is not None:
-                age.add_metric(name, max(0.0, now - stats.last_packet))
-            for kind, n in sorted(stream.outputs.count_by_kind().items()):
-                listeners.add_metric([stream.name, kind], n)
-            for kind, n in sorted(stream.skipped_by_kind().items()):
-                skipped.add_metric([stream.name, kind], n)
+            present.add_metric(name, 1 if r.source_kind is not None else 0)
+            if r.stats is not None and r.stats.last_packet is not None:
+                age.add_metric(name, max(0.0, now - r.stats.last_packet))
+            for kind, n in sorted(r.count_by_kind.items()):
+                listeners.add_metric([r.name, kind], n)
+            for kind, n in sorted(r.skipped_by_kind.items()):
+                skipped.add_metric([r.name, kind], n)
             encoders.add_metric(name, len(stream.egress))
-            snapshot = stream.analysis.snapshot() if stream.analysis is not None else None
+            snapshot = r.snapshot
             for key, family in levels.items():
                 value = getattr(snapshot, key, None)
                 if value is not None:
@@ -161,7 +206,7 @@ class GatewayCollector:
             "Shared encoders the gateway started.",
             value=self.gw.registry.counters.encoders_created)
 
-    def _senders(self) -> Iterator[Metric]:
+    def _senders(self, readings: list[StreamReading]) -> Iterator[Metric]:
         lk = ["stream", "kind"]
         docs = {
             "packets": "RTP packets the stream's senders delivered to the jitter buffer.",
@@ -184,11 +229,10 @@ class GatewayCollector:
                  "red_recovered": "gateway_sender_red_recovered_packets_total",
                  "plc_concealed": "gateway_sender_plc_concealed_packets_total"}
         families = [CounterMetricFamily(names[f], docs[f], labels=lk) for f in SENDER_FIELDS]
-        streams = list(self.gw.registry.streams.values())
-        for stream in streams:
-            for kind, counters in sorted(stream.sender_totals().items()):
+        for r in readings:
+            for kind, counters in sorted(r.sender_totals.items()):
                 for family, value in zip(families, astuple(counters), strict=True):
-                    family.add_metric([stream.name, kind], value)
+                    family.add_metric([r.name, kind], value)
         yield from families
         delay = GaugeMetricFamily(
             "gateway_sender_delay_seconds",
@@ -199,18 +243,16 @@ class GatewayCollector:
         target = GaugeMetricFamily(
             "gateway_sender_jitter_target_seconds",
             "Current target depth of the sender's jitter buffer.", labels=lk)
-        for stream in streams:
-            source = stream.source
-            stats = source.stats() if source is not None else None
-            if source is None or stats is None:
+        for r in readings:
+            if r.source_kind is None or r.stats is None:
                 continue
-            labels = [stream.name, source.kind]
-            delay.add_metric(labels, stats.delay_s)
-            delay_max.add_metric(labels, stats.delay_max_s)
-            target.add_metric(labels, stats.jitter_target_s)
+            labels = [r.name, r.source_kind]
+            delay.add_metric(labels, r.stats.delay_s)
+            delay_max.add_metric(labels, r.stats.delay_max_s)
+            target.add_metric(labels, r.stats.jitter_target_s)
         yield from (delay, delay_max, target)
 
-    def _outputs(self) -> Iterator[Metric]:
+    def _outputs(self, readings: list[StreamReading]) -> Iterator[Metric]:
         gw = self.gw
         lk = ["stream", "kind"]
         packets = CounterMetricFamily(
@@ -228,15 +270,15 @@ class GatewayCollector:
             "gateway_output_errors_total",
             "rtp/sip/webrtc: send errors (unreachable, refused); recording: recordings failed.",
             labels=lk)
-        for stream in list(gw.registry.streams.values()):
-            for kind, c in sorted(stream.outputs.totals().items()):
-                labels = [stream.name, kind]
+        for r in readings:
+            for kind, c in sorted(r.output_totals.items()):
+                labels = [r.name, kind]
                 packets.add_metric(labels, c.packets)
                 octets.add_metric(labels, c.bytes)
                 drops.add_metric(labels, c.drops)
                 errors.add_metric(labels, c.errors)
         yield from (packets, octets, drops, errors)
-        yield from self._reported_loss()
+        yield from self._reported_loss(readings)
         recordings = GaugeMetricFamily(
             "gateway_recordings", "Recordings the gateway holds, by state.", labels=["state"])
         states = _count(r.state for r in gw.recordings.active.values())
@@ -253,7 +295,7 @@ class GatewayCollector:
         yield GaugeMetricFamily("gateway_rtp_inputs", "Plain RTP inputs open.",
                                 value=len(gw.rtp_inputs))
 
-    def _reported_loss(self) -> Iterator[Metric]:
+    def _reported_loss(self, readings: list[StreamReading]) -> Iterator[Metric]:
         """What listeners say in their RTCP receiver reports, per stream and listener kind
         (not per listener: ids as labels would make a new series for every listener that
         comes and goes; the API and the dashboard list each listener's own numbers)."""
@@ -271,22 +313,14 @@ class GatewayCollector:
             "gateway_encoder_expected_loss_percent",
             "The loss a shared Opus encoder's in-band FEC protects against (0: FEC off), "
             "from its worst listener's reports.", labels=["stream", "codec", "bitrate"])
-        for stream in list(self.gw.registry.streams.values()):
-            losses: dict[str, list[float]] = {}
-            for output in list(stream.outputs):
-                feedback = getattr(output, "feedback", None)
-                if feedback is not None and feedback.reception.reports:
-                    losses.setdefault(output.kind, []).append(feedback.reception.loss_smoothed)
-            for kind, values in sorted(losses.items()):
-                worst.add_metric([stream.name, kind], max(values))
+        for r in readings:
+            for kind, values in sorted(r.losses.items()):
+                worst.add_metric([r.name, kind], max(values))
                 for bound in LOSS_BUCKETS:
-                    by_loss.add_metric([stream.name, kind, _le(bound)],
+                    by_loss.add_metric([r.name, kind, _le(bound)],
                                        sum(1 for v in values if v <= bound))
-            for encoder in list(stream.egress.values()):
-                percent = encoder.info().expected_loss_percent
-                if percent is not None:
-                    expected.add_metric([stream.name, encoder.spec.name, str(encoder.bitrate)],
-                                        percent)
+            for codec, bitrate, percent in r.expected_loss:
+                expected.add_metric([r.name, codec, str(bitrate)], percent)
         yield from (worst, by_loss, expected)
 
     def _cluster(self) -> Iterator[Metric]:
@@ -532,8 +566,19 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    """Prometheus metrics (text exposition format)."""
-    body = generate_latest(request.app[METRICS].registry)
+    """Prometheus metrics (text exposition format). Streams are read a slice at a time,
+    then the text is generated in a turn of its own (``web.turns``)."""
+    state, turns = request.app[METRICS], turns_of(request)
+    readings = await turns.map(read_stream, list(state.gw.registry.streams.values()))
+
+    def generate() -> bytes:
+        state.collector.readings = readings
+        try:
+            return generate_latest(state.registry)
+        finally:
+            state.collector.readings = None
+
+    body = await turns.call(generate)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
