@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from itertools import pairwise
 
+from loop_turns import LoopTurns
 from pydantic import BaseModel
 
 from gateway.web.reply import json_of
@@ -47,36 +47,17 @@ async def test_a_list_field_that_is_not_the_empty_last_one_is_refused():
 
 
 async def test_concurrent_requests_never_share_a_turn_and_timers_run_between_slices():
-    loop = asyncio.get_running_loop()
-    turn = 0
-    running = True
-
-    def count_turns() -> None:  # runs once per turn of the loop
-        nonlocal turn
-        turn += 1
-        if running:
-            loop.call_soon(count_turns)
-
-    count_turns()
+    loop = LoopTurns()
     turns = Turns(slice_s=0.0)
     slices: list[tuple[str, int]] = []
-    ticks: list[int] = []
-
-    def tick() -> None:  # stands for the media clock: a timer, due at once
-        ticks.append(turn)
-        if running:
-            loop.call_later(0, tick)
-
-    loop.call_later(0, tick)
-    await asyncio.gather(*(turns.map(lambda n, r=r: slices.append((r, turn)) or n, range(8))
+    await asyncio.gather(*(turns.map(lambda n, r=r: slices.append((r, loop.turn)) or n,
+                                     range(8))
                            for r in "abc"))
-    running = False
+    loop.stop()
     by_turn: dict[int, set[str]] = {}
     for request, t in slices:
         by_turn.setdefault(t, set()).add(request)
     assert all(len(requests) == 1 for requests in by_turn.values()), by_turn
     assert [r for r, _ in slices] == ["a"] * 8 + ["b"] * 8 + ["c"] * 8  # first come first
     # the clock's timer ran between slices: never two slices without a tick in between
-    slice_turns = sorted(by_turn)
-    for t0, t1 in pairwise(slice_turns):
-        assert any(t0 < t <= t1 for t in ticks), (t0, t1, ticks)
+    loop.assert_timer_ran_between(list(by_turn))

@@ -14,12 +14,12 @@ import socket
 import struct
 import time
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from audio_checks import assert_tone
 from conftest import need_program
+from loop_turns import LoopTurns
 from peers.sipp import run_sipp
 from sip_phone import Phone, decode, sdp_offer
 from stepping import send_tone
@@ -259,48 +259,29 @@ async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_sli
 async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between():
     """A flood whose handling outlasts the turn's budget: the rest waits a turn (reading
     paused meanwhile), so the media clock's timer runs between slices."""
-    loop = asyncio.get_running_loop()
-    turn = 0
-    running = True
-
-    def count_turns() -> None:
-        nonlocal turn
-        turn += 1
-        if running:
-            loop.call_soon(count_turns)
-
-    count_turns()
+    loop = LoopTurns()
     handled: list[tuple[bytes, int]] = []
 
     def slow(batch: list) -> None:  # ~0.6 ms a slice: two slices spend a turn's budget
         end = time.perf_counter() + 0.0006
         while time.perf_counter() < end:
             pass
-        handled.extend((d, turn) for d, _ in batch)
-
-    ticks: list[int] = []
-
-    def tick() -> None:
-        ticks.append(turn)
-        if running:
-            loop.call_later(0, tick)
+        handled.extend((d, loop.turn) for d, _ in batch)
 
     udp = await BatchedUdp.open("127.0.0.1", 0, False, slow)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for i in range(64):
             client.sendto(b"%d" % i, udp.sockname)
-        loop.call_later(0, tick)
         for _ in range(200):
             await asyncio.sleep(0.005)
             if len(handled) == 64:
                 break
-    running = False
+    loop.stop()
     udp.close()
     assert [d for d, _ in handled] == [b"%d" % i for i in range(64)]
     turns = sorted({t for _, t in handled})
     assert len(turns) >= 64 // SLICE // 2  # at most two slices (one budget) a turn
-    for t0, t1 in pairwise(turns):
-        assert any(t0 < t <= t1 for t in ticks), (t0, t1)
+    loop.assert_timer_ran_between(turns)
 
 
 async def test_a_cancel_read_in_the_same_batch_as_its_invite_ends_it_with_487(

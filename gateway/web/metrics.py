@@ -76,7 +76,6 @@ class StreamReading:
     listeners, so a scrape reads streams a slice at a time (``web.turns``)."""
 
     stream: Stream
-    name: str
     source_kind: str | None
     stats: Any  # the sender's stats, or None
     count_by_kind: dict[str, int]
@@ -101,7 +100,7 @@ def read_stream(stream: Stream) -> StreamReading:
         if percent is not None:
             expected.append((encoder.spec.name, encoder.bitrate, percent))
     return StreamReading(
-        stream=stream, name=stream.name,
+        stream=stream,
         source_kind=source.kind if source is not None else None,
         stats=source.stats() if source is not None else None,
         count_by_kind=stream.outputs.count_by_kind(),
@@ -179,7 +178,8 @@ class GatewayCollector:
             "gateway_stream_silence_alarm", "1 while the silence alarm is raised.", labels=st)
         now = time.monotonic()
         for r in readings:
-            stream, name = r.stream, [r.name]
+            stream = r.stream
+            name = [stream.name]
             written.add_metric(name, stream.ring.head)
             from_sender.add_metric(name, stream.frames_from_sender)
             silence.add_metric(name, stream.frames_silence)
@@ -188,9 +188,9 @@ class GatewayCollector:
             if r.stats is not None and r.stats.last_packet is not None:
                 age.add_metric(name, max(0.0, now - r.stats.last_packet))
             for kind, n in sorted(r.count_by_kind.items()):
-                listeners.add_metric([r.name, kind], n)
+                listeners.add_metric([stream.name, kind], n)
             for kind, n in sorted(r.skipped_by_kind.items()):
-                skipped.add_metric([r.name, kind], n)
+                skipped.add_metric([stream.name, kind], n)
             encoders.add_metric(name, len(stream.egress))
             snapshot = r.snapshot
             for key, family in levels.items():
@@ -232,7 +232,7 @@ class GatewayCollector:
         for r in readings:
             for kind, counters in sorted(r.sender_totals.items()):
                 for family, value in zip(families, astuple(counters), strict=True):
-                    family.add_metric([r.name, kind], value)
+                    family.add_metric([r.stream.name, kind], value)
         yield from families
         delay = GaugeMetricFamily(
             "gateway_sender_delay_seconds",
@@ -246,7 +246,7 @@ class GatewayCollector:
         for r in readings:
             if r.source_kind is None or r.stats is None:
                 continue
-            labels = [r.name, r.source_kind]
+            labels = [r.stream.name, r.source_kind]
             delay.add_metric(labels, r.stats.delay_s)
             delay_max.add_metric(labels, r.stats.delay_max_s)
             target.add_metric(labels, r.stats.jitter_target_s)
@@ -272,7 +272,7 @@ class GatewayCollector:
             labels=lk)
         for r in readings:
             for kind, c in sorted(r.output_totals.items()):
-                labels = [r.name, kind]
+                labels = [r.stream.name, kind]
                 packets.add_metric(labels, c.packets)
                 octets.add_metric(labels, c.bytes)
                 drops.add_metric(labels, c.drops)
@@ -315,12 +315,12 @@ class GatewayCollector:
             "from its worst listener's reports.", labels=["stream", "codec", "bitrate"])
         for r in readings:
             for kind, values in sorted(r.losses.items()):
-                worst.add_metric([r.name, kind], max(values))
+                worst.add_metric([r.stream.name, kind], max(values))
                 for bound in LOSS_BUCKETS:
-                    by_loss.add_metric([r.name, kind, _le(bound)],
+                    by_loss.add_metric([r.stream.name, kind, _le(bound)],
                                        sum(1 for v in values if v <= bound))
             for codec, bitrate, percent in r.expected_loss:
-                expected.add_metric([r.name, codec, str(bitrate)], percent)
+                expected.add_metric([r.stream.name, codec, str(bitrate)], percent)
         yield from (worst, by_loss, expected)
 
     def _cluster(self) -> Iterator[Metric]:
