@@ -257,7 +257,10 @@ async def test_limits_calls_size_rate_and_malformed_input(gateway_factory):
             answered += 1
     except TimeoutError:
         pass
-    assert 1 <= answered < 40  # every phone here shares 127.0.0.1, hence one bucket
+    # every phone here shares 127.0.0.1, hence one bucket: at most its burst of 10 is
+    # answered (what is left of it after the requests above, plus a refill of 5/s)
+    assert answered >= 1, "the rate limit answered nothing of the flood"
+    assert answered <= 10, f"{answered} of the flood answered: more than the burst"
     info = gw.gateway.sip.info()
     assert info.rate_limited >= 40 - answered and info.messages_malformed >= 2
     # the call is undisturbed (no sync: its OPTIONS would meet the empty bucket)

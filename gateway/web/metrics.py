@@ -242,7 +242,8 @@ class GatewayCollector:
             "Largest arrival-to-decode delay of the current sender.", labels=lk)
         target = GaugeMetricFamily(
             "gateway_sender_jitter_target_seconds",
-            "Current target depth of the sender's jitter buffer.", labels=lk)
+            "Delay the sender's jitter buffer keeps: its target depth, plus one packet "
+            "while it waits for a lost packet's successor (FEC).", labels=lk)
         for r in readings:
             if r.source_kind is None or r.stats is None:
                 continue
