@@ -141,8 +141,16 @@ async def test_gstreamer_sender_gets_receiver_reports_on_its_rtcp_port(gateway, 
         "rb.send_rtcp_src_0", "!", "udpsink", "host=127.0.0.1", f"port={port + 1}",
         "sync=false", "async=false",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(gst.communicate(), 30)
-    assert gst.returncode == 0, err.decode()
+    try:  # 200 packets of 20 ms: 4 s
+        _, err = await asyncio.wait_for(gst.communicate(), 10)
+        assert gst.returncode == 0, err.decode()
+    except TimeoutError:
+        # rtpbin now and then never gets past EOS (1 run in 3 here); by then it has sent
+        # every packet (the last few of 200 could be dropped by identity, not 10 in a row)
+        gst.kill()
+        await gst.wait()
+        sent = rtp_input.playout.reception
+        assert sent is not None and sent.expected >= 190, "gst stopped early"
     reception = rtp_input.playout.reception
     assert reception is not None and reception.lost > 5, "identity dropped nothing?"
     await asyncio.sleep(1.0)  # a report after the last packet
