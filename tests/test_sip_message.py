@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.sip.dialog import Dialog
 from gateway.sip.message import (
     MAGIC_COOKIE,
     MAX_MESSAGE,
@@ -31,6 +32,7 @@ from gateway.sip.message import (
     response_to,
     split_list,
 )
+from gateway.sip.nat import stamp_received
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -1708,3 +1710,37 @@ def test_framer_finds_the_messages_in_any_chunking(messages, keepalives, cuts):
         start = cut
     assert out == messages
     assert [parse_message(m).call_id for m in out] == [parse_message(m).call_id for m in messages]
+
+
+def test_parsed_headers_are_kept_until_that_header_changes():
+    request = parse_message(INVITE)
+    request.validate()
+    assert request.to is request.to  # parsed once
+    request.headers.set("To", "<sip:someone@example.com>;tag=x")
+    assert request.to.tag == "x" and request.to.uri.user == "someone"
+    first = request.from_
+    request.headers.add("Subject", "unrelated")
+    assert request.from_ is first  # other headers' changes keep it
+
+
+def test_stamping_the_received_address_rewrites_only_the_top_via():
+    request = parse_message(INVITE)
+    request.headers.add("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKabc, "
+                        "SIP/2.0/TCP far.example.com")
+    request.validate()
+    before = [str(v) for v in request.vias]
+    assert len(before) == 3
+    stamp_received(request, "192.0.2.99", 40000)
+    vias = request.vias
+    assert vias[0].params["received"] == "192.0.2.99"
+    assert [str(v) for v in vias[1:]] == before[1:]
+    # what is cached is what the headers say
+    assert [str(Via.parse(v)) for v in request.headers.get_all("Via")] == [str(v) for v in vias]
+
+
+def test_a_dialog_does_not_change_the_invites_to():
+    request = parse_message(INVITE)
+    request.validate()
+    Dialog.as_uas(request, "ourtag")
+    assert request.to.tag is None
+    assert "tag" not in (request.headers.get("To") or "")

@@ -399,9 +399,10 @@ async def test_sipp_at_four_times_the_setup_rate_admitted_calls_complete_the_res
     # every admitted call heard the stream for its second; the refused got nothing
     assert len(by_ssrc) == len(admitted)
     for packets in by_ssrc.values():
-        # 1 s of 20 ms packets from the ACK on; at least half of them on a loaded machine
+        # 1 s of 20 ms packets from the ACK on; at least half of them on a loaded machine,
+        # and the tone in what follows the first 10 (0.2 s)
         assert len(packets) >= 25, len(packets)
-        assert_tone(decode(packets)[1600:], 440, rate=8000, min_seconds=0.5)
+        assert_tone(decode(packets)[1600:], 440, rate=8000, min_seconds=0.3)
 
     await asyncio.sleep(1.2)  # the episode ends 1 s after the last refusal
     assert caplog.text.count("sip overloaded") == 1, caplog.text  # once per episode

@@ -48,8 +48,8 @@ class Dialog:
         contact = invite.contact
         if contact is None or contact.star:
             raise SipParseError("INVITE without a usable Contact")
-        local = invite.to
-        local.params["tag"] = local_tag
+        to = invite.to  # shared with the request: copied with our tag
+        local = Address(to.uri, to.display, {**to.params, "tag": local_tag})
         remote = invite.from_
         return cls(
             call_id=invite.call_id,

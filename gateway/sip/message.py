@@ -9,8 +9,10 @@ splits them outside quotes and angle brackets. ``SipParseError`` is the only err
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, TypeVar
 
 MAX_MESSAGE = 65535
 
@@ -64,6 +66,9 @@ MAX_DIGITS = 10  # no SIP number we read needs more (CSeq < 2**32, ports, length
 MAGIC_COOKIE = "z9hG4bK"
 
 
+T = TypeVar("T")
+
+
 class SipParseError(ValueError):
     """The bytes are not a SIP message we can use; the message says why."""
 
@@ -83,6 +88,7 @@ def _number(text: str, what: str, limit: int = 2**32 - 1) -> int:
 _URI_FORBIDDEN = re.compile(r'[\s<>"]')
 
 
+@lru_cache(maxsize=512)
 def canonical_name(name: str) -> str:
     lower = name.strip().lower()
     if lower in COMPACT:
@@ -92,7 +98,10 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-joined header value, ignoring commas in quotes, <...> and escapes."""
-    if '"' not in value and "<" not in value:  # the usual case, in C (no quotes, no URIs)
+    if "," not in value:  # one value: the usual case
+        value = value.strip()
+        return [value] if value else []
+    if '"' not in value and "<" not in value:  # no quotes, no URIs: in C
         return [p for p in (part.strip() for part in value.split(",")) if p]
     parts: list[str] = []
     start = 0
@@ -360,10 +369,26 @@ class Via:
 
 
 class Headers:
-    """Ordered, repeatable headers with canonical names."""
+    """Ordered, repeatable headers with canonical names.
+
+    Values parsed from them (``parsed``) are kept until the headers change: a request
+    is read by the overload gate, the transaction layer, NAT handling and the service,
+    and parsing its Via, From and To each time was most of an OPTIONS' cost. The parsed
+    objects are shared, so callers copy them before changing them.
+    """
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [_checked(n, v) for n, v in items]
+        self._parsed: dict[str, Any] = {}
+
+    def parsed(self, name: str, parse: Callable[[Headers], T]) -> T:
+        """``parse(self)``: header ``name`` (canonical) read once until it changes;
+        errors are not kept."""
+        try:
+            return self._parsed[name]
+        except KeyError:
+            value = self._parsed[name] = parse(self)
+            return value
 
     def get(self, name: str, default: str | None = None) -> str | None:
         name = canonical_name(name)
@@ -382,6 +407,7 @@ class Headers:
 
     def add(self, name: str, value: str, first: bool = False) -> None:
         item = _checked(name, value)
+        self._parsed.pop(item[0], None)
         if first:
             self._items.insert(0, item)
         else:
@@ -391,6 +417,7 @@ class Headers:
         """Replace every value of ``name`` with one (in the place of the first)."""
         item = _checked(name, value)
         name = item[0]
+        self._parsed.pop(name, None)
         for i, (n, _) in enumerate(self._items):
             if n == name:
                 self._items[i] = item
@@ -400,7 +427,28 @@ class Headers:
 
     def remove(self, name: str) -> None:
         name = canonical_name(name)
+        self._parsed.pop(name, None)
         self._items = [it for it in self._items if it[0] != name]
+
+    def adopt_parsed(self, source: Headers, names: Iterable[str]) -> None:
+        """What ``source`` has parsed of headers ``names``, copied here unchanged."""
+        for name in names:
+            if name in source._parsed:
+                self._parsed[name] = source._parsed[name]
+
+    def replace_first(self, name: str, value: str, parsed: Any = None) -> None:
+        """Replace the first value of list header ``name`` (the top Via), keeping the
+        rest; ``parsed`` is what the header now parses to, if the caller knows it."""
+        item = _checked(name, value)
+        name = item[0]
+        self._parsed.pop(name, None)
+        for i, (n, v) in enumerate(self._items):
+            if n == name:
+                self._items[i] = (name, ", ".join([item[1], *split_list(v)[1:]]))
+                if parsed is not None:
+                    self._parsed[name] = parsed
+                return
+        raise KeyError(name)
 
     def __contains__(self, name: str) -> bool:
         return self.get(name) is not None
@@ -409,17 +457,68 @@ class Headers:
         return iter(self._items)
 
     def copy(self) -> Headers:
-        return Headers(self._items)
+        copied = Headers()
+        copied._items = list(self._items)  # checked already
+        return copied
+
+
+@lru_cache(maxsize=512)
+def _header_name(name: str) -> str:
+    """The canonical form of a valid header name (messages repeat a few dozen names)."""
+    name = canonical_name(name)
+    if not TOKEN.fullmatch(name):
+        raise SipParseError(f"bad header name {name[:40]!r}")
+    return name
 
 
 def _checked(name: str, value: object) -> tuple[str, str]:
     """(canonical name, value) if they can be written out as one header line."""
-    name, value = canonical_name(name), str(value)
-    if not TOKEN.fullmatch(name):
-        raise SipParseError(f"bad header name {name[:40]!r}")
+    name, value = _header_name(name), str(value)
     if "\r" in value or "\n" in value:
         raise SipParseError(f"line break in the value of {name}")
     return name, value
+
+
+def _required(headers: Headers, name: str) -> str:
+    """The one value of a single-valued header: missing or repeated is an error."""
+    values = headers.get_all(name)
+    if not values:
+        raise SipParseError(f"missing {name} header")
+    if len(values) > 1:
+        raise SipParseError(f"more than one {name} header")
+    return values[0]
+
+
+def _call_id(headers: Headers) -> str:
+    value = _required(headers, "Call-ID")
+    if value.split() != [value]:  # empty, or white space in it
+        raise SipParseError(f"bad Call-ID: {value[:80]!r}")
+    return value
+
+
+def _cseq(headers: Headers) -> tuple[int, str]:
+    text = _required(headers, "CSeq")
+    parts = text.split()
+    if len(parts) != 2 or not TOKEN.fullmatch(parts[1]):
+        raise SipParseError(f"bad CSeq: {text[:80]!r}")
+    return _number(parts[0], "CSeq number"), parts[1]
+
+
+def _from(headers: Headers) -> Address:
+    return Address.parse(_required(headers, "From"))
+
+
+def _to(headers: Headers) -> Address:
+    return Address.parse(_required(headers, "To"))
+
+
+def _vias(headers: Headers) -> list[Via]:
+    return [Via.parse(v) for v in headers.get_all("Via")]
+
+
+def _contact(headers: Headers) -> Address | None:
+    values = headers.get_all("Contact")
+    return Address.parse(values[0]) if values else None
 
 
 class Message:
@@ -430,58 +529,42 @@ class Message:
         self.body = body
 
     # -- the headers every transaction and dialog needs ---------------------------
+    # Parsed once per version of the header (Headers.parsed); shared, so copy to change.
     @property
     def call_id(self) -> str:
-        value = self._required("Call-ID")
-        if value.split() != [value]:  # empty, or white space in it
-            raise SipParseError(f"bad Call-ID: {value[:80]!r}")
-        return value
+        return self.headers.parsed("Call-ID", _call_id)
 
     @property
     def cseq(self) -> tuple[int, str]:
         """(number, method); the method keeps its case, as methods are case-sensitive."""
-        text = self._required("CSeq")
-        parts = text.split()
-        if len(parts) != 2 or not TOKEN.fullmatch(parts[1]):
-            raise SipParseError(f"bad CSeq: {text[:80]!r}")
-        return _number(parts[0], "CSeq number"), parts[1]
+        return self.headers.parsed("CSeq", _cseq)
 
     @property
     def from_(self) -> Address:
-        return Address.parse(self._required("From"))
+        return self.headers.parsed("From", _from)
 
     @property
     def to(self) -> Address:
-        return Address.parse(self._required("To"))
+        return self.headers.parsed("To", _to)
 
     @property
     def vias(self) -> list[Via]:
-        return [Via.parse(v) for v in self.headers.get_all("Via")]
+        return self.headers.parsed("Via", _vias)
 
     @property
     def top_via(self) -> Via:
-        vias = self.headers.get_all("Via")
+        vias = self.vias
         if not vias:
             raise SipParseError("no Via header")
-        return Via.parse(vias[0])
+        return vias[0]
 
     @property
     def contact(self) -> Address | None:
-        values = self.headers.get_all("Contact")
-        return Address.parse(values[0]) if values else None
+        return self.headers.parsed("Contact", _contact)
 
     @property
     def content_type(self) -> str:
         return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-
-    def _required(self, name: str) -> str:
-        """The one value of a single-valued header: missing or repeated is an error."""
-        values = self.headers.get_all(name)
-        if not values:
-            raise SipParseError(f"missing {name} header")
-        if len(values) > 1:
-            raise SipParseError(f"more than one {name} header")
-        return values[0]
 
     def validate(self) -> None:
         """The mandatory headers of RFC 3261 §8.1.1 are present, single and readable."""
@@ -710,11 +793,15 @@ def response_to(
         out.add("Via", via)
     out.add("From", request.headers.get("From") or "")
     to = request.headers.get("To") or ""
-    if to_tag and status != 100 and "tag" not in Address.parse(to).params:
+    tagged = to_tag and status != 100 and "tag" not in Address.parse(to).params
+    if tagged:
         to = f"{to};tag={to_tag}"
     out.add("To", to)
     out.add("Call-ID", request.call_id)
     out.add("CSeq", request.headers.get("CSeq") or "")
+    # the same values: what the request has parsed of them is not parsed again
+    out.adopt_parsed(request.headers, ("Via", "From", "Call-ID", "CSeq")
+                     + (() if tagged else ("To",)))
     if status == 100 and "Timestamp" in request.headers:
         out.add("Timestamp", request.headers.get("Timestamp") or "")
     if 100 < status < 300:

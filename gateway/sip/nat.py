@@ -7,24 +7,24 @@ passes back through the same NAT binding.
 
 from __future__ import annotations
 
-from .message import Headers, Request, Response, bare_host, split_list
+from dataclasses import replace
+
+from .message import Request, Response, bare_host
 
 
 def stamp_received(request: Request, host: str, port: int) -> None:
     """Add ``received``/``rport`` to the top Via, as the server transport must (§18.2.1)."""
     top = request.top_via
-    if "rport" in top.params:
-        top.params["rport"] = str(port)
-        top.params["received"] = host
-    elif bare_host(top.host) != host or "received" in top.params:
-        top.params["received"] = host  # ours, never one the client wrote itself
+    params = dict(top.params)  # the parsed Via is shared with the request: change a copy
+    if "rport" in params:
+        params["rport"] = str(port)
+        params["received"] = host
+    elif bare_host(top.host) != host or "received" in params:
+        params["received"] = host  # ours, never one the client wrote itself
     else:
         return
-    items = list(request.headers)
-    at = next(i for i, (name, _) in enumerate(items) if name == "Via")
-    rest = split_list(items[at][1])[1:]
-    items[at] = ("Via", ", ".join([str(top), *rest]))
-    request.headers = Headers(items)
+    top = replace(top, params=params)
+    request.headers.replace_first("Via", str(top), parsed=[top, *request.vias[1:]])
 
 
 def reply_address(response: Response) -> tuple[str, int]:
