@@ -53,6 +53,10 @@ class StreamRegistry:
         #: Called with each stream as it is created or removed (analysers, auto-recording).
         self.on_created: list[Callable[[Stream], None]] = []
         self.on_removed: list[Callable[[Stream], None]] = []
+        #: Called after each tick (each phase of a period) with the streams it wrote that
+        #: have a sender: the media clock hands their frames to consumers directly
+        #: (the analysers), without a task waking per stream.
+        self.on_tick: list[Callable[[list[Stream]], None]] = []
         for name in declared:
             self.streams[name] = Stream(check_stream_name(name), ring_frames, persistent=True,
                                        counters=self.counters)
@@ -118,11 +122,19 @@ class StreamRegistry:
         if phase is not Phase.REMOTE:
             self.ticks += 1
         period = self.ticks
+        fed = []
         for stream in list(self.streams.values()):
             if stream.written_in == period or (phase is Phase.LOCAL and stream.fed_remotely):
                 continue
             stream.written_in = period
+            if stream.source is not None:
+                fed.append(stream)
             stream.tick()
+        for hook in self.on_tick:
+            try:
+                hook(fed)
+            except Exception:
+                log.exception("media clock: tick hook %r failed", hook)
         if phase is not Phase.REMOTE and self.ticks % 50 == 0:
             self._reap_idle()
 

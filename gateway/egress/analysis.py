@@ -1,26 +1,34 @@
 """Live processing as an egress: analysers and user plug-ins on every stream's frames.
 
-Each stream gets one task that reads its ring with a passive cursor (it does not keep an
-idle stream alive) and feeds the built-in analysers on the event loop (tens of µs per
-frame) and each plug-in's worker thread (never waited for: a slow plug-in drops frames,
-counted). Events go to the event bus; snapshots to the stream's API view.
+The media clock hands the frames to them directly after each tick (no task, no ring
+reader, no wake-up per stream): the analysers of every stream with a sender run as one
+batch (``analyse_batch``: the arithmetic once over all frames), and plug-ins get the
+frame in their worker thread's queue (never waited for: a slow plug-in drops frames,
+counted). A stream without a sender is analysed frame by frame only for
+``SETTLE_FRAMES`` after its last sender frame; after that it is *idle* and costs nothing:
+its silence is added at once (exactly) when it is next asked for a snapshot, gains a
+sender, or its silence alarm falls due. Events go to the event bus; snapshots to the
+stream's API view.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 
 from ..config import ConfigError, ProcessingConfig
 from ..core.audio import FRAME_SECONDS
 from ..core.events import EventBus
 from ..core.registry import StreamRegistry
-from ..core.ring import RingClosed
 from ..core.stream import Stream
 from ..models.info import AnalysisInfo, PluginInfo, PluginsAnalysis
-from ..processing.analyzer import AnalyzerConfig, StreamAnalyzer
+from ..processing.analyzer import SETTLE_FRAMES, AnalyzerConfig, StreamAnalyzer, analyse_batch
 from ..processing.plugins import PluginError, PluginRunner, load_processor, resolve
 
 log = logging.getLogger(__name__)
@@ -30,7 +38,7 @@ COLLECT_EVERY = 5
 
 
 class StreamProcessing:
-    """The analysers and plug-ins of one stream."""
+    """The analysers and plug-ins of one stream, fed by ``Processing`` on each tick."""
 
     def __init__(self, stream: Stream, analyzer: StreamAnalyzer | None,
                  runners: list[PluginRunner], events: EventBus,
@@ -40,35 +48,59 @@ class StreamProcessing:
         self.analyzer = analyzer
         self.runners = runners
         self.events = events
+        #: Frames of a stream with a sender the analysers never saw: media time the clock
+        #: jumped over after a stall.
         self.skipped = 0
         self._reported: set[int] = set()
-        self._reader = stream.ring.reader(passive=True, kind="analysis")
-        self._task = asyncio.create_task(self._run(), name=f"analyse-{stream.name}")
+        last = stream.ring.head - 1
+        self.analysed_to = last  # the analysers' state is as of this frame
+        self.submitted_to = last  # the plug-ins' last frame
+        self.fed_at = last - SETTLE_FRAMES - 1  # the last frame written with a sender
+        self.idle = True  # no sender for SETTLE_FRAMES: analysed at once, when needed
+        self.stopped = False
 
-    async def _run(self) -> None:
-        stream = self.stream
-        publish = self.events.publish
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        if events and self.leads(self.stream):
+            for event in events:
+                kind = event.pop("type")
+                self.events.publish(kind, self.stream.name, **event)
+
+    def switch_off(self) -> None:
+        log.exception("stream %s: analysers failed; switched off", self.stream.name)
+        self.analyzer = None
+
+    def catch_up(self, last: int | None = None) -> None:
+        """An idle stream's silence up to frame ``last`` (its newest), added at once."""
+        if last is None:
+            last = self.stream.ring.head - 1
+        if self.analyzer is None or not self.idle or last <= self.analysed_to:
+            return
         try:
-            while True:
-                index, frame = await self._reader.read()
-                if self.analyzer is not None:
-                    try:
-                        events = self.analyzer.process(index, frame)
-                        if events and self.leads(stream):
-                            for event in events:
-                                kind = event.pop("type")
-                                publish(kind, stream.name, **event)
-                    except Exception:
-                        log.exception("stream %s: analysers failed; switched off", stream.name)
-                        self.analyzer = None
-                if self.runners:
-                    timestamp = stream.created + index * FRAME_SECONDS
-                    for runner in self.runners:
-                        runner.submit(index, timestamp, frame)
-                    if index % COLLECT_EVERY == 0:
-                        self._collect()
-        except RingClosed:
-            pass
+            events = self.analyzer.add_silence(self.analysed_to + 1, last)
+        except Exception:
+            self.switch_off()
+            return
+        self.analysed_to = last
+        self.publish(events)
+
+    def silence_due(self) -> int | None:
+        """The frame at which an idle stream's silence alarm will be raised, if it will."""
+        if self.analyzer is None:
+            return None
+        return self.analyzer.silence.due(self.analysed_to)
+
+    def feed_plugins(self) -> None:
+        stream = self.stream
+        index = stream.ring.head - 1
+        if index <= self.submitted_to:
+            return
+        self.submitted_to = index
+        frame = stream.ring.get(index)
+        timestamp = stream.created + index * FRAME_SECONDS
+        for runner in self.runners:
+            runner.submit(index, timestamp, frame)
+        if index % COLLECT_EVERY == 0:
+            self._collect()
 
     def _collect(self) -> None:
         for runner in self.runners:
@@ -82,16 +114,16 @@ class StreamProcessing:
                                     error=runner.error)
 
     def stop(self) -> None:
-        self._task.cancel()
-        self._reader.close()
+        self.stopped = True
         for runner in self.runners:
             runner.stop(timeout=0)  # only signals: a stuck plug-in must not hold the loop
 
     def snapshot(self) -> AnalysisInfo | PluginsAnalysis:
         plugins = [PluginInfo(**runner.snapshot()) for runner in self.runners]
         if self.analyzer is None:
-            return PluginsAnalysis(skipped_frames=self._reader.skipped, plugins=plugins)
-        return AnalysisInfo(**self.analyzer.snapshot(), skipped_frames=self._reader.skipped,
+            return PluginsAnalysis(skipped_frames=self.skipped, plugins=plugins)
+        self.catch_up()
+        return AnalysisInfo(**self.analyzer.snapshot(), skipped_frames=self.skipped,
                             plugins=plugins)
 
 
@@ -111,6 +143,10 @@ class Processing:
             silence_threshold_dbfs=config.silence_threshold_dbfs,
             silence_after_s=config.silence_after_s,
         )
+        self._awake: dict[StreamProcessing, None] = {}  # analysed frame by frame (ordered)
+        self._plugged: dict[StreamProcessing, None] = {}  # with plug-ins: every frame
+        self._due: list[tuple[int, int, StreamProcessing]] = []  # (period, seq, idle stream)
+        self._seq = itertools.count()
 
     def check(self) -> None:
         """Every configured plug-in class can be imported (else the gateway does not start)."""
@@ -123,11 +159,78 @@ class Processing:
     def start(self) -> None:
         self.registry.on_created.append(self._attach)
         self.registry.on_removed.append(self._detach)  # declared streams: at registry.start
+        self.registry.on_tick.append(self._on_tick)
 
     def stop(self) -> None:
         for processing in self.streams.values():
             processing.stop()
         self.streams.clear()
+        self._awake.clear()
+        self._plugged.clear()
+        self._due.clear()
+
+    # -- the media clock's hand-off ----------------------------------------------------
+    def _on_tick(self, fed: list[Stream]) -> None:
+        """After each tick: the new frame of every stream with a sender, and of those
+        still settling after losing theirs, through the analysers as one batch; every
+        plug-in stream's frame to its plug-ins; idle streams whose alarm falls due."""
+        for stream in fed:
+            sp = stream.analysis
+            if isinstance(sp, StreamProcessing) and sp.analyzer is not None:
+                if sp.idle:
+                    sp.catch_up(stream.ring.head - 2)  # the silence before this frame
+                    sp.idle = False
+                    self._awake[sp] = None
+                sp.fed_at = stream.ring.head - 1
+        items: list[tuple[StreamAnalyzer, int, np.ndarray]] = []
+        owners: list[StreamProcessing] = []
+        for sp in list(self._awake):
+            stream = sp.stream
+            index = stream.ring.head - 1
+            if index <= sp.analysed_to or sp.analyzer is None:
+                continue  # not written in this phase
+            if index - sp.fed_at > SETTLE_FRAMES:
+                self._fall_idle(sp)
+                continue
+            if index > sp.analysed_to + 1:
+                sp.skipped += index - sp.analysed_to - 1
+            sp.analysed_to = index
+            items.append((sp.analyzer, index, stream.ring.get(index)))
+            owners.append(sp)
+        if items:
+            self._analyse(items, owners)
+        for sp in list(self._plugged):
+            sp.feed_plugins()
+        period = self.registry.ticks
+        while self._due and self._due[0][0] <= period:
+            _, _, sp = heapq.heappop(self._due)
+            if not sp.stopped and sp.idle:
+                sp.catch_up()
+
+    def _analyse(self, items: list[tuple[StreamAnalyzer, int, np.ndarray]],
+                 owners: list[StreamProcessing]) -> None:
+        try:
+            results = analyse_batch(items)
+        except Exception:  # find the stream at fault; the others go on
+            results = []
+            for item, sp in zip(items, owners, strict=True):
+                try:
+                    results.append(analyse_batch([item])[0])
+                except Exception:
+                    sp.switch_off()
+                    results.append([])
+        for sp, events in zip(owners, results, strict=True):
+            sp.publish(events)
+
+    def _fall_idle(self, sp: StreamProcessing) -> None:
+        """No sender for SETTLE_FRAMES: stop analysing frame by frame; come back when
+        its silence alarm is due."""
+        del self._awake[sp]
+        sp.idle = True
+        due = sp.silence_due()
+        if due is not None:
+            period = self.registry.ticks + max(0, due - (sp.stream.ring.head - 1))
+            heapq.heappush(self._due, (period, next(self._seq), sp))
 
     def _attach(self, stream: Stream) -> None:
         if stream.name in self.streams:
@@ -152,8 +255,12 @@ class Processing:
                                       lambda s: self.leads(s))
         self.streams[stream.name] = processing
         stream.analysis = processing
+        if runners:
+            self._plugged[processing] = None
 
     def _detach(self, stream: Stream) -> None:
         processing = self.streams.pop(stream.name, None)
         if processing is not None:
             processing.stop()
+            self._awake.pop(processing, None)
+            self._plugged.pop(processing, None)

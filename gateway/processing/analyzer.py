@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from gateway.core.audio import FRAME_SECONDS
-from gateway.processing.levels import LevelMeter, mean_square, peak_of, power_db
-from gateway.processing.loudness import LoudnessMeter
+from gateway.processing.levels import FLOOR_DBFS, LevelMeter, power_db
+from gateway.processing.loudness import LoudnessMeter, k_weighted_mean_squares
 from gateway.processing.silence import SilenceAlarm
-from gateway.processing.vad import VoiceDetector
+from gateway.processing.vad import VoiceDetector, spectral_flatness_rows
 
 _FULL_SCALE = 32768.0
 
@@ -38,8 +38,19 @@ class AnalyzerConfig:
     meter_fall_db_per_s: float = 20.0
 
 
+#: Frames of silence after its last sender frame for which a stream is still analysed
+#: frame by frame: the momentary window and the filter's ring-down (20 + a few frames)
+#: and the voice hangover (10); after that, ``add_silence`` is exact and free.
+SETTLE_FRAMES = 25
+
+
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+def _voice_event(active: bool, index: int) -> dict[str, Any]:
+    return {"type": "voice", "state": "started" if active else "stopped", "frame": index,
+            "at_s": round(index * FRAME_SECONDS, 6)}
 
 
 class StreamAnalyzer:
@@ -67,32 +78,52 @@ class StreamAnalyzer:
     def process(self, index: int, frame: np.ndarray) -> list[dict[str, Any]]:
         """Analyse frame ``index`` (960 int16 samples); return the events it caused:
         ``silence`` raised/cleared and ``voice`` started/stopped."""
-        x = frame.astype(np.float64)
-        peak = peak_of(frame) / _FULL_SCALE
+        return analyse_batch([(self, index, frame)])[0]
+
+    def _levels(self, index: int, peak: float, ms: float, kms: float | None) -> float:
+        """The frame's level, meter, loudness and silence state from its measurements
+        (peak in full-scale units, mean squares); returns its RMS level."""
         self.peak_dbfs = peak_db = power_db(peak * peak)
-        self.rms_dbfs = rms_db = power_db(mean_square(x))
+        self.rms_dbfs = rms_db = power_db(ms)
         self.meter.update(index, peak_db)
-        if self.loudness is not None:
-            self.loudness.process(x)
-        events: list[dict[str, Any]] = []
+        if kms is not None and self.loudness is not None:
+            self.loudness.add(kms)
+        return rms_db
+
+    def _decide(self, index: int, rms_db: float, events: list[dict[str, Any]]) -> None:
         event = self.silence.update(index, rms_db)
         if event is not None:
             events.append(event)
         vad = self.vad
         if vad is not None:
             was = vad.active
-            if vad.update(index, x, rms_db) != was:
-                events.append(
-                    {
-                        "type": "voice",
-                        "state": "started" if vad.active else "stopped",
-                        "frame": index,
-                        "at_s": round(index * FRAME_SECONDS, 6),
-                    }
-                )
+            if vad.decide(index, rms_db) != was:
+                events.append(_voice_event(vad.active, index))
         self.frames += 1
         self.last_index = index
-        return events
+
+    def add_silence(self, first: int, last: int) -> list[dict[str, Any]]:
+        """Frames ``first``..``last`` of digital silence at once, for an idle stream (one
+        that has had nothing but silence for ``SETTLE_FRAMES`` before ``first``): the
+        state and events, at their exact frames, of that many ``process`` calls."""
+        frames = last - first + 1
+        if frames <= 0:
+            return []
+        self.peak_dbfs = self.rms_dbfs = FLOOR_DBFS
+        self.meter.update(last, FLOOR_DBFS)
+        if self.loudness is not None:
+            self.loudness.add_silence(frames)
+        events = []
+        event = self.silence.update_run(first, last, FLOOR_DBFS)
+        if event is not None:
+            events.append(event)
+        if self.vad is not None:
+            stopped = self.vad.add_silence(first, last, FLOOR_DBFS)
+            if stopped is not None:
+                events.append(_voice_event(False, stopped))
+        self.frames += frames
+        self.last_index = last
+        return sorted(events, key=lambda e: e["frame"])
 
     def snapshot(self) -> dict[str, Any]:
         """Current values for the API / metrics / live meters."""
@@ -112,3 +143,44 @@ class StreamAnalyzer:
             "silent": self.silence.silent,
             "silence_alarm": self.silence.raised,
         }
+
+
+def analyse_batch(items: list[tuple[StreamAnalyzer, int, np.ndarray]]
+                  ) -> list[list[dict[str, Any]]]:
+    """One frame of each of many streams: ``(analyzer, index, frame)``; the events of
+    each, in order. The arithmetic runs once over all the frames (peaks, mean squares,
+    K-weighting with each stream's filter state, the voice detector's spectra), so its
+    per-call cost is paid once per tick, not once per stream; the state machines that
+    follow are each stream's own."""
+    if not items:
+        return []
+    x = np.array([frame for _, _, frame in items], dtype=np.float64)  # (n, 960)
+    peaks = (np.abs(x).max(axis=1) / _FULL_SCALE).tolist()
+    ms = (np.einsum("ij,ij->i", x, x) / (x.shape[1] * _FULL_SCALE * _FULL_SCALE)).tolist()
+    loud = [i for i, (a, _, _) in enumerate(items) if a.loudness is not None]
+    kms: list[float | None] = [None] * len(items)
+    if loud:
+        filters = [items[i][0].loudness.filter for i in loud]  # type: ignore[union-attr]
+        rows = x if len(loud) == len(items) else x[loud]
+        for i, value in zip(loud, k_weighted_mean_squares(rows, filters), strict=True):
+            kms[i] = value
+    levels = []
+    measured: list[tuple[VoiceDetector, np.ndarray]] = []
+    for i, (analyzer, index, _) in enumerate(items):
+        rms_db = analyzer._levels(index, peaks[i], ms[i], kms[i])
+        levels.append(rms_db)
+        vad = analyzer.vad
+        if vad is not None and vad.spectral:
+            block = vad.pair(x[i], rms_db >= vad.min_level_dbfs)
+            if block is not None:
+                measured.append((vad, block))
+    if measured:
+        flatness = spectral_flatness_rows(np.array([b for _, b in measured])).tolist()
+        for (vad, _), value in zip(measured, flatness, strict=True):
+            vad.flatness = value
+    out: list[list[dict[str, Any]]] = []
+    for i, (analyzer, index, _) in enumerate(items):
+        events: list[dict[str, Any]] = []
+        analyzer._decide(index, levels[i], events)
+        out.append(events)
+    return out

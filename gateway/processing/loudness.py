@@ -81,6 +81,17 @@ class KWeighting:
         y, self._zi = lfilter(_K_B, _K_A, samples, zi=self._zi)
         return y
 
+    @property
+    def state(self) -> np.ndarray:
+        return self._zi
+
+    @state.setter
+    def state(self, zi: np.ndarray) -> None:
+        self._zi = zi
+
+    def reset(self) -> None:
+        self._zi = np.zeros_like(self._zi)
+
     def settle(self) -> bool:
         """If the filter has rung down (state under 1e-4 of an int16 step), zero its state
         and return True: digital silence in then gives exactly zero out, unfiltered."""
@@ -88,6 +99,15 @@ class KWeighting:
             return False
         self._zi[:] = 0.0
         return True
+
+
+def k_weighted_mean_squares(rows: np.ndarray, filters: list[KWeighting]) -> list[float]:
+    """Each row (one frame of a stream, float64 int16 values) through its stream's
+    filter, in one ``lfilter`` call: the K-weighted mean squares in full-scale units."""
+    y, states = lfilter(_K_B, _K_A, rows, axis=1, zi=np.array([f.state for f in filters]))
+    for f, state in zip(filters, states, strict=True):
+        f.state = state
+    return (np.einsum("ij,ij->i", y, y) * (_SCALE / rows.shape[1])).tolist()
 
 
 class LoudnessMeter:
@@ -119,6 +139,16 @@ class LoudnessMeter:
         else:
             y = self._filter(samples)
             ms = float(np.dot(y, y)) * _SCALE / (y.size or FRAME_SAMPLES)
+        self.add(ms)
+        return ms
+
+    @property
+    def filter(self) -> KWeighting:
+        """The K-weighting filter (a batch of streams filters many at once)."""
+        return self._filter
+
+    def add(self, ms: float) -> None:
+        """Add one frame's K-weighted mean square (full-scale units), filtered elsewhere."""
         n = self._frames
         ring = self._ring
         slot = n % SHORT_TERM_FRAMES
@@ -134,7 +164,28 @@ class LoudnessMeter:
         self._frames = n = n + 1
         if self._integrated and n >= BLOCK_FRAMES and (n - BLOCK_FRAMES) % BLOCK_STEP_FRAMES == 0:
             self._add_block(max(self._m_sum, 0.0) / MOMENTARY_FRAMES)
-        return ms
+
+    def add_silence(self, frames: int) -> None:
+        """``frames`` frames of digital silence at once, for a stream that has had none but
+        silence for at least a momentary window and the filter's ring-down (its gating
+        blocks are then all empty): what many ``process(silence)`` calls would leave."""
+        if frames <= 0:
+            return
+        self._filter.reset()
+        n = self._frames
+        ring = self._ring
+        if frames >= SHORT_TERM_FRAMES:
+            ring[:] = [0.0] * SHORT_TERM_FRAMES
+        else:
+            start = n % SHORT_TERM_FRAMES
+            end = start + frames
+            ring[start:min(end, SHORT_TERM_FRAMES)] = [0.0] * (min(end, SHORT_TERM_FRAMES) - start)
+            if end > SHORT_TERM_FRAMES:
+                ring[: end - SHORT_TERM_FRAMES] = [0.0] * (end - SHORT_TERM_FRAMES)
+        self._frames = n = n + frames
+        self._s_sum = math.fsum(ring)
+        self._m_sum = math.fsum(ring[(n - 1 - i) % SHORT_TERM_FRAMES]
+                                for i in range(min(n, MOMENTARY_FRAMES)))
 
     @property
     def momentary(self) -> float | None:

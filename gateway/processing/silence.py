@@ -67,6 +67,35 @@ class SilenceAlarm:
                 return self._event("cleared", index)
         return None
 
+    def due(self, index: int) -> int | None:
+        """The frame at which the alarm will be raised if every frame after ``index`` is
+        as quiet as it was; None if it is raised already or the last frame was not quiet."""
+        if self.raised or not self.silent or self._quiet_since is None:
+            return None
+        return max(self._quiet_since + self._after - 1, index + 1)
+
+    def update_run(self, first: int, last: int, rms_dbfs: float) -> dict[str, Any] | None:
+        """Frames ``first``..``last`` all at ``rms_dbfs`` at once (an idle stream's
+        silence): the state and the event, at its exact frame, of that many ``update``s."""
+        if last < first:
+            return None
+        event = self.update(first, rms_dbfs)
+        if event is not None or last == first:  # one level: one change in a run at most
+            return event
+        if self.silent:
+            assert self._quiet_since is not None
+            due = self._quiet_since + self._after - 1
+            if not self.raised and due <= last:
+                self.raised = True
+                return self._event("raised", due)
+        else:
+            assert self._loud_since is not None
+            due = self._loud_since + self._clear_after - 1
+            if self.raised and due <= last:
+                self.raised = False
+                return self._event("cleared", due)
+        return None
+
     def _event(self, state: str, index: int) -> dict[str, Any]:
         return {
             "type": "silence",

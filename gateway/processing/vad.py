@@ -35,6 +35,7 @@ _WINDOW = np.hanning(2 * FRAME_SAMPLES)
 _BIN_HZ = SAMPLE_RATE / (2 * FRAME_SAMPLES)  # 25 Hz
 _BAND = slice(round(300 / _BIN_HZ), round(3400 / _BIN_HZ) + 1)
 _SUB_WINDOWS = 4
+_SILENT_FRAME = np.zeros(FRAME_SAMPLES)
 
 
 def spectral_flatness(block: np.ndarray) -> float:
@@ -45,6 +46,14 @@ def spectral_flatness(block: np.ndarray) -> float:
     power *= power
     power += 1.0  # far below int16 quantisation noise: an empty band is not "tonal"
     return math.exp(float(np.log(power).mean())) / float(power.mean())
+
+
+def spectral_flatness_rows(blocks: np.ndarray) -> np.ndarray:
+    """``spectral_flatness`` of each row of ``blocks`` (many streams' pairs in one go)."""
+    power = np.abs(np.fft.rfft(blocks * _WINDOW, axis=1))[:, _BAND]
+    power *= power
+    power += 1.0
+    return np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
 
 
 class VoiceDetector:
@@ -66,7 +75,8 @@ class VoiceDetector:
         self.min_level_dbfs = min_level_dbfs
         self.flatness_max = flatness_max
         self.tonal_max = tonal_max
-        self._spectral = flatness_max is not None or tonal_max is not None
+        #: Measures flatness (a batch computes it for the frames ``pair`` returns).
+        self.spectral = flatness_max is not None or tonal_max is not None
         self._sub_len = max(1, round(floor_window_s / frame_s / _SUB_WINDOWS))
         self._sub_mins: list[float] = []
         self._sub_min = math.inf
@@ -90,9 +100,32 @@ class VoiceDetector:
     def update(self, index: int, samples: np.ndarray, level_dbfs: float) -> bool:
         """Feed frame ``index`` (960 int16-valued samples and their RMS level in dBFS);
         return whether voice is active."""
+        if self.spectral:
+            block = self.pair(samples, level_dbfs >= self.min_level_dbfs)
+            if block is not None:
+                self.flatness = spectral_flatness(block)
+        return self.decide(index, level_dbfs)
+
+    def pair(self, samples: np.ndarray, loud: bool) -> np.ndarray | None:
+        """Keep the frame for the flatness of its pair: the two-frame block to measure
+        when this frame completes a pair worth measuring (a batch of streams measures
+        many at once and sets ``flatness``), else None. Flatness is over consecutive
+        non-overlapping pairs (one FFT per 40 ms, half the cost of a sliding window)."""
+        if not self._second:
+            self._block[:FRAME_SAMPLES] = samples
+            self._first_loud = loud
+            self._second = True
+            return None
+        self._second = False
+        if loud or self._first_loud:
+            self._block[FRAME_SAMPLES:] = samples
+            return self._block
+        self.flatness = None  # nothing measured: stale values must not decide later
+        return None
+
+    def decide(self, index: int, level_dbfs: float) -> bool:
+        """The frame's verdict from its level and the flatness measured so far."""
         loud = level_dbfs >= self.min_level_dbfs
-        if self._spectral:
-            self._measure_flatness(samples, loud)
         floor = self._track_floor(level_dbfs)
         voiced = False
         if loud:
@@ -115,20 +148,61 @@ class VoiceDetector:
         self.ratio += self._alpha * (float(self.active) - self.ratio)
         return self.active
 
-    def _measure_flatness(self, samples: np.ndarray, loud: bool) -> None:
-        """Flatness of consecutive non-overlapping frame pairs (one FFT per 40 ms, half the
-        cost of a sliding window); the first frame of a pair uses the previous pair's."""
-        if not self._second:
-            self._block[:FRAME_SAMPLES] = samples
-            self._first_loud = loud
-            self._second = True
-            return
-        self._second = False
-        if loud or self._first_loud:
-            self._block[FRAME_SAMPLES:] = samples
-            self.flatness = spectral_flatness(self._block)
+    def add_silence(self, first: int, last: int, level_dbfs: float) -> int | None:
+        """Frames ``first``..``last`` all at ``level_dbfs`` (digital silence: the level
+        floor) at once: the state as many ``update`` calls would leave it. Returns the
+        frame at which voice stopped, if it did."""
+        frames = last - first + 1
+        if frames <= 0:
+            return None
+        if level_dbfs >= self.min_level_dbfs:  # not quiet: no shortcut
+            was = self.active
+            for index in range(first, last + 1):
+                self.update(index, _SILENT_FRAME, level_dbfs)
+                if was and not self.active:
+                    return index
+            return None
+        if self.spectral:
+            for _ in range(min(frames, 2)):
+                self.pair(_SILENT_FRAME, False)
+            if (frames - 2) % 2 and frames > 2:
+                self.pair(_SILENT_FRAME, False)
+        self._skip_floor(frames, level_dbfs)
+        self._run = 0
+        active_until = last  # the last frame of the run still active (hangover)
+        stopped = None
+        if self.active:
+            stop = self._last_voiced + self._hangover + 1
+            if stop <= last:
+                stopped = max(stop, first)
+                active_until = stopped - 1
+                self.active = False
         else:
-            self.flatness = None  # nothing measured: stale values must not decide later
+            active_until = first - 1
+        on = min(max(active_until - first + 1, 0), frames)
+        keep = 1.0 - self._alpha
+        self.ratio = 1.0 - (1.0 - self.ratio) * keep**on
+        self.ratio *= keep ** (frames - on)
+        return stopped
+
+    def _skip_floor(self, frames: int, level_dbfs: float) -> None:
+        """``_track_floor`` over ``frames`` frames at one level, a sub-window at a time;
+        once every sub-window holds that level, whole sub-windows change nothing."""
+        while frames > 0:
+            take = min(frames, self._sub_len - self._sub_count)
+            self._sub_min = min(self._sub_min, level_dbfs)
+            self.noise_floor_dbfs = min([self._sub_min, *self._sub_mins])
+            self._sub_count += take
+            frames -= take
+            if self._sub_count >= self._sub_len:
+                self._sub_mins.append(self._sub_min)
+                if len(self._sub_mins) >= _SUB_WINDOWS:
+                    del self._sub_mins[0]
+                self._sub_min = math.inf
+                self._sub_count = 0
+                if frames > self._sub_len and all(m == level_dbfs for m in self._sub_mins) \
+                        and len(self._sub_mins) == _SUB_WINDOWS - 1:
+                    frames %= self._sub_len  # a steady state: skip whole sub-windows
 
     def _track_floor(self, level_dbfs: float) -> float:
         """Minimum statistics: the lowest level over the current and last sub-windows."""
