@@ -29,6 +29,7 @@ from ..core.registry import StreamRegistry
 from ..core.stream import Stream
 from ..models.info import AnalysisInfo, PluginInfo, PluginsAnalysis
 from ..processing.analyzer import SETTLE_FRAMES, AnalyzerConfig, StreamAnalyzer, analyse_batch
+from ..processing.levels import FLOOR_DBFS
 from ..processing.plugins import PluginError, PluginRunner, load_processor, resolve
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class StreamProcessing:
         """The frame at which an idle stream's silence alarm will be raised, if it will."""
         if self.analyzer is None:
             return None
-        return self.analyzer.silence.due(self.analysed_to)
+        return self.analyzer.silence.due(self.analysed_to, FLOOR_DBFS)
 
     def feed_plugins(self) -> None:
         stream = self.stream
@@ -227,6 +228,9 @@ class Processing:
         its silence alarm is due."""
         del self._awake[sp]
         sp.idle = True
+        self._schedule_due(sp)
+
+    def _schedule_due(self, sp: StreamProcessing) -> None:
         due = sp.silence_due()
         if due is not None:
             period = self.registry.ticks + max(0, due - (sp.stream.ring.head - 1))
@@ -257,6 +261,7 @@ class Processing:
         stream.analysis = processing
         if runners:
             self._plugged[processing] = None
+        self._schedule_due(processing)  # idle from the start
 
     def _detach(self, stream: Stream) -> None:
         processing = self.streams.pop(stream.name, None)

@@ -67,12 +67,14 @@ class SilenceAlarm:
                 return self._event("cleared", index)
         return None
 
-    def due(self, index: int) -> int | None:
+    def due(self, index: int, level_dbfs: float) -> int | None:
         """The frame at which the alarm will be raised if every frame after ``index`` is
-        as quiet as it was; None if it is raised already or the last frame was not quiet."""
-        if self.raised or not self.silent or self._quiet_since is None:
+        at ``level_dbfs`` (an idle stream's silence); None if it will not be."""
+        if self.raised or level_dbfs >= self.threshold_dbfs:
             return None
-        return max(self._quiet_since + self._after - 1, index + 1)
+        start = self._quiet_since if self.silent and self._quiet_since is not None \
+            else index + 1
+        return max(start + self._after - 1, index + 1)
 
     def update_run(self, first: int, last: int, rms_dbfs: float) -> dict[str, Any] | None:
         """Frames ``first``..``last`` all at ``rms_dbfs`` at once (an idle stream's
