@@ -225,3 +225,23 @@ async def test_a_thousand_declared_streams_start_list_and_stop(gateway_factory):
     assert not gw.gateway.processing._awake  # none analysed frame by frame
     await gw.runner.cleanup()
     assert not gw.gateway.processing.streams
+
+
+async def test_a_failing_analyser_is_switched_off_and_the_batch_goes_on(gateway_factory,
+                                                                       caplog):
+    gw = await gateway_factory(stepped=True, streams={"declared": ["good", "bad"]})
+    senders = {name: send_tone(gw, name, 440) for name in ("good", "bad")}
+    await gw.step(5)
+    processing = gw.gateway.processing.streams
+
+    def broken(*args):
+        raise RuntimeError("analyser bug")
+
+    processing["bad"].analyzer._levels = broken
+    await gw.step(10)
+    assert processing["bad"].analyzer is None
+    assert "stream bad: analysers failed; switched off" in caplog.text
+    good = processing["good"].analyzer
+    assert good.frames == 15 and good.rms_dbfs > -20  # not one frame lost to the other
+    for name, sender in senders.items():
+        gw.gateway.registry.get(name).detach(sender)

@@ -188,7 +188,10 @@ class Processing:
         for sp in list(self._awake):
             stream = sp.stream
             index = stream.ring.head - 1
-            if index <= sp.analysed_to or sp.analyzer is None:
+            if sp.analyzer is None:  # switched off after a failure
+                del self._awake[sp]
+                continue
+            if index <= sp.analysed_to:
                 continue  # not written in this phase
             if index - sp.fed_at > SETTLE_FRAMES:
                 self._fall_idle(sp)
