@@ -195,11 +195,7 @@ class VoiceDetector:
             self._sub_count += take
             frames -= take
             if self._sub_count >= self._sub_len:
-                self._sub_mins.append(self._sub_min)
-                if len(self._sub_mins) >= _SUB_WINDOWS:
-                    del self._sub_mins[0]
-                self._sub_min = math.inf
-                self._sub_count = 0
+                self._next_sub_window()
                 if frames > self._sub_len and all(m == level_dbfs for m in self._sub_mins) \
                         and len(self._sub_mins) == _SUB_WINDOWS - 1:
                     frames %= self._sub_len  # a steady state: skip whole sub-windows
@@ -211,10 +207,13 @@ class VoiceDetector:
         floor = min(self._sub_min, *self._sub_mins) if self._sub_mins else self._sub_min
         self._sub_count += 1
         if self._sub_count >= self._sub_len:
-            self._sub_mins.append(self._sub_min)
-            if len(self._sub_mins) >= _SUB_WINDOWS:
-                del self._sub_mins[0]
-            self._sub_min = math.inf
-            self._sub_count = 0
+            self._next_sub_window()
         self.noise_floor_dbfs = floor
         return floor
+
+    def _next_sub_window(self) -> None:
+        self._sub_mins.append(self._sub_min)
+        if len(self._sub_mins) >= _SUB_WINDOWS:
+            del self._sub_mins[0]
+        self._sub_min = math.inf
+        self._sub_count = 0
