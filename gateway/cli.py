@@ -102,16 +102,22 @@ def main(argv: list[str] | None = None) -> int:
             cfg.cluster.nats_url, cfg.cluster.node_name or default_node_name(),
             cfg.http.shutdown_timeout_s)
         logging.getLogger("gateway").info(
-            "gateway listening on http://%s:%d/ with %d workers", cfg.http.host,
-            cfg.http.port, count)
+            "gateway listening on %s://%s:%d/ with %d workers",
+            "https" if cfg.http.tls_cert else "http", cfg.http.host, cfg.http.port, count)
         return asyncio.run(supervisor.run())
     from .app import create_app
     from .web import server
     from .web.keys import GATEWAY
+    from .web.tls import server_tls
 
+    try:
+        tls = server_tls(cfg.http)
+    except config_mod.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("gateway").info(
-        "gateway listening on http://%s:%d/", cfg.http.host, cfg.http.port
-    )
+        "gateway listening on %s://%s:%d/", "https" if tls else "http", cfg.http.host,
+        cfg.http.port)
     app = create_app(cfg, worker=int(worker) if worker is not None else None,
                      siblings=[n for n in os.environ.get(workers.SIBLINGS_ENV, "").split(",") if n])
     heap.settle()  # freeze the start-up heap; full collections when garbage is there
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loop.run_until_complete(
             server.serve(app, cfg.http.host, cfg.http.port, cfg.http.shutdown_timeout_s,
-                         reuse_port=worker is not None))
+                         reuse_port=worker is not None, tls=tls))
     except config_mod.ConfigError as exc:  # found while starting: NATS refused us, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -74,6 +74,16 @@ class HttpConfig(Section):
     #: Connections per client address that have not yet sent a complete request; beyond
     #: it new ones are closed at once (counted, logged once per episode).
     max_pending_per_address: AtLeast1 = 50
+    #: HTTPS: the certificate chain and its private key (PEM files); both or neither.
+    #: Reloaded on SIGHUP. Browsers need HTTPS for the microphone beyond localhost.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http.tls_cert and http.tls_key go together: set both or neither")
+        return self
 
 
 class StreamsConfig(Section):

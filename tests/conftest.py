@@ -20,6 +20,7 @@ from gateway.config import load  # noqa: E402
 from gateway.core.clock import MediaClock, SteppedClock  # noqa: E402
 from gateway.web import server  # noqa: E402
 from gateway.web.keys import GATEWAY  # noqa: E402
+from gateway.web.tls import server_tls  # noqa: E402
 
 #: CI sets this so a missing peer program fails the run instead of skipping.
 REQUIRE_PEERS = os.environ.get("GATEWAY_REQUIRE_PEERS") == "1"
@@ -45,11 +46,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class RunningGateway:
-    def __init__(self, app: web.Application, runner: web.AppRunner, port: int) -> None:
+    def __init__(self, app: web.Application, runner: web.AppRunner, port: int,
+                 scheme: str = "http") -> None:
         self.app = app
         self.runner = runner
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         self.gateway = app[GATEWAY]
         self.clock = self.gateway.registry.clock
 
@@ -76,14 +78,16 @@ async def start_gateway(stepped: bool = False, clock: MediaClock | None = None,
         }
         for section, values in overrides.items():
             base.setdefault(section, {}).update(values)
-        app = create_app(load(None, base), SteppedClock() if stepped else clock)
+        config = load(None, base)
+        app = create_app(config, SteppedClock() if stepped else clock)
+        tls = server_tls(config.http)
         try:
-            runner = await server.start(app, "127.0.0.1", port)
+            runner = await server.start(app, "127.0.0.1", port, tls=tls)
             break
         except OSError as exc:  # the free port became some client's meanwhile
             if exc.errno != errno.EADDRINUSE or attempt == 4:
                 raise
-    return RunningGateway(app, runner, port)
+    return RunningGateway(app, runner, port, "https" if tls else "http")
 
 
 @pytest.fixture

@@ -50,9 +50,10 @@ def write_tone_wav(path: Path, freq: float, seconds: float = 20.0, rate: int = 4
 
 
 @asynccontextmanager
-async def chromium(tmp_path: Path, fake_audio: Path | None = None) -> AsyncIterator[Page]:
+async def chromium(tmp_path: Path, fake_audio: Path | None = None,
+                   extra_args: tuple[str, ...] = ()) -> AsyncIterator[Page]:
     """A fresh headless Chromium profile; yields a page whose console errors are collected."""
-    args = list(FLAGS)
+    args = [*FLAGS, *extra_args]
     if fake_audio is not None:
         args.append(f"--use-file-for-fake-audio-capture={fake_audio}")
     profile = tmp_path / "chromium-profile"

@@ -71,6 +71,12 @@ class Supervisor:
         log.info("worker %d started (pid %d)", index, process.pid)
         return process
 
+    def _forward(self, sig: int) -> None:
+        """SIGHUP (reload the HTTPS certificate) goes to every worker."""
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.send_signal(sig)
+
     async def _keep(self, index: int) -> None:
         """Run worker ``index``; restart it when it dies, unless it cannot start at all."""
         fast_failures = 0
@@ -94,6 +100,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         if not self.nats_url:
             self.embedded = EmbeddedNats()
             try:

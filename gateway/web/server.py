@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .connection_guard import ConnectionGuard, GuardedConnection
 from .keys import HTTP_GUARD
+from .tls import ServerTls
 
 #: Idle time allowed between requests on a kept-alive connection (aiohttp's run_app default).
 KEEPALIVE_TIMEOUT_S = 75.0
@@ -44,13 +45,16 @@ class GuardedRunner(web.AppRunner):
 
 
 async def start(app: web.Application, host: str, port: int,
-                shutdown_timeout: float = 60.0, reuse_port: bool = False) -> web.AppRunner:
-    """Start serving ``app`` (made by create_app); ``runner.cleanup()`` stops it."""
+                shutdown_timeout: float = 60.0, reuse_port: bool = False,
+                tls: ServerTls | None = None) -> web.AppRunner:
+    """Start serving ``app`` (made by create_app), over HTTPS with ``tls``;
+    ``runner.cleanup()`` stops it."""
     runner = GuardedRunner(app, app[HTTP_GUARD], keepalive_timeout=KEEPALIVE_TIMEOUT_S,
                            shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None,
+                          ssl_context=tls.context if tls is not None else None).start()
     except BaseException:
         await runner.cleanup()
         raise
@@ -58,14 +62,16 @@ async def start(app: web.Application, host: str, port: int,
 
 
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float,
-                reuse_port: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully. ``reuse_port``: workers
-    share the port (SO_REUSEPORT)."""
-    runner = await start(app, host, port, shutdown_timeout, reuse_port)
+                reuse_port: bool = False, tls: ServerTls | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads the HTTPS
+    certificate. ``reuse_port``: workers share the port (SO_REUSEPORT)."""
+    runner = await start(app, host, port, shutdown_timeout, reuse_port, tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     try:
         await stop.wait()
     finally:

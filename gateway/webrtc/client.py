@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import ssl
 import time
 from collections.abc import Callable
 
@@ -72,6 +73,12 @@ class WebRTCClient:
         self.answer_codec: str | None = None
         self.answer: str | None = None
         self.token: str | None = None
+        #: Trust for an HTTPS gateway (e.g. its self-signed certificate); None: the system's.
+        self.ssl: ssl.SSLContext | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None)
 
     def offer_sdp(self) -> str:
         """The offer to POST (a subclass may add what aiortc cannot offer, e.g. RED)."""
@@ -85,7 +92,7 @@ class WebRTCClient:
         self.token = token
         headers = {"Content-Type": "application/sdp", **self._auth()}
         own = http is None
-        http = http or aiohttp.ClientSession()
+        http = http or self._session()
         try:
             async with http.post(self.url, data=self.offer_sdp(), headers=headers) as r:
                 body = await r.text()
@@ -111,7 +118,7 @@ class WebRTCClient:
     async def delete(self) -> int:
         status = 0
         if self.location:
-            async with aiohttp.ClientSession() as http:
+            async with self._session() as http:
                 async with http.delete(self.base_url + self.location,
                                        headers=self._auth()) as r:
                     status = r.status
