@@ -243,5 +243,32 @@ async def test_a_failing_analyser_is_switched_off_and_the_batch_goes_on(gateway_
     assert "stream bad: analysers failed; switched off" in caplog.text
     good = processing["good"].analyzer
     assert good.frames == 15 and good.rms_dbfs > -20  # not one frame lost to the other
+    assert good.loudness.frames == 15  # nor analysed twice
     for name, sender in senders.items():
         gw.gateway.registry.get(name).detach(sender)
+
+
+async def test_after_a_clock_jump_idle_alarms_keep_their_frame_and_settling_goes_on(
+        gateway_factory):
+    gw = await gateway_factory(stepped=True, processing={"silence_after_s": 1.0},
+                               streams={"declared": ["idle", "left"]})
+    registry = gw.gateway.registry
+    events = gw.gateway.events.subscribe("idle")
+    left = registry.get("left")
+    sender = send_tone(gw, "left", 440)
+    await gw.step(10)
+    left.detach(sender)
+    await gw.step(3)
+    registry.skip(30)  # the loop stalled 0.6 s: every stream jumps 30 frames
+    await gw.step(1)
+    settling = gw.gateway.processing.streams["left"]
+    # 4 silent frames analysed of the 25 it needs before its silence is added at once
+    assert not settling.idle and settling.skipped == 30
+    await gw.step(5)
+    assert registry.get("idle").ring.head == 49
+    assert not [e for e in drain(events) if e["type"] == "silence"]
+    await gw.step(1)  # the idle stream's frame 49 (1 s of silence) is written now
+    alarms = [e for e in drain(events) if e["type"] == "silence"]
+    assert [(e["state"], e["frame"]) for e in alarms] == [("raised", 49)]
+    await gw.step(SETTLE_FRAMES)
+    assert settling.idle

@@ -49,6 +49,7 @@ class StreamRegistry:
         self.streams: dict[str, Stream] = {}
         self.counters = GatewayCounters()  # this gateway's, shared by its streams
         self.ticks = 0
+        self.skipped_frames = 0  # by clock jumps after stalls
         self._task: asyncio.Task[None] | None = None
         #: Called with each stream as it is created or removed (analysers, auto-recording).
         self.on_created: list[Callable[[Stream], None]] = []
@@ -142,8 +143,15 @@ class StreamRegistry:
         """The clock jumped ``frames`` ticks after a stall: every stream's timeline jumps
         with it (silence, not delivered), so RTP timestamps keep following real time and
         listeners are not left ``frames`` × 20 ms late for good."""
+        self.skipped_frames += frames
         for stream in list(self.streams.values()):
             stream.ring.advance(frames, SILENCE)
+
+    @property
+    def media_frames(self) -> int:
+        """Media time in frames since start: ticks plus the frames clock jumps skipped
+        (every stream's frame index moves with it)."""
+        return self.ticks + self.skipped_frames
 
     def behind(self, ignore: Collection[object] = ()) -> list[str]:
         """Streams with a reader that has not read the newest frame or packet yet."""

@@ -49,8 +49,8 @@ class StreamProcessing:
         self.analyzer = analyzer
         self.runners = runners
         self.events = events
-        #: Frames of a stream with a sender the analysers never saw: media time the clock
-        #: jumped over after a stall.
+        #: Frames the analysers never saw while analysing frame by frame: media time the
+        #: clock jumped over after a stall.
         self.skipped = 0
         self._reported: set[int] = set()
         last = stream.ring.head - 1
@@ -66,8 +66,9 @@ class StreamProcessing:
                 kind = event.pop("type")
                 self.events.publish(kind, self.stream.name, **event)
 
-    def switch_off(self) -> None:
-        log.exception("stream %s: analysers failed; switched off", self.stream.name)
+    def switch_off(self, exc: BaseException) -> None:
+        log.error("stream %s: analysers failed; switched off", self.stream.name,
+                  exc_info=exc)
         self.analyzer = None
 
     def catch_up(self, last: int | None = None) -> None:
@@ -78,8 +79,8 @@ class StreamProcessing:
             return
         try:
             events = self.analyzer.add_silence(self.analysed_to + 1, last)
-        except Exception:
-            self.switch_off()
+        except Exception as exc:
+            self.switch_off(exc)
             return
         self.analysed_to = last
         self.publish(events)
@@ -146,7 +147,7 @@ class Processing:
         )
         self._awake: dict[StreamProcessing, None] = {}  # analysed frame by frame (ordered)
         self._plugged: dict[StreamProcessing, None] = {}  # with plug-ins: every frame
-        self._due: list[tuple[int, int, StreamProcessing]] = []  # (period, seq, idle stream)
+        self._due: list[tuple[int, int, StreamProcessing]] = []  # (media frame, seq, stream)
         self._seq = itertools.count()
 
     def check(self) -> None:
@@ -193,7 +194,7 @@ class Processing:
                 continue
             if index <= sp.analysed_to:
                 continue  # not written in this phase
-            if index - sp.fed_at > SETTLE_FRAMES:
+            if sp.analysed_to - sp.fed_at >= SETTLE_FRAMES:  # that much silence analysed
                 self._fall_idle(sp)
                 continue
             if index > sp.analysed_to + 1:
@@ -205,26 +206,26 @@ class Processing:
             self._analyse(items, owners)
         for sp in list(self._plugged):
             sp.feed_plugins()
-        period = self.registry.ticks
-        while self._due and self._due[0][0] <= period:
+        now = self.registry.media_frames
+        while self._due and self._due[0][0] <= now:
             _, _, sp = heapq.heappop(self._due)
             if not sp.stopped and sp.idle:
                 sp.catch_up()
 
     def _analyse(self, items: list[tuple[StreamAnalyzer, int, np.ndarray]],
                  owners: list[StreamProcessing]) -> None:
+        def failed(i: int, exc: Exception) -> None:
+            owners[i].switch_off(exc)
+
         try:
-            results = analyse_batch(items)
-        except Exception:  # find the stream at fault; the others go on
-            results = []
-            for item, sp in zip(items, owners, strict=True):
-                try:
-                    results.append(analyse_batch([item])[0])
-                except Exception:
-                    sp.switch_off()
-                    results.append([])
+            results = analyse_batch(items, failed)
+        except Exception as exc:  # in the arithmetic shared by all: none can go on
+            for sp in owners:
+                sp.switch_off(exc)
+            return
         for sp, events in zip(owners, results, strict=True):
-            sp.publish(events)
+            if events:
+                sp.publish(events)
 
     def _fall_idle(self, sp: StreamProcessing) -> None:
         """No sender for SETTLE_FRAMES: stop analysing frame by frame; come back when
@@ -235,9 +236,9 @@ class Processing:
 
     def _schedule_due(self, sp: StreamProcessing) -> None:
         due = sp.silence_due()
-        if due is not None:
-            period = self.registry.ticks + max(0, due - (sp.stream.ring.head - 1))
-            heapq.heappush(self._due, (period, next(self._seq), sp))
+        if due is not None:  # on the registry's media time, which clock jumps move too
+            at = self.registry.media_frames + max(0, due - (sp.stream.ring.head - 1))
+            heapq.heappush(self._due, (at, next(self._seq), sp))
 
     def _attach(self, stream: Stream) -> None:
         if stream.name in self.streams:

@@ -9,6 +9,7 @@ silence and voice analysers. It reads no clock: time is the frame index (20 ms e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,9 @@ class StreamAnalyzer:
     def process(self, index: int, frame: np.ndarray) -> list[dict[str, Any]]:
         """Analyse frame ``index`` (960 int16 samples); return the events it caused:
         ``silence`` raised/cleared and ``voice`` started/stopped."""
-        return analyse_batch([(self, index, frame)])[0]
+        events = analyse_batch([(self, index, frame)])[0]
+        assert events is not None  # without ``failed``, a failure raises
+        return events
 
     def _levels(self, index: int, peak: float, ms: float, kms: float | None) -> float:
         """The frame's level, meter, loudness and silence state from its measurements
@@ -145,13 +148,18 @@ class StreamAnalyzer:
         }
 
 
-def analyse_batch(items: list[tuple[StreamAnalyzer, int, np.ndarray]]
-                  ) -> list[list[dict[str, Any]]]:
+def analyse_batch(items: list[tuple[StreamAnalyzer, int, np.ndarray]],
+                  failed: Callable[[int, Exception], None] | None = None,
+                  ) -> list[list[dict[str, Any]] | None]:
     """One frame of each of many streams: ``(analyzer, index, frame)``; the events of
     each, in order. The arithmetic runs once over all the frames (peaks, mean squares,
     K-weighting with each stream's filter state, the voice detector's spectra), so its
     per-call cost is paid once per tick, not once per stream; the state machines that
-    follow are each stream's own."""
+    follow are each stream's own.
+
+    With ``failed``, an exception in one stream's state machines is handed to it (with
+    the item's position) and that stream's result is None; the others go on, each frame
+    analysed once. Without it, the exception propagates."""
     if not items:
         return []
     x = np.array([frame for _, _, frame in items], dtype=np.float64)  # (n, 960)
@@ -164,23 +172,35 @@ def analyse_batch(items: list[tuple[StreamAnalyzer, int, np.ndarray]]
         rows = x if len(loud) == len(items) else x[loud]
         for i, value in zip(loud, k_weighted_mean_squares(rows, filters), strict=True):
             kms[i] = value
-    levels = []
+    out: list[list[dict[str, Any]] | None] = [[] for _ in items]
+    levels = [0.0] * len(items)
     measured: list[tuple[VoiceDetector, np.ndarray]] = []
     for i, (analyzer, index, _) in enumerate(items):
-        rms_db = analyzer._levels(index, peaks[i], ms[i], kms[i])
-        levels.append(rms_db)
-        vad = analyzer.vad
-        if vad is not None and vad.spectral:
-            block = vad.pair(x[i], rms_db >= vad.min_level_dbfs)
-            if block is not None:
-                measured.append((vad, block))
+        try:
+            levels[i] = rms_db = analyzer._levels(index, peaks[i], ms[i], kms[i])
+            vad = analyzer.vad
+            if vad is not None and vad.spectral:
+                block = vad.pair(x[i], rms_db >= vad.min_level_dbfs)
+                if block is not None:
+                    measured.append((vad, block))
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed(i, exc)
+            out[i] = None
     if measured:
         flatness = spectral_flatness_rows(np.array([b for _, b in measured])).tolist()
         for (vad, _), value in zip(measured, flatness, strict=True):
             vad.flatness = value
-    out: list[list[dict[str, Any]]] = []
     for i, (analyzer, index, _) in enumerate(items):
-        events: list[dict[str, Any]] = []
-        analyzer._decide(index, levels[i], events)
-        out.append(events)
+        events = out[i]
+        if events is None:
+            continue
+        try:
+            analyzer._decide(index, levels[i], events)
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed(i, exc)
+            out[i] = None
     return out
