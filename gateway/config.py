@@ -236,6 +236,23 @@ class SipConfig(Section):
     #: back to it (the shared port hands them to any worker). 0: any free port.
     worker_port_base: ListenPort = 0
     transports: Annotated[list[str], _listing(("udp", "tcp"))] = ["udp", "tcp"]
+    #: SIP over TLS: the certificate chain and its key (PEM), both or neither; with them
+    #: the gateway also listens on `tls_port` (phones dial
+    #: `sip:<stream>@host:5061;transport=tls` or `sips:<stream>@host`).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_port: ListenPort = 5061
+    #: CA certificates (PEM) trusted for the servers the gateway connects to over TLS
+    #: (and for phones' certificates with tls_verify_client); empty: the system's.
+    tls_ca: str | None = None
+    #: Ask phones for a certificate signed by tls_ca; those without one cannot connect.
+    tls_verify_client: bool = False
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SipConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("sip.tls_cert and sip.tls_key go together: set both or neither")
+        return self
     #: Address written in Via, Contact and SDP (behind NAT: the public one). Empty: bind_host.
     advertised_host: str = ""
     #: RTP port range for calls: one even port (and the odd one for RTCP) per call.

@@ -430,6 +430,7 @@ class SipInfo(Info):
     port: int
     worker_port: int | None = Field(
         description="with --workers: this worker's own port for what it originates")
+    tls_port: int | None = Field(None, description="SIP over TLS port (sip.tls_cert set)")
     advertised_host: str
     calls: Count
     calls_by_state: dict[str, Count]

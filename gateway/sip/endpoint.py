@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,11 @@ class EndpointSettings:
     own_port: int | None = None
     #: New out-of-dialog INVITEs admitted per second (more: 503 at once); 0: no limit.
     max_setup_rate: float = 120.0
+    #: SIP over TLS: listen on ``tls_port`` (0: any free one) with ``server_ssl``;
+    #: connect out with ``client_ssl`` (it verifies the server's certificate).
+    tls_port: int = 5061
+    server_ssl: ssl.SSLContext | None = None
+    client_ssl: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -118,7 +124,15 @@ class SipEndpoint:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._own_udp: BatchedUdp | None = None
         self._own_tcp_server: asyncio.AbstractServer | None = None
-        self._connections: dict[tuple[str, int], SipStream] = {}
+        self.tls_port: int | None = None  # bound when settings.server_ssl is set
+        self._tls_server: asyncio.AbstractServer | None = None
+        #: Open stream connections by (transport, peer host, peer port), and by the
+        #: Contact address of the phone that opened one (RFC 5923's alias, implied):
+        #: requests to that phone go back over its connection (a phone rarely has a
+        #: certificate the gateway could verify as a TLS server's).
+        self._connections: dict[tuple[str, str, int], SipStream] = {}
+        self._aliases: dict[tuple[str, str, int], SipStream] = {}
+        self._tls_names: dict[tuple[str, int], str] = {}  # the name a TLS peer is checked by
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -135,9 +149,21 @@ class SipEndpoint:
             except EndpointError:
                 await self.close()
                 raise
-        log.info("sip listening on %s:%d%s (%s), advertised as %s", host, self.port,
+        if self.settings.server_ssl is not None:
+            try:
+                self._tls_server = await asyncio.get_running_loop().create_server(
+                    lambda: SipStream(self, inbound=True, transport="TLS"), host,
+                    self.settings.tls_port, ssl=self.settings.server_ssl,
+                    reuse_address=True, reuse_port=self.settings.reuse_port or None)
+            except OSError as exc:
+                await self.close()
+                raise EndpointError(exc.errno, f"cannot open the SIP TLS port {host}:"
+                                    f"{self.settings.tls_port}: {exc.strerror}") from None
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        log.info("sip listening on %s:%d%s (%s)%s, advertised as %s", host, self.port,
                  f" and {self.own_port} (this worker's own)" if self.own_port else "",
-                 "+".join(self.settings.transports), self.advertised_host)
+                 "+".join(self.settings.transports),
+                 f", TLS on {self.tls_port}" if self.tls_port else "", self.advertised_host)
 
     async def _open(self, host: str, port: int, what: str, own: bool
                     ) -> tuple[BatchedUdp | None, asyncio.AbstractServer | None, int]:
@@ -190,10 +216,10 @@ class SipEndpoint:
         self._udp = self._own_udp = None
         for conn in list(self._connections.values()):
             conn.close()
-        for server in (self._tcp_server, self._own_tcp_server):
+        for server in (self._tcp_server, self._own_tcp_server, self._tls_server):
             if server is not None:
                 server.close()
-        self._tcp_server = self._own_tcp_server = None
+        self._tcp_server = self._own_tcp_server = self._tls_server = None
 
     @property
     def listening(self) -> bool:
@@ -206,6 +232,8 @@ class SipEndpoint:
 
     # -- what the service uses -----------------------------------------------------
     def _port_of(self, flow: Flow) -> int:
+        if flow[0].upper() == "TLS" and self.tls_port is not None:
+            return self.tls_port
         return self.own_port if is_own(flow) and self.own_port is not None else self.port
 
     def via(self, flow: Flow) -> Via:
@@ -216,7 +244,8 @@ class SipEndpoint:
 
     def contact(self, user: str | None = None, flow: Flow = ("UDP", "", 0)) -> Address:
         """Our Contact in a dialog on ``flow``: the far end's requests in it come there."""
-        params = {"transport": "tcp"} if flow[0].upper() == "TCP" else {}
+        transport = flow[0].upper()
+        params = {"transport": transport.lower()} if transport in ("TCP", "TLS") else {}
         return Address(Uri("sip", self.advertised_host, user, self._port_of(flow), params))
 
     def now(self) -> float:
@@ -226,8 +255,10 @@ class SipEndpoint:
     async def flow_for(self, uri: Uri, own: bool = False) -> Flow:
         """Where a request to ``uri`` goes: its transport, host and port (no SRV lookups).
         ``own``: from this worker's own port, if it has one (requests it originates)."""
-        transport = "TCP" if (uri.params.get("transport") or "").lower() == "tcp" else "UDP"
-        port = uri.port or 5060
+        named = (uri.params.get("transport") or "").lower()
+        transport = "TLS" if named == "tls" or uri.scheme == "sips" else \
+            "TCP" if named == "tcp" else "UDP"
+        port = uri.port or (5061 if transport == "TLS" else 5060)
         host = bare_host(uri.host)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
@@ -235,9 +266,12 @@ class SipEndpoint:
             )
         except (socket.gaierror, UnicodeError) as exc:
             raise EndpointError(errno.EHOSTUNREACH, f"cannot resolve {host!r}: {exc}") from None
+        address = infos[0][4][0]
+        if transport == "TLS":
+            self._tls_names[(address, port)] = host
         if own and self.own_port is not None:
-            return (transport, infos[0][4][0], port, OWN)
-        return (transport, infos[0][4][0], port)
+            return (transport, address, port, OWN)
+        return (transport, address, port)
 
     def request(self, request: Request, flow: Flow):  # type: ignore[no-untyped-def]
         request.headers.set("User-Agent", self.settings.user_agent)
@@ -295,6 +329,8 @@ class SipEndpoint:
             return
         if isinstance(message, Request):
             stamp_received(message, host, port)
+            if transport != "UDP":
+                self._alias(message, flow)
         token = request_id.set(f"sip:{message.call_id[:48]}")
         try:
             self._dispatch(self.layer.receive(message, flow, self.now(), validated=True))
@@ -404,7 +440,7 @@ class SipEndpoint:
                     raise OSError(errno.ENOTCONN, "no UDP socket")
                 udp.sendto(data, (host, port))
             else:
-                self._send_stream(data, (host, port), own)
+                self._send_stream(data, (transport, host, port), own)
             self.counters.sent += 1
         except OSError as exc:
             self.counters.send_errors += 1
@@ -412,27 +448,54 @@ class SipEndpoint:
                 log.warning("sip: cannot send to %s:%d/%s: %s", host, port, transport,
                             "socket buffer full" if isinstance(exc, BlockingIOError) else exc)
 
-    def _send_stream(self, data: bytes, address: tuple[str, int], own: bool) -> None:
-        conn = self._connections.get(address)
+    def _send_stream(self, data: bytes, key: tuple[str, str, int], own: bool) -> None:
+        conn = self._connections.get(key) or self._aliases.get(key)
         if conn is not None and conn.transport is not None:
             conn.transport.write(data)
             return
         if self._loop is None:
             return
-        self._loop.create_task(self._connect_and_send(data, address, own))
+        self._loop.create_task(self._connect_and_send(data, key, own))
 
-    async def _connect_and_send(self, data: bytes, address: tuple[str, int],
+    async def _connect_and_send(self, data: bytes, key: tuple[str, str, int],
                                 own: bool) -> None:
+        transport, host, port = key
+        tls = transport == "TLS"
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(lambda: SipStream(self, own=own),
-                                                   *address)
-        except OSError as exc:
+            _, conn = await loop.create_connection(
+                lambda: SipStream(self, own=own, transport=transport), host, port,
+                ssl=self.settings.client_ssl if tls else None,
+                server_hostname=self._tls_names.get((host, port), host) if tls else None)
+        except (OSError, ssl.SSLError) as exc:
             self.counters.send_errors += 1
-            log.warning("sip: cannot connect to %s:%d/TCP: %s", *address, exc.strerror)
+            log.warning("sip: cannot connect to %s:%d/%s: %s", host, port, transport,
+                        getattr(exc, "strerror", None) or exc)
             return
         assert conn.transport is not None
         conn.transport.write(data)
+
+    def _alias(self, request: Request, flow: Flow) -> None:
+        """A phone's requests over a connection it opened: its Contact address now
+        means that connection (only when the Contact names the address it came from)."""
+        try:
+            contact = request.contact
+        except SipParseError:
+            return
+        if flow[0] != "TLS" or contact is None or contact.star \
+                or bare_host(contact.uri.host) != flow[1]:
+            return
+        conn = self._connections.get((flow[0], flow[1], flow[2]))
+        if conn is not None:
+            port = contact.uri.port or (5061 if flow[0] == "TLS" else 5060)
+            self._aliases[(flow[0], flow[1], port)] = conn
+
+    def _forget(self, conn: SipStream) -> None:
+        key = (conn.transport_name, *conn.peer)
+        if self._connections.get(key) is conn:
+            del self._connections[key]
+        for alias in [k for k, c in self._aliases.items() if c is conn]:
+            del self._aliases[alias]
 
 
 class SipStream(asyncio.Protocol):
@@ -443,9 +506,11 @@ class SipStream(asyncio.Protocol):
     messages may then stay idle as long as it likes: a call's BYE can come over it hours
     later (RFC 3261 §18 keeps the connection of an INVITE for the dialog)."""
 
-    def __init__(self, endpoint: SipEndpoint, inbound: bool = False, own: bool = False) -> None:
+    def __init__(self, endpoint: SipEndpoint, inbound: bool = False, own: bool = False,
+                 transport: str = "TCP") -> None:
         self.endpoint = endpoint
         self.inbound = inbound
+        self.transport_name = transport  # TCP or TLS: a flow's first item
         self.local: tuple[str, ...] = (OWN,) if own else ()  # a flow's fourth item
         self.framer = StreamFramer(endpoint.settings.max_message_bytes)
         self.transport: asyncio.Transport | None = None
@@ -460,7 +525,7 @@ class SipStream(asyncio.Protocol):
             self.endpoint.counters.connections_refused += 1
             transport.close()
             return
-        self.endpoint._connections[self.peer] = self
+        self.endpoint._connections[(self.transport_name, *self.peer)] = self
         if self.inbound:
             self._start_deadline()
 
@@ -469,7 +534,8 @@ class SipStream(asyncio.Protocol):
             messages = self.framer.feed(data)
         except SipParseError as exc:
             self.endpoint.counters.malformed += 1
-            log.warning("sip tcp %s:%d: %s; closing", *self.peer, exc)
+            log.warning("sip %s %s:%d: %s; closing", self.transport_name.lower(), *self.peer,
+                        exc)
             self.close()
             return
         if messages:
@@ -477,7 +543,7 @@ class SipStream(asyncio.Protocol):
         if self.framer.pending and self._deadline is None:
             self._start_deadline()  # a new message began: its clock starts now
         for message in messages:
-            self.endpoint.received(message, ("TCP", *self.peer, *self.local))
+            self.endpoint.received(message, (self.transport_name, *self.peer, *self.local))
 
     def _start_deadline(self) -> None:
         loop = asyncio.get_running_loop()
@@ -492,14 +558,14 @@ class SipStream(asyncio.Protocol):
     def _timed_out(self) -> None:
         self._deadline = None
         self.endpoint.counters.connections_timed_out += 1
-        log.warning("sip tcp %s:%d: no complete message within %g s; closing", *self.peer,
+        log.warning("sip %s %s:%d: no complete message within %g s; closing",
+                    self.transport_name.lower(), *self.peer,
                     self.endpoint.settings.tcp_message_timeout_s)
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
-        if self.endpoint._connections.get(self.peer) is self:
-            del self.endpoint._connections[self.peer]
+        self.endpoint._forget(self)
         self.transport = None
 
     def close(self) -> None:

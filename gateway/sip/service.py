@@ -21,6 +21,7 @@ from ..core.registry import StreamRegistry
 from ..core.stream import Stream
 from ..egress.rtp import RtpOutputs
 from ..models.info import RegistrationInfo, SipInfo
+from . import tls
 from .call import SipCall
 from .dial_in import ALLOW, SDP, DialIn
 from .dial_out import DialOut
@@ -123,6 +124,9 @@ class SipService(DialIn, DialOut, Upstream):
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
+        settings = self.endpoint.settings
+        settings.server_ssl, settings.client_ssl = tls.contexts(self.config)
+        settings.tls_port = self.config.tls_port
         await self.endpoint.start()
         self._spawn(self._watch_media())
         self._start_registrations()
@@ -358,6 +362,7 @@ class SipService(DialIn, DialOut, Upstream):
         return SipInfo(
             port=self.port,
             worker_port=self.endpoint.own_port,  # --workers: this worker's own (cluster.md)
+            tls_port=self.endpoint.tls_port,
             advertised_host=self.endpoint.advertised_host,
             calls=len(self.calls),
             calls_by_state=_count(c.state for c in self.calls.values()),
