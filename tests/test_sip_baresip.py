@@ -12,6 +12,7 @@ from conftest import need_program
 from peers.baresip import Baresip, read_wav, write_tone_wav
 from test_rtp_output import api, publish_tone
 
+from gateway.web.self_signed import make_self_signed
 from gateway.webrtc.client import Listener
 
 
@@ -131,4 +132,34 @@ async def test_phones_register_with_digest_call_through_and_are_called_by_name(g
         with pytest.raises(AssertionError, match="registration failed"):
             await mallory.register(timeout=8)
         assert "401 Unauthorized" in mallory.log
+    await pub.delete()
+
+
+async def test_baresip_dials_over_tls_and_records_the_tone(gateway_factory, tmp_path):
+    """SIP over TLS with a real phone that verifies the gateway's certificate."""
+    need_program("baresip")
+    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
+    both = tmp_path / "tls" / "both.pem"  # baresip's own certificate and key, one file
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    gw = await gateway_factory(sip={"port": 0, "tls_port": 0, "tls_cert": str(cert),
+                                    "tls_key": str(key)}, streams={"declared": ["room"]})
+    endpoint = gw.gateway.sip.endpoint
+    pub = await publish_tone(gw, "room", 440)
+    async with phone(tmp_path, "secure", 1000,
+                     extra_config=[f"sip_cafile {cert}", f"sip_certificate {both}"]) as bs:
+        dialing = asyncio.create_task(
+            bs.dial(f"sip:room@127.0.0.1:{endpoint.tls_port};transport=tls", seconds=4))
+        for _ in range(100):  # while the call is up, its connection is a TLS one
+            if gw.gateway.sip.calls:
+                break
+            await asyncio.sleep(0.1)
+        calls = list(gw.gateway.sip.calls.values())
+        assert calls and calls[0].flow is not None and calls[0].flow[0] == "TLS", calls
+        assert [key[0] for key in endpoint._connections] == ["TLS"]
+        call = await dialing
+    assert call.established and not call.closed_by_peer, call.describe()
+    samples, rate = recorded_audio(bs)
+    assert_tone(samples[rate // 2 :], 440, rate=rate, min_seconds=3.0)
+    await asyncio.sleep(0.3)
+    assert gw.gateway.sip.calls == {}  # baresip's BYE (over TLS) ended the call
     await pub.delete()
