@@ -56,6 +56,8 @@ class Section(BaseModel):
 
 
 AtLeast1 = Annotated[int, Range(1)]
+#: A file path; "" (as in the documented defaults) means none.
+OptionalPath = Annotated[str | None, BeforeValidator(lambda value: value or None)]
 
 
 class HttpConfig(Section):
@@ -76,8 +78,8 @@ class HttpConfig(Section):
     max_pending_per_address: AtLeast1 = 50
     #: HTTPS: the certificate chain and its private key (PEM files); both or neither.
     #: Reloaded on SIGHUP. Browsers need HTTPS for the microphone beyond localhost.
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: OptionalPath = None
+    tls_key: OptionalPath = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpConfig:
@@ -239,14 +241,17 @@ class SipConfig(Section):
     #: SIP over TLS: the certificate chain and its key (PEM), both or neither; with them
     #: the gateway also listens on `tls_port` (phones dial
     #: `sip:<stream>@host:5061;transport=tls` or `sips:<stream>@host`).
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: OptionalPath = None
+    tls_key: OptionalPath = None
     tls_port: ListenPort = 5061
     #: CA certificates (PEM) trusted for the servers the gateway connects to over TLS
     #: (and for phones' certificates with tls_verify_client); empty: the system's.
-    tls_ca: str | None = None
+    tls_ca: OptionalPath = None
     #: Ask phones for a certificate signed by tls_ca; those without one cannot connect.
     tls_verify_client: bool = False
+    #: SRTP for calls (SDES keys, RFC 4568): "optional" uses it when the phone offers it,
+    #: "required" refuses plain RTP offers (488), "off" refuses RTP/SAVP offers.
+    srtp: Literal["off", "optional", "required"] = "optional"
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SipConfig:

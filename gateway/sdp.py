@@ -45,6 +45,13 @@ class AudioDescription:
     telephone_event: int | None = None
     direction: str = "sendrecv"
     ptime: int | None = None
+    profile: str = "RTP/AVP"  # RTP/SAVP: the peer wants SRTP
+    crypto: list[str] = field(default_factory=list)  # a=crypto values (SDES keys)
+
+    @property
+    def secure(self) -> bool:
+        """The peer asks for SRTP (RTP/SAVP), or offers keys with plain RTP/AVP."""
+        return self.profile.upper() in ("RTP/SAVP", "RTP/SAVPF") or bool(self.crypto)
 
     @property
     def on_hold(self) -> bool:
@@ -76,6 +83,8 @@ def parse_audio(sdp: str) -> AudioDescription:
     formats: list[int] = []
     rtpmap: dict[int, tuple[str, int]] = {}
     ptime: int | None = None
+    profile = "RTP/AVP"
+    crypto: list[str] = []
     section = "session"
     for raw in sdp.splitlines():
         line = raw.strip()
@@ -88,6 +97,7 @@ def parse_audio(sdp: str) -> AudioDescription:
             parts = value.split()
             if len(parts) >= 4 and parts[0] == "audio" and port is None:
                 section = "audio"
+                profile = parts[2]
                 try:
                     port = int(parts[1].split("/")[0])
                     formats = [int(f) for f in parts[3:]]
@@ -118,6 +128,8 @@ def parse_audio(sdp: str) -> AudioDescription:
                     rtpmap[int(pt_text)] = (enc_name, int(rate))
                 except ValueError:
                     raise SdpError(f"bad rtpmap: {line!r}") from None
+            elif section == "audio" and name == "crypto":
+                crypto.append(arg.strip())
             elif section == "audio" and name == "ptime":
                 try:
                     ptime = int(float(arg))
@@ -132,6 +144,8 @@ def parse_audio(sdp: str) -> AudioDescription:
         port=port,
         direction=direction or session_direction,
         ptime=ptime,
+        profile=profile,
+        crypto=crypto,
     )
     if not desc.address:
         raise SdpError("SDP has no connection address (c=) for audio")
@@ -194,8 +208,12 @@ def build_audio(
     ptime: int = 20,
     session_id: int | None = None,
     version: int = 1,
+    profile: str = "RTP/AVP",
+    crypto: str | None = None,
 ) -> str:
-    """A complete description with one audio section: an answer (one codec) or an offer."""
+    """A complete description with one audio section: an answer (one codec) or an offer;
+    ``crypto``: our SDES ``a=crypto`` value (with ``profile`` RTP/SAVP, or RTP/AVP when the
+    offer put keys on a plain profile)."""
     net = "IP6" if ":" in address else "IP4"
     sid = session_id if session_id is not None else secrets.randbits(31)
     formats = [pt for pt, _ in codecs] + ([telephone_event] if telephone_event is not None else [])
@@ -205,7 +223,7 @@ def build_audio(
         "s=audio-gateway",
         f"c=IN {net} {address}",
         "t=0 0",
-        f"m=audio {port} RTP/AVP {' '.join(map(str, formats))}",
+        f"m=audio {port} {profile} {' '.join(map(str, formats))}",
     ]
     for pt, spec in codecs:
         lines.append(f"a=rtpmap:{pt} {spec.rtpmap}")
@@ -216,6 +234,8 @@ def build_audio(
             f"a=rtpmap:{telephone_event} telephone-event/8000",
             f"a=fmtp:{telephone_event} 0-16",
         ]
+    if crypto is not None:
+        lines.append(f"a=crypto:{crypto}")
     lines += [f"a=ptime:{ptime}", f"a={direction}"]
     return "\r\n".join(lines) + "\r\n"
 
@@ -232,6 +252,7 @@ def answer(
     preference: tuple[str, ...] = PREFERENCE,
     session_id: int | None = None,
     version: int = 1,
+    crypto: str | None = None,
 ) -> tuple[str, int, CodecSpec]:
     """(answer SDP, payload type, codec) for an offer: best common codec, mirrored direction.
 
@@ -247,5 +268,7 @@ def answer(
         ptime=offer.ptime if offer.ptime in PTIMES[spec.name.lower()] else 20,
         session_id=session_id,
         version=version,
+        profile=offer.profile if crypto is not None else "RTP/AVP",
+        crypto=crypto,
     )
     return sdp, pt, spec

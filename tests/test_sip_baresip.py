@@ -163,3 +163,79 @@ async def test_baresip_dials_over_tls_and_records_the_tone(gateway_factory, tmp_
     await asyncio.sleep(0.3)
     assert gw.gateway.sip.calls == {}  # baresip's BYE (over TLS) ended the call
     await pub.delete()
+
+
+async def test_baresip_over_tls_with_mandatory_srtp_both_ways(gateway_factory, tmp_path):
+    """TLS signalling, SRTP media (SDES) both ways: the phone hears the stream and a WHEP
+    listener hears the phone; the gateway's own packets and reports are SRTP and the
+    phone's authenticate."""
+    need_program("baresip")
+    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
+    both = tmp_path / "tls" / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    gw = await gateway_factory(
+        sip={"port": 0, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key),
+             "srtp": "required",
+             "routes": [{"match": "talk-(.+)", "listen": r"\1", "publish": r"phone-\1"}]},
+        streams={"declared": ["room"]})
+    endpoint = gw.gateway.sip.endpoint
+    pub = await publish_tone(gw, "room", 440)
+    listener = Listener(gw.url, "phone-room")
+    await listener.negotiate()
+    await listener.connected()
+    async with phone(tmp_path, "srtp", 660, account_params=["mediaenc=srtp-mand"],
+                     extra_config=[f"sip_cafile {cert}", f"sip_certificate {both}",
+                                   "module srtp.so"]) as bs:
+        dialing = asyncio.create_task(
+            bs.dial(f"sip:talk-room@127.0.0.1:{endpoint.tls_port};transport=tls", seconds=4))
+        for _ in range(100):
+            if gw.gateway.sip.calls:
+                break
+            await asyncio.sleep(0.1)
+        calls = list(gw.gateway.sip.calls.values())
+        assert calls, bs.log
+        media = calls[0].media
+        call = await dialing
+    assert call.established, call.describe()
+    assert media.srtp is not None and media.srtp.suite.startswith("AES_CM_128_HMAC_SHA1")
+    assert media.packets > 100 and media.srtp_failed == 0
+    heard = listener.audio()
+    rate = listener.sample_rate
+    assert_tone(heard[-3 * rate :], 660, rate=rate, min_seconds=2.5)  # the phone, decrypted
+    samples, phone_rate = recorded_audio(bs)
+    assert_tone(samples[phone_rate // 2 :], 440, rate=phone_rate, min_seconds=3.0)
+    await listener.delete()
+    await pub.delete()
+
+
+async def test_dial_out_to_baresip_over_tls_with_srtp(gateway_factory, tmp_path):
+    """The gateway calls a phone over TLS (verifying its certificate) and offers SRTP,
+    as ``sip.srtp = "required"`` asks: the phone hears the stream through SRTP."""
+    need_program("baresip")
+    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
+    both = tmp_path / "tls" / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    gw = await gateway_factory(
+        sip={"port": 0, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key),
+             "tls_ca": str(cert), "srtp": "required"},
+        streams={"declared": ["room"]})
+    pub = await publish_tone(gw, "room", 440)
+    async with phone(tmp_path, "callee", 1000, answer=True,
+                     account_params=["mediaenc=srtp-mand"],
+                     extra_config=[f"sip_cafile {cert}", f"sip_certificate {both}",
+                                   "module srtp.so"]) as bs:
+        await bs.serve(seconds=30)
+        status, call = await api(gw, "POST", "/api/v1/streams/room/outputs", {
+            # baresip listens for TLS one port above its UDP/TCP port
+            "type": "sip", "uri": f"sip:callee@127.0.0.1:{bs.sip_port + 1};transport=tls"})
+        assert status == 201, call
+        await bs.wait_event("CALL_ESTABLISHED", timeout=10)
+        media = gw.gateway.sip.calls[call["id"]].media
+        assert media.srtp is not None
+        await asyncio.sleep(4)
+        status, _ = await api(gw, "DELETE", f"/api/v1/streams/room/outputs/{call['id']}")
+        assert status == 204
+        await bs.wait_event("CALL_CLOSED", timeout=5)
+    samples, rate = recorded_audio(bs)
+    assert_tone(samples[rate // 2 :], 440, rate=rate, min_seconds=3.0)
+    await pub.delete()

@@ -16,6 +16,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from gateway.core.ids import new_id
 
@@ -47,6 +48,14 @@ async def resolve(host: str, port: int) -> tuple[int, tuple]:
         raise OutputError(f"cannot resolve host {host!r}: {exc}") from None
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
+
+
+class Srtp(Protocol):
+    """What an output needs of an SRTP session (gateway.sip.sdes.SrtpPair)."""
+
+    def protect(self, rtp: bytes) -> bytes: ...
+
+    def protect_rtcp(self, rtcp: bytes) -> bytes: ...
 
 
 class RtpOutput:
@@ -97,6 +106,8 @@ class RtpOutput:
         #: Report blocks to put in our SRs (a call: about the phone's RTP).
         self.report_blocks: Callable[[], list[rtcp.ReportBlock]] | None = None
         self.on_close: Callable[[RtpOutput], None] | None = None
+        #: A SIP call's SRTP (SDES): protects every packet and report this output sends.
+        self.srtp: Srtp | None = None
 
     def retarget(self, sockaddr: tuple) -> None:
         """Send to where the peer's RTP really comes from (latching behind NAT)."""
@@ -112,7 +123,7 @@ class RtpOutput:
 
     def sender_report(self, now: float) -> bytes:
         elapsed = int((now - self.last_sent) * self.spec.clock_rate)
-        return rtcp.sender_report(
+        return self._rtcp(rtcp.sender_report(
             ssrc=self.ssrc,
             ntp_time=now,
             rtp_timestamp=(self.last_timestamp + elapsed) & 0xFFFFFFFF,
@@ -120,10 +131,13 @@ class RtpOutput:
             octet_count=self.octets,
             cname=f"gateway-{self.stream.name}",
             reports=self.report_blocks() if self.report_blocks is not None else (),
-        )
+        ))
 
     def bye(self) -> bytes:
-        return rtcp.bye(self.ssrc, "output stopped")
+        return self._rtcp(rtcp.bye(self.ssrc, "output stopped"))
+
+    def _rtcp(self, packet: bytes) -> bytes:
+        return packet if self.srtp is None else self.srtp.protect_rtcp(packet)
 
     def sdp(self, origin_address: str = "127.0.0.1") -> str:
         """An SDP file that ffmpeg/ffplay, VLC and GStreamer's sdpdemux open directly."""
@@ -274,6 +288,8 @@ class RtpFanout:
                     if output.paused:
                         continue
                     data = output.header(packet, output.packets == 0) + payload
+                    if output.srtp is not None:
+                        data = output.srtp.protect(data)
                     if send(output.sock, output, data, output.sockaddr):  # type: ignore[arg-type]
                         output.packets += 1
                         output.octets += size

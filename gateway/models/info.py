@@ -189,6 +189,9 @@ class CallMediaInfo(Info):
 
     local_port: int | None
     remote: str | None
+    srtp: str | None = Field(None, description="SDES suite when the call's media is SRTP")
+    srtp_failed: Count = Field(0, description="SRTP packets that failed authentication")
+    srtcp_failed: Count = Field(0, description="SRTCP packets that failed authentication")
     packets_in: Count
     rtcp_in: Count
     malformed_in: Count

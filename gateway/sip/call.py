@@ -95,6 +95,7 @@ class SipCall:
         self.awaiting_ack = False
         self.local_sdp = ""  # our last SDP (offer or answer), for offerless re-INVITEs
         self.sdp_session = secrets.randbits(31)
+        self.local_crypto: str | None = None  # our a=crypto value (SDES), kept for re-INVITEs
         self.sdp_version = 1
         self.started = time.time()
         self.answered: float | None = None
@@ -116,6 +117,7 @@ class SipCall:
         output.sock = self.media.sock
         output.rtcp_sock = self.media.rtcp_sock
         output.report_blocks = self.media.report_blocks
+        output.srtp = self.media.srtp
         self.media.reception.clock_rate = spec.clock_rate
         if self.media.remote is not None:
             self._retarget(output, self.media.remote)

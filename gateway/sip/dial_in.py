@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from ..core.registry import UnknownStream
 from ..core.stream import Stream, StreamBusy
 from ..sdp import AudioDescription, SdpError, answer, check_target, choose_codec, parse_audio
+from . import sdes
 from .call import SipCall, SipSource
 from .dialog import Dialog, new_tag
 from .media import CallMedia, MediaPortsExhausted
 from .message import Address, Request, SipParseError
 from .parts import ServicePart
+from .sdes import SrtpPair
 from .transaction import Flow, ServerTransaction, State
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,7 @@ class DialIn(ServicePart):
             offer = parse_audio(invite.body.decode("utf-8", "replace"))
             choose_codec(offer, self.preference)
             self._check_target(offer, initial=True)
+            crypto, srtp = self._srtp(offer)
             dialog = Dialog.as_uas(invite, attempt.tag)
         except SdpError as exc:
             raise Refusal(488, None, [("Warning", _warning(exc))]) from None
@@ -153,6 +156,7 @@ class DialIn(ServicePart):
         except (MediaPortsExhausted, OSError) as exc:
             log.warning("sip: refusing call to %s: %s", user, exc)
             raise Refusal(503, "No Media Ports", [("Retry-After", "10")]) from None
+        media.srtp = srtp
         call = attempt.call = self._named(SipCall("in", str(invite.from_.uri), listen, media,
                                                   self.outputs))
         call.invite_tx = tx
@@ -165,8 +169,9 @@ class DialIn(ServicePart):
             await asyncio.sleep(self.config.ring_ms / 1000)
             if tx.state != State.PROCEEDING:
                 return  # answered meanwhile (Timer C gave up): nothing left to connect
+        call.local_crypto = crypto
         sdp, pt, spec = answer(offer, self.endpoint.advertised_host, media.port,
-                               self.preference, call.sdp_session, call.sdp_version)
+                               self.preference, call.sdp_session, call.sdp_version, crypto)
         call.dialog = dialog
         call.local_sdp = sdp
         if publish is not None:
@@ -188,6 +193,22 @@ class DialIn(ServicePart):
         log.info("sip call %s: %s dialed %s: hears %s%s, %s/%d", call.id, call.peer, user,
                  listen.name, f", feeds {publish.name}" if publish else "", spec.name,
                  media.port)
+
+    def _srtp(self, offer: AudioDescription) -> tuple[str | None, SrtpPair | None]:
+        """Our a=crypto answer and the call's SRTP sessions, per ``sip.srtp``; SdpError
+        (488) when the policy and the offer disagree."""
+        policy = self.config.srtp
+        if not offer.secure:
+            if policy == "required":
+                raise SdpError("SRTP is required here (sip.srtp): offer RTP/SAVP with "
+                               "a=crypto", warning=302)
+            return None, None
+        if policy == "off":
+            if offer.profile.upper().startswith("RTP/SAVP"):
+                raise SdpError("SRTP is not enabled here (sip.srtp = off)", warning=302)
+            return None, None  # keys offered on plain RTP/AVP: answered plain
+        ours, pair = sdes.answer([c for c in map(sdes.parse_crypto, offer.crypto) if c])
+        return ours.line(), pair
 
     def _check_target(self, desc: AudioDescription, initial: bool) -> None:
         """SdpError unless the call's RTP socket may send where ``desc`` says (see
@@ -257,8 +278,12 @@ class DialIn(ServicePart):
         try:
             offer = parse_audio(request.body.decode("utf-8", "replace"))
             self._check_target(offer, initial=False)
+            if call.local_crypto is not None and not offer.secure:
+                raise SdpError("the call's media is SRTP: a plain RTP offer cannot change it",
+                               warning=302)
             sdp, pt, spec = answer(offer, self.endpoint.advertised_host, call.media.port,
-                                   self.preference, call.sdp_session, call.sdp_version + 1)
+                                   self.preference, call.sdp_session, call.sdp_version + 1,
+                                   call.local_crypto)
         except SdpError as exc:
             self._reply(tx, request, 488, None, [("Warning", _warning(exc))], to_tag=tag)
             return

@@ -470,7 +470,7 @@ class SipEndpoint:
         except (OSError, ssl.SSLError) as exc:
             self.counters.send_errors += 1
             log.warning("sip: cannot connect to %s:%d/%s: %s", host, port, transport,
-                        getattr(exc, "strerror", None) or exc)
+                        getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
             return
         assert conn.transport is not None
         conn.transport.write(data)

@@ -30,6 +30,7 @@ from ..rtp import rtcp, stun
 from ..rtp.feedback import SourceReception
 from ..rtp.packet import RtpError, RtpPacket, is_rtcp
 from .dtmf import DtmfReceiver
+from .sdes import SrtpError, SrtpPair
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class CallMedia(asyncio.DatagramProtocol):
         self.stun = 0  # STUN messages (NAT keepalives) on the RTP and RTCP ports
         self._stun_window = (0.0, 0)  # (start of the current second, answers in it)
         self.last_activity = time.monotonic()  # RTP or RTCP from the phone
+        self.srtp: SrtpPair | None = None  # SDES keys negotiated: packets are SRTP
+        self.srtp_failed = 0  # SRTP packets that failed authentication (dropped)
+        self.srtcp_failed = 0  # and SRTCP ones
 
     # -- asyncio protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +91,12 @@ class CallMedia(asyncio.DatagramProtocol):
         if len(data) < 12 or data[0] >> 6 != 2:
             self.malformed += 1
             return
+        if self.srtp is not None:
+            try:
+                data = self.srtp.unprotect(data)
+            except SrtpError:
+                self.srtp_failed += 1  # forged, replayed or not ours: dropped
+                return
         self.packets += 1
         self.last_activity = now = time.monotonic()
         seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
@@ -114,6 +124,12 @@ class CallMedia(asyncio.DatagramProtocol):
     def rtcp_received(self, data: bytes, addr: tuple) -> None:
         """The phone's RTCP (on either port): it lives; its SR is echoed in our next
         report block; its report blocks about our stream go to the call."""
+        if self.srtp is not None:
+            try:
+                data = self.srtp.unprotect_rtcp(data)
+            except SrtpError:
+                self.srtcp_failed += 1  # baresip sends an unprotected RTCP APP at start
+                return
         self.rtcp_packets += 1
         self.last_activity = now = time.monotonic()
         try:
@@ -185,6 +201,9 @@ class CallMedia(asyncio.DatagramProtocol):
         return CallMediaInfo(
             local_port=self.port,
             remote=f"{self.remote[0]}:{self.remote[1]}" if self.remote else None,
+            srtp=self.srtp.suite if self.srtp is not None else None,
+            srtp_failed=self.srtp_failed,
+            srtcp_failed=self.srtcp_failed,
             packets_in=self.packets,
             rtcp_in=self.rtcp_packets,
             malformed_in=self.malformed,
