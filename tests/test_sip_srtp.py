@@ -65,6 +65,7 @@ def test_a_pair_protects_for_the_other_side_and_drops_forgeries():
     ("required", "plain", 488),
     ("off", "savp", 488),
     ("optional", "plain", 200),
+    ("optional", "plain-unusable-keys", 200),
     ("optional", "savp", 200),
     ("required", "savp", 200),
     ("required", "savp-unknown-suite", 488),
@@ -77,6 +78,8 @@ async def test_the_srtp_policy_decides_the_answer(gateway_factory, policy, offer
         body = {"plain": sdp_offer(port, "0"),
                 "savp": savp_offer(port, [key_line()]),
                 "savp-unknown-suite": savp_offer(port, ["1 F8_128_HMAC_SHA1_80 inline:AAAA"]),
+                "plain-unusable-keys": savp_offer(port, ["1 F8_128_HMAC_SHA1_80 inline:AAAA"],
+                                                  "RTP/AVP"),
                 }[offer_kind]
         await phone.send(phone.request("INVITE", "room", body))
         response = await phone.final()
@@ -92,5 +95,37 @@ async def test_the_srtp_policy_decides_the_answer(gateway_factory, policy, offer
             phone.remote_tag = response.to.tag
             await phone.ack("room", response)
             await phone.bye("room")
+    finally:
+        await phone.close()
+
+
+async def test_a_reinvite_rekeys_an_srtp_call_and_cannot_drop_srtp(gateway_factory):
+    gw = await gateway_factory(sip={"port": 0}, streams={"declared": ["room"]})
+    phone = Phone(gw.gateway.sip.port)
+    try:
+        await phone.send(phone.request("INVITE", "room", savp_offer(phone.rtp_port,
+                                                                     [key_line()])))
+        first = await phone.final()
+        assert first.status == 200
+        phone.remote_tag = first.to.tag
+        await phone.ack("room", first)
+        call = next(iter(gw.gateway.sip.calls.values()))
+        old_pair = call.media.srtp
+        await phone.send(phone.request("INVITE", "room", savp_offer(phone.rtp_port,
+                                                                     [key_line(tag=5)]),
+                                       in_dialog=True))
+        second = await phone.final()
+        assert second.status == 200
+        await phone.ack("room", second)
+        keys = [sdes.parse_crypto(parse_audio(r.body.decode()).crypto[0]) for r in (first,
+                                                                                    second)]
+        assert keys[1].tag == 5 and keys[1].key != keys[0].key  # new keys both ways
+        assert call.media.srtp is not old_pair and call.output.srtp is call.media.srtp
+        await phone.send(phone.request("INVITE", "room", sdp_offer(phone.rtp_port, "0"),
+                                       in_dialog=True))
+        plain = await phone.final()
+        assert plain.status == 488 and call.media.srtp is not None
+        await phone.ack("room", plain)
+        await phone.bye("room")
     finally:
         await phone.close()

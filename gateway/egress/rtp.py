@@ -238,6 +238,9 @@ class SocketPool:
 
 
 def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) -> bool:
+    if not data:  # SRTP could not protect it: never sent in the clear
+        output.errors += 1
+        return False
     try:
         sock.sendto(data, address)
         return True

@@ -203,11 +203,15 @@ class DialIn(ServicePart):
                 raise SdpError("SRTP is required here (sip.srtp): offer RTP/SAVP with "
                                "a=crypto", warning=302)
             return None, None
+        savp = offer.profile.upper().startswith("RTP/SAVP")
         if policy == "off":
-            if offer.profile.upper().startswith("RTP/SAVP"):
+            if savp:
                 raise SdpError("SRTP is not enabled here (sip.srtp = off)", warning=302)
             return None, None  # keys offered on plain RTP/AVP: answered plain
-        ours, pair = sdes.answer([c for c in map(sdes.parse_crypto, offer.crypto) if c])
+        offered = [c for c in map(sdes.parse_crypto, offer.crypto) if c]
+        if not offered and not savp and policy == "optional":
+            return None, None  # keys we cannot use, on a plain profile: plain RTP
+        ours, pair = sdes.answer(offered)
         return ours.line(), pair
 
     def _check_target(self, desc: AudioDescription, initial: bool) -> None:
@@ -278,16 +282,22 @@ class DialIn(ServicePart):
         try:
             offer = parse_audio(request.body.decode("utf-8", "replace"))
             self._check_target(offer, initial=False)
-            if call.local_crypto is not None and not offer.secure:
-                raise SdpError("the call's media is SRTP: a plain RTP offer cannot change it",
+            crypto, srtp = self._srtp(offer)
+            if (crypto is None) != (call.local_crypto is None):
+                raise SdpError("a re-INVITE cannot switch a call between RTP and SRTP",
                                warning=302)
             sdp, pt, spec = answer(offer, self.endpoint.advertised_host, call.media.port,
                                    self.preference, call.sdp_session, call.sdp_version + 1,
-                                   call.local_crypto)
+                                   crypto)
         except SdpError as exc:
             self._reply(tx, request, 488, None, [("Warning", _warning(exc))], to_tag=tag)
             return
         call.sdp_version += 1
+        if srtp is not None:  # new keys both ways (RFC 4568 §7.1.4: an offer may re-key)
+            call.local_crypto = crypto
+            call.media.srtp = srtp
+            if call.output is not None:
+                call.output.srtp = srtp
         call.dialog.refresh_target(request)
         call.media.telephone_event = offer.telephone_event
         if call.publish_to is not None:

@@ -47,6 +47,10 @@ from .udp import BatchedUdp
 
 log = logging.getLogger(__name__)
 CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
+#: A TLS client must finish its handshake within this (asyncio counts a connection only
+#: after it, so a client that never finishes would otherwise hold a socket for 60 s).
+TLS_HANDSHAKE_TIMEOUT_S = 5.0
+
 #: The fourth item of a flow on this worker's own port (a flow without it: the shared port).
 OWN = "own"
 
@@ -154,6 +158,7 @@ class SipEndpoint:
                 self._tls_server = await asyncio.get_running_loop().create_server(
                     lambda: SipStream(self, inbound=True, transport="TLS"), host,
                     self.settings.tls_port, ssl=self.settings.server_ssl,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
                     reuse_address=True, reuse_port=self.settings.reuse_port or None)
             except OSError as exc:
                 await self.close()
@@ -268,6 +273,9 @@ class SipEndpoint:
             raise EndpointError(errno.EHOSTUNREACH, f"cannot resolve {host!r}: {exc}") from None
         address = infos[0][4][0]
         if transport == "TLS":
+            if self.settings.server_ssl is None:
+                raise EndpointError(errno.EPROTONOSUPPORT, "SIP over TLS needs sip.tls_cert "
+                                    "and sip.tls_key (the gateway's own TLS port)")
             self._tls_names[(address, port)] = host
         if own and self.own_port is not None:
             return (transport, address, port, OWN)
@@ -476,13 +484,14 @@ class SipEndpoint:
         conn.transport.write(data)
 
     def _alias(self, request: Request, flow: Flow) -> None:
-        """A phone's requests over a connection it opened: its Contact address now
-        means that connection (only when the Contact names the address it came from)."""
+        """A phone's INVITE over a TLS connection it opened: its Contact address now
+        means that connection (only when the Contact names the address it came from, so
+        another address cannot claim it; one at the same address could)."""
         try:
             contact = request.contact
         except SipParseError:
             return
-        if flow[0] != "TLS" or contact is None or contact.star \
+        if flow[0] != "TLS" or request.method != "INVITE" or contact is None or contact.star \
                 or bare_host(contact.uri.host) != flow[1]:
             return
         conn = self._connections.get((flow[0], flow[1], flow[2]))

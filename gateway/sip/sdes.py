@@ -71,32 +71,43 @@ def parse_crypto(value: str) -> Crypto | None:
 
 
 class SrtpPair:
-    """Our sending session (our key) and the phone's (its key), one suite."""
+    """Our sending session (our key) and the phone's (its key), one suite. Nothing here
+    raises into the media path: a packet that cannot be protected is not sent (b"",
+    counted), one that does not unprotect is an SrtpError (dropped and counted)."""
 
     def __init__(self, suite: str, local_key: bytes, remote_key: bytes) -> None:
         profile = SUITES[suite]
         self.suite = suite
+        self.protect_failed = 0
         self._tx = Session(Policy(key=local_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=profile))
         self._rx = Session(Policy(key=remote_key, ssrc_type=Policy.SSRC_ANY_INBOUND,
                                   srtp_profile=profile))
 
     def protect(self, rtp: bytes) -> bytes:
-        return self._tx.protect(rtp)
+        try:
+            return self._tx.protect(rtp)
+        except (SrtpLibError, ValueError):
+            self.protect_failed += 1
+            return b""
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
-        return self._tx.protect_rtcp(rtcp)
+        try:
+            return self._tx.protect_rtcp(rtcp)
+        except (SrtpLibError, ValueError):
+            self.protect_failed += 1
+            return b""
 
     def unprotect(self, srtp: bytes) -> bytes:
         try:
             return self._rx.unprotect(srtp)
-        except SrtpLibError as exc:
+        except (SrtpLibError, ValueError) as exc:  # ValueError: longer than libsrtp takes
             raise SrtpError(str(exc)) from None
 
     def unprotect_rtcp(self, srtcp: bytes) -> bytes:
         try:
             return self._rx.unprotect_rtcp(srtcp)
-        except SrtpLibError as exc:
+        except (SrtpLibError, ValueError) as exc:
             raise SrtpError(str(exc)) from None
 
 
