@@ -28,6 +28,14 @@ def phone(tmp_path, name: str, freq: float, **kwargs) -> Baresip:
                    **kwargs)
 
 
+def tls_files(tmp_path):  # type: ignore[no-untyped-def]
+    """A certificate for 127.0.0.1, its key, and both in one file (baresip's own)."""
+    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
+    both = tmp_path / "tls" / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    return cert, key, both
+
+
 def recorded_audio(bs: Baresip):
     files = bs.recorded()
     assert files, f"baresip recorded nothing\n{bs.log}"
@@ -138,9 +146,7 @@ async def test_phones_register_with_digest_call_through_and_are_called_by_name(g
 async def test_baresip_dials_over_tls_and_records_the_tone(gateway_factory, tmp_path):
     """SIP over TLS with a real phone that verifies the gateway's certificate."""
     need_program("baresip")
-    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
-    both = tmp_path / "tls" / "both.pem"  # baresip's own certificate and key, one file
-    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    cert, key, both = tls_files(tmp_path)
     gw = await gateway_factory(sip={"port": 0, "tls_port": 0, "tls_cert": str(cert),
                                     "tls_key": str(key)}, streams={"declared": ["room"]})
     endpoint = gw.gateway.sip.endpoint
@@ -170,9 +176,7 @@ async def test_baresip_over_tls_with_mandatory_srtp_both_ways(gateway_factory, t
     listener hears the phone; the gateway's own packets and reports are SRTP and the
     phone's authenticate."""
     need_program("baresip")
-    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
-    both = tmp_path / "tls" / "both.pem"
-    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    cert, key, both = tls_files(tmp_path)
     gw = await gateway_factory(
         sip={"port": 0, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key),
              "srtp": "required",
@@ -212,9 +216,7 @@ async def test_dial_out_to_baresip_over_tls_with_srtp(gateway_factory, tmp_path)
     """The gateway calls a phone over TLS (verifying its certificate) and offers SRTP,
     as ``sip.srtp = "required"`` asks: the phone hears the stream through SRTP."""
     need_program("baresip")
-    cert, key = make_self_signed(tmp_path / "tls", ["127.0.0.1"])
-    both = tmp_path / "tls" / "both.pem"
-    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    cert, key, both = tls_files(tmp_path)
     gw = await gateway_factory(
         sip={"port": 0, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key),
              "tls_ca": str(cert), "srtp": "required"},
