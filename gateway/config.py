@@ -252,12 +252,6 @@ class SipConfig(Section):
     #: SRTP for calls (SDES keys, RFC 4568): "optional" uses it when the phone offers it,
     #: "required" refuses plain RTP offers (488), "off" refuses RTP/SAVP offers.
     srtp: Literal["off", "optional", "required"] = "optional"
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> SipConfig:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("sip.tls_cert and sip.tls_key go together: set both or neither")
-        return self
     #: Address written in Via, Contact and SDP (behind NAT: the public one). Empty: bind_host.
     advertised_host: str = ""
     #: RTP port range for calls: one even port (and the odd one for RTCP) per call.
@@ -335,6 +329,12 @@ class SipConfig(Section):
     def _port_range(self) -> SipConfig:
         if self.rtp_port_min >= self.rtp_port_max:
             raise KeyProblem("rtp_port_min", "must be below sip.rtp_port_max")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SipConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("sip.tls_cert and sip.tls_key go together: set both or neither")
         return self
 
 

@@ -49,9 +49,14 @@ class AudioDescription:
     crypto: list[str] = field(default_factory=list)  # a=crypto values (SDES keys)
 
     @property
+    def savp(self) -> bool:
+        """The peer asks for SRTP by its profile (RTP/SAVP, RTP/SAVPF)."""
+        return self.profile.upper() in ("RTP/SAVP", "RTP/SAVPF")
+
+    @property
     def secure(self) -> bool:
-        """The peer asks for SRTP (RTP/SAVP), or offers keys with plain RTP/AVP."""
-        return self.profile.upper() in ("RTP/SAVP", "RTP/SAVPF") or bool(self.crypto)
+        """The peer asks for SRTP, or offers keys with plain RTP/AVP."""
+        return self.savp or bool(self.crypto)
 
     @property
     def on_hold(self) -> bool:

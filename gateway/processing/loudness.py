@@ -174,14 +174,8 @@ class LoudnessMeter:
         self._filter.reset()
         n = self._frames
         ring = self._ring
-        if frames >= SHORT_TERM_FRAMES:
-            ring[:] = [0.0] * SHORT_TERM_FRAMES
-        else:
-            start = n % SHORT_TERM_FRAMES
-            end = start + frames
-            ring[start:min(end, SHORT_TERM_FRAMES)] = [0.0] * (min(end, SHORT_TERM_FRAMES) - start)
-            if end > SHORT_TERM_FRAMES:
-                ring[: end - SHORT_TERM_FRAMES] = [0.0] * (end - SHORT_TERM_FRAMES)
+        for i in range(n, n + min(frames, SHORT_TERM_FRAMES)):
+            ring[i % SHORT_TERM_FRAMES] = 0.0
         self._frames = n = n + frames
         self._s_sum = math.fsum(ring)
         self._m_sum = math.fsum(ring[(n - 1 - i) % SHORT_TERM_FRAMES]

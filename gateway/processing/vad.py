@@ -162,10 +162,8 @@ class VoiceDetector:
                 if was and not self.active:
                     return index
             return None
-        if self.spectral:
-            for _ in range(min(frames, 2)):
-                self.pair(_SILENT_FRAME, False)
-            if (frames - 2) % 2 and frames > 2:
+        if self.spectral:  # after two quiet frames, more pairs only flip the pair phase
+            for _ in range(frames if frames <= 2 else 2 + frames % 2):
                 self.pair(_SILENT_FRAME, False)
         self._skip_floor(frames, level_dbfs)
         self._run = 0

@@ -30,6 +30,7 @@ from ..rtp.rtcp import RtcpPacket
 from .dialog import Dialog
 from .dtmf import DigitCommands
 from .media import CallMedia
+from .sdes import Crypto
 
 if TYPE_CHECKING:
     from .transaction import ClientTransaction, ServerTransaction
@@ -95,7 +96,7 @@ class SipCall:
         self.awaiting_ack = False
         self.local_sdp = ""  # our last SDP (offer or answer), for offerless re-INVITEs
         self.sdp_session = secrets.randbits(31)
-        self.local_crypto: str | None = None  # our a=crypto value (SDES), kept for re-INVITEs
+        self.offered_key: Crypto | None = None  # dial-out: our SDES key, until the answer
         self.sdp_version = 1
         self.started = time.time()
         self.answered: float | None = None

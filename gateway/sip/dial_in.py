@@ -169,7 +169,6 @@ class DialIn(ServicePart):
             await asyncio.sleep(self.config.ring_ms / 1000)
             if tx.state != State.PROCEEDING:
                 return  # answered meanwhile (Timer C gave up): nothing left to connect
-        call.local_crypto = crypto
         sdp, pt, spec = answer(offer, self.endpoint.advertised_host, media.port,
                                self.preference, call.sdp_session, call.sdp_version, crypto)
         call.dialog = dialog
@@ -203,13 +202,12 @@ class DialIn(ServicePart):
                 raise SdpError("SRTP is required here (sip.srtp): offer RTP/SAVP with "
                                "a=crypto", warning=302)
             return None, None
-        savp = offer.profile.upper().startswith("RTP/SAVP")
         if policy == "off":
-            if savp:
+            if offer.savp:
                 raise SdpError("SRTP is not enabled here (sip.srtp = off)", warning=302)
             return None, None  # keys offered on plain RTP/AVP: answered plain
         offered = [c for c in map(sdes.parse_crypto, offer.crypto) if c]
-        if not offered and not savp and policy == "optional":
+        if not offered and not offer.savp and policy == "optional":
             return None, None  # keys we cannot use, on a plain profile: plain RTP
         ours, pair = sdes.answer(offered)
         return ours.line(), pair
@@ -283,7 +281,7 @@ class DialIn(ServicePart):
             offer = parse_audio(request.body.decode("utf-8", "replace"))
             self._check_target(offer, initial=False)
             crypto, srtp = self._srtp(offer)
-            if (crypto is None) != (call.local_crypto is None):
+            if (srtp is None) != (call.media.srtp is None):
                 raise SdpError("a re-INVITE cannot switch a call between RTP and SRTP",
                                warning=302)
             sdp, pt, spec = answer(offer, self.endpoint.advertised_host, call.media.port,
@@ -294,7 +292,6 @@ class DialIn(ServicePart):
             return
         call.sdp_version += 1
         if srtp is not None:  # new keys both ways (RFC 4568 §7.1.4: an offer may re-key)
-            call.local_crypto = crypto
             call.media.srtp = srtp
             if call.output is not None:
                 call.output.srtp = srtp

@@ -113,14 +113,13 @@ class DialOut(ServicePart):
 
     async def _dial(self, call: SipCall, target: Uri, flow: Flow, timeout_s: float) -> None:
         media = call.media
-        secure = self.config.srtp == "required"  # "optional" offers plain RTP: most phones
-        if secure:                                # refuse an RTP/SAVP offer they cannot do
-            call.local_crypto = sdes.offer().line()
+        # "optional" offers plain RTP: most phones refuse an RTP/SAVP offer they cannot do
+        key = call.offered_key = sdes.offer() if self.config.srtp == "required" else None
         call.local_sdp = build_audio(self.endpoint.advertised_host, media.port,
                                      offer_codecs(self.preference), TELEPHONE_EVENT_PT,
                                      session_id=call.sdp_session,
-                                     profile="RTP/SAVP" if secure else "RTP/AVP",
-                                     crypto=call.local_crypto)
+                                     profile="RTP/AVP" if key is None else "RTP/SAVP",
+                                     crypto=None if key is None else key.line())
         offer = call.local_sdp.encode()
         call_id = new_call_id(self.endpoint.advertised_host)
         local = Address(Uri("sip", self.endpoint.advertised_host, call.stream.name),
@@ -255,8 +254,8 @@ class DialOut(ServicePart):
             desc = parse_audio(response.body.decode("utf-8", "replace"))
             pt, spec = choose_codec(desc, self.preference)
             self._check_target(desc, initial=False)  # c=0.0.0.0: the phone answers on hold
-            if call.local_crypto is not None:
-                call.media.srtp = sdes.accept(call.local_crypto, desc.crypto)
+            if call.offered_key is not None:
+                call.media.srtp = sdes.accept(call.offered_key, desc.crypto)
         except SdpError as exc:
             call.state = "active"
             await self._end(call, f"unusable answer: {exc}", send_bye=True)

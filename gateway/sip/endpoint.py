@@ -337,7 +337,7 @@ class SipEndpoint:
             return
         if isinstance(message, Request):
             stamp_received(message, host, port)
-            if transport != "UDP":
+            if transport == "TLS" and message.method == "INVITE":
                 self._alias(message, flow)
         token = request_id.set(f"sip:{message.call_id[:48]}")
         try:
@@ -491,18 +491,15 @@ class SipEndpoint:
             contact = request.contact
         except SipParseError:
             return
-        if flow[0] != "TLS" or request.method != "INVITE" or contact is None or contact.star \
-                or bare_host(contact.uri.host) != flow[1]:
+        if contact is None or contact.star or bare_host(contact.uri.host) != flow[1]:
             return
-        conn = self._connections.get((flow[0], flow[1], flow[2]))
+        conn = self._connections.get(("TLS", flow[1], flow[2]))
         if conn is not None:
-            port = contact.uri.port or (5061 if flow[0] == "TLS" else 5060)
-            self._aliases[(flow[0], flow[1], port)] = conn
+            self._aliases[("TLS", flow[1], contact.uri.port or 5061)] = conn
 
     def _forget(self, conn: SipStream) -> None:
-        key = (conn.transport_name, *conn.peer)
-        if self._connections.get(key) is conn:
-            del self._connections[key]
+        if self._connections.get(conn.key) is conn:
+            del self._connections[conn.key]
         for alias in [k for k, c in self._aliases.items() if c is conn]:
             del self._aliases[alias]
 
@@ -534,9 +531,14 @@ class SipStream(asyncio.Protocol):
             self.endpoint.counters.connections_refused += 1
             transport.close()
             return
-        self.endpoint._connections[(self.transport_name, *self.peer)] = self
+        self.endpoint._connections[self.key] = self
         if self.inbound:
             self._start_deadline()
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """Where the endpoint keeps it: (transport, peer host, peer port)."""
+        return (self.transport_name, *self.peer)
 
     def data_received(self, data: bytes) -> None:
         try:

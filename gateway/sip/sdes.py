@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pylibsrtp import Error as SrtpLibError
@@ -70,45 +71,45 @@ def parse_crypto(value: str) -> Crypto | None:
     return None
 
 
+def _protected(protect: Callable[[bytes], bytes], packet: bytes) -> bytes:
+    try:
+        return protect(packet)
+    except (SrtpLibError, ValueError):  # ValueError: longer than libsrtp takes
+        return b""
+
+
+def _unprotected(unprotect: Callable[[bytes], bytes], packet: bytes) -> bytes:
+    try:
+        return unprotect(packet)
+    except (SrtpLibError, ValueError) as exc:
+        raise SrtpError(str(exc)) from None
+
+
 class SrtpPair:
     """Our sending session (our key) and the phone's (its key), one suite. Nothing here
-    raises into the media path: a packet that cannot be protected is not sent (b"",
-    counted), one that does not unprotect is an SrtpError (dropped and counted)."""
+    raises into the media path: a packet that cannot be protected is b"" (not sent, the
+    output counts an error), one that does not unprotect is an SrtpError (dropped and
+    counted by the call's media)."""
 
     def __init__(self, suite: str, local_key: bytes, remote_key: bytes) -> None:
         profile = SUITES[suite]
         self.suite = suite
-        self.protect_failed = 0
         self._tx = Session(Policy(key=local_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=profile))
         self._rx = Session(Policy(key=remote_key, ssrc_type=Policy.SSRC_ANY_INBOUND,
                                   srtp_profile=profile))
 
     def protect(self, rtp: bytes) -> bytes:
-        try:
-            return self._tx.protect(rtp)
-        except (SrtpLibError, ValueError):
-            self.protect_failed += 1
-            return b""
+        return _protected(self._tx.protect, rtp)
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
-        try:
-            return self._tx.protect_rtcp(rtcp)
-        except (SrtpLibError, ValueError):
-            self.protect_failed += 1
-            return b""
+        return _protected(self._tx.protect_rtcp, rtcp)
 
     def unprotect(self, srtp: bytes) -> bytes:
-        try:
-            return self._rx.unprotect(srtp)
-        except (SrtpLibError, ValueError) as exc:  # ValueError: longer than libsrtp takes
-            raise SrtpError(str(exc)) from None
+        return _unprotected(self._rx.unprotect, srtp)
 
     def unprotect_rtcp(self, srtcp: bytes) -> bytes:
-        try:
-            return self._rx.unprotect_rtcp(srtcp)
-        except (SrtpLibError, ValueError) as exc:
-            raise SrtpError(str(exc)) from None
+        return _unprotected(self._rx.unprotect_rtcp, srtcp)
 
 
 def answer(offered: list[Crypto]) -> tuple[Crypto, SrtpPair]:
@@ -125,11 +126,9 @@ def offer(suite: str = "AES_CM_128_HMAC_SHA1_80") -> Crypto:
     return Crypto(1, suite, os.urandom(KEY_BYTES))
 
 
-def accept(ours: str, answered: list[str]) -> SrtpPair:
-    """The sessions from our offered a=crypto value and the answer's (same tag and
+def accept(mine: Crypto, answered: list[str]) -> SrtpPair:
+    """The sessions from our offered key and the answer's a=crypto values (same tag and
     suite, RFC 4568 §5.1.3); SdesError if the answer has none."""
-    mine = parse_crypto(ours)
-    assert mine is not None
     for value in answered:
         theirs = parse_crypto(value)
         if theirs is not None and (theirs.tag, theirs.suite) == (mine.tag, mine.suite):
