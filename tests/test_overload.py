@@ -31,8 +31,11 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 10000  # the quota must be at least 1 ms a period
 #: The share of the quota the gateway's stream (and its idle work) is given: the rest is
 #: for listeners, 15-30 of them (with 76, the test's own process, receiving them all on a
-#: busy machine, once lost frames the gateway had sent).
-STREAM_SHARE = 0.6
+#: busy machine, once lost frames the gateway had sent). Not more: the first listener
+#: also starts the stream's Opus encoder, which the gateway counts as that listener's
+#: cost until it has seen more of them, and with 0.6 a cheap stream once left CI room
+#: for that one listener only.
+STREAM_SHARE = 0.45
 
 
 @pytest.fixture
@@ -86,10 +89,14 @@ async def confined_gateway(cpu_cgroup):
 async def set_quota(url: str, group: Path) -> float:
     """Give the gateway a quota in which its stream (already playing) and its idle work
     take STREAM_SHARE; returns the quota in cores, once the gateway follows it."""
-    await asyncio.sleep(3.0)  # a full CPU window of the stream playing
-    used = (await _stats(url))["admission"]
-    assert used["cores_available"] == 1.0, used  # no quota yet
-    cores = min(0.3, max(0.1, used["cpu_share"] / STREAM_SHARE))  # 1 ms a period at least
+    await asyncio.sleep(2.0)  # a full CPU window of the stream playing
+    shares = []
+    for _ in range(3):  # three one-second CPU windows: one varies by +-25 %
+        await asyncio.sleep(1.0)
+        used = (await _stats(url))["admission"]
+        assert used["cores_available"] == 1.0, used  # no quota yet
+        shares.append(used["cpu_share"])
+    cores = min(0.3, max(0.1, sum(shares) / 3 / STREAM_SHARE))  # 1 ms a period at least
     (group / "cpu.cfs_quota_us").write_text(str(int(cores * PERIOD_US)))
     cores = int(cores * PERIOD_US) / PERIOD_US
     for _ in range(50):
@@ -155,7 +162,9 @@ async def test_listeners_past_capacity_get_503_and_the_admitted_hear_everything(
     admitted: list[Listener] = []
     refusals = []
     while len(refusals) < 3 and len(admitted) < 120:
-        await asyncio.sleep(0.5)
+        # after a refusal, wait as a client told "Retry-After: 1" would: three in a row
+        # then span the time the gateway needs to learn what the admitted cost it
+        await asyncio.sleep(1.5 if refusals else 0.5)
         lis = Listener(url, "tone")
         try:
             await lis.negotiate()
