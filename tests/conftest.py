@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import shutil
 import socket
 import sys
@@ -39,10 +40,30 @@ def need_program(*names: str) -> None:
         pytest.skip(message)
 
 
+#: Ports tests hand to the servers they start: below the kernel's ephemeral range (from
+#: which every port-0 socket, ICE's and Chromium's among them, is given one: a port picked
+#: there was once taken between the pick and the gateway's bind) and the gateway's RTP
+#: range (20000-29999).
+TEST_PORTS = range(10000, 20000)
+_handed_out: set[int] = set()  # never the same port twice in a run
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 free for both TCP and UDP (SIP takes both), at random."""
+    del kind  # both are checked
+    for _ in range(200):
+        port = random.choice(TEST_PORTS)
+        if port in _handed_out:
+            continue
+        try:
+            for sock_type in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, sock_type) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {TEST_PORTS}")
 
 
 class RunningGateway:

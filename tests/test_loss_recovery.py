@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import need_program
+from conftest import free_port, need_program
 from lossy_webrtc import LossyPublisher, aiortc_opus
 from speech import FRAME, RECORDED, drops, opus_packets, pesq_wb, recorded, speech
 from stepping import until
@@ -149,7 +149,7 @@ async def test_lossy_uplink_speech_is_recovered_far_better_than_fade_repeat(
     reference = speech()
     packets = opus_packets(reference, bitrate=32000, loss_percent=10)
     lost = drops(len(packets), loss, seed, burst)
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     created = await add_input(gw, "lossy", type="rtp", port=port, codec="opus")
     sink = await l16_listener(gw, "lossy")
     await send_lossy(gw, created["id"], port, packets, lost, extra_ticks=0)
@@ -178,12 +178,6 @@ async def test_lossy_uplink_speech_is_recovered_far_better_than_fade_repeat(
         info["plc_concealed"]
     assert value(m, "gateway_sender_red_recovered_packets_total", **labels) == 0
     sink.close()
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_g711_voice_is_concealed_in_pitch_through_the_playout():
