@@ -1,6 +1,7 @@
-# Audio gateway. Ports: 8080/tcp HTTP (WHIP/WHEP, API, pages); 5060/udp+tcp SIP;
-# 20000-29999/udp RTP of SIP calls; WebRTC media on ephemeral UDP ports (use host
-# networking, see docs/nat-and-containers.md). Mount a config with [auth] credentials at
+# Audio gateway. Ports: 8080/tcp HTTP (WHIP/WHEP, API, pages); 8189/udp WebRTC media of
+# every session (with N workers 8189..8189+N-1; set GATEWAY_WEBRTC__ADDITIONAL_HOSTS to the
+# host's address, docs/nat-and-containers.md); 5060/udp+tcp SIP; 20000-29999/udp RTP of
+# SIP calls. Mount a config with [auth] credentials at
 # /config/gateway.toml: without credentials the gateway refuses to listen beyond loopback.
 # GATEWAY_CLUSTER__WORKERS=0 runs one worker per CPU (the embedded nats-server comes with
 # the package); GATEWAY_CLUSTER__NATS_URL='["nats://nats:4222"]' joins a cluster
@@ -12,6 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     GATEWAY_HTTP__HOST=0.0.0.0 \
     GATEWAY_SIP__BIND_HOST=0.0.0.0 \
+    GATEWAY_WEBRTC__UDP_PORT=8189 \
     GATEWAY_RECORDING__DIRECTORY=/recordings
 
 WORKDIR /app
@@ -23,7 +25,7 @@ RUN pip install --no-cache-dir . \
     && chown 10001 /recordings
 
 USER 10001
-EXPOSE 8080/tcp 5060/udp 5060/tcp 20000-29999/udp
+EXPOSE 8080/tcp 8189/udp 5060/udp 5060/tcp 20000-29999/udp
 VOLUME ["/config", "/recordings"]
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \

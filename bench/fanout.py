@@ -598,7 +598,8 @@ def start_server(kind: str, port: int, args: argparse.Namespace) -> subprocess.P
         sys.executable, "-m", "gateway", "serve", "--port", str(port),
         "--ice-host", "127.0.0.1", "--log-level", "warning",
     ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=src, env=src_env(src) | GATEWAY_ENV,
+    extra = dict(e.split("=", 1) for e in args.env.get(kind, []))
+    return subprocess.Popen(cmd, cwd=src, env=src_env(src) | GATEWAY_ENV | extra,
                             stdout=subprocess.DEVNULL)
 
 
@@ -1006,6 +1007,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run each server under test in a cgroup v1 CPU quota of this many cores (root)",
     )  # fmt: skip
     p.add_argument("--cfs-period-us", type=int, default=10000, help="the quota's period")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the gateway under test only (e.g. "
+                   "GATEWAY_WEBRTC__UDP_PORT=8189 against --previous . without it)")
+    p.add_argument("--previous-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the --previous gateway only")
     p.add_argument("--plot", help="write delivery against listeners as a PNG (matplotlib)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument(
@@ -1039,6 +1045,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.baseline_steps = args.baseline_steps or BASELINE_STEPS
     args.previous_steps = args.previous_steps or GATEWAY_STEPS
     args.previous_src = None
+    args.env = {"gateway": args.gateway_env, "previous": args.previous_env}
     return args
 
 

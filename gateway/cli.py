@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         help="address to offer as an ICE host candidate; repeat for several "
         "(default: all interfaces except loopback)",
     )
+    serve.add_argument("--webrtc-udp-port", type=int, metavar="PORT",
+                       help="one UDP port for every WebRTC session's media, e.g. 8189 "
+                       "(default: a port per session)")
     serve.add_argument("--log-level", help="debug, info, warning or error (default info)")
     serve.add_argument("--log-format", choices=["auto", "json", "text"],
                        help="json (default when stderr is not a terminal) or text")
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["http"]["port"] = args.port
     if args.ice_host:
         overrides["webrtc"]["host_addresses"] = args.ice_host
+    if args.webrtc_udp_port is not None:
+        overrides["webrtc"]["udp_port"] = args.webrtc_udp_port
     if args.log_level:
         overrides["log_level"] = args.log_level
     if args.log_format:

@@ -60,6 +60,17 @@ AtLeast1 = Annotated[int, Range(1)]
 OptionalPath = Annotated[str | None, BeforeValidator(lambda value: value or None)]
 
 
+def _ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+#: An IPv4 or IPv6 address written as text (names are not resolved).
+IPAddressText = Annotated[str, AfterValidator(_ip_address)]
+
+
 class HttpConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 8080
@@ -120,6 +131,13 @@ class WebRTCConfig(Section):
     host_addresses: list[str] = []
     #: 1:1 NAT: {"10.0.0.5" = "203.0.113.7"} rewrites candidates in answers.
     nat_1to1: dict[str, str] = {}
+    #: One UDP port for the media of every WebRTC session (e.g. 8189; with `--workers N`
+    #: worker i uses udp_port + i). 0: each session binds an ephemeral port of its own.
+    udp_port: ListenPort = 0
+    #: Also announce these addresses as host candidates on udp_port: the host's address
+    #: when a container's port is mapped (`docker run -p 8189:8189/udp`), a Kubernetes
+    #: node or load balancer address. Needs udp_port.
+    additional_hosts: list[IPAddressText] = []
     #: Opus bitrate sent to WebRTC listeners, bits per second.
     opus_bitrate: OpusBitrate = 64000
     #: RED (RFC 2198) with Opus when a peer offers it (browsers do): publishers are asked
@@ -134,6 +152,13 @@ class WebRTCConfig(Section):
     connect_timeout_s: float = 30.0
     #: Concurrent WebRTC sessions (publishers + listeners).
     max_sessions: int = 1000
+
+    @model_validator(mode="after")
+    def _additional_hosts_need_the_port(self) -> WebRTCConfig:
+        if self.additional_hosts and not self.udp_port:
+            raise ValueError("additional_hosts needs udp_port: per-session ports cannot "
+                             "be mapped to another address")
+        return self
 
     @model_validator(mode="after")
     def _jitter_bounds(self) -> WebRTCConfig:

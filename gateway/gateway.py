@@ -33,7 +33,7 @@ from .models.info import ClockLatenessInfo, ClusterStreamInfo, GatewayStats
 from .sip.dial_out import DialError, NotRegisteredHere
 from .sip.endpoint import EndpointError
 from .sip.service import SipService
-from .webrtc.peer import IceConfig, PeerFactory
+from .webrtc.peer import IceConfig, PeerFactory, SharedPortError
 from .webrtc.session import OfferError, WebRTCSession
 
 if TYPE_CHECKING:
@@ -89,7 +89,8 @@ class Gateway:
         w = config.webrtc
         self.peers = PeerFactory(
             IceConfig(
-                ice_servers=w.ice_servers, host_addresses=w.host_addresses, nat_1to1=w.nat_1to1
+                ice_servers=w.ice_servers, host_addresses=w.host_addresses, nat_1to1=w.nat_1to1,
+                udp_port=w.udp_port, additional_hosts=w.additional_hosts,
             )
         )
         self.sessions: dict[str, WebRTCSession] = {}
@@ -195,6 +196,7 @@ class Gateway:
             session = WebRTCEgress(pc, stream, self.config.webrtc.opus_bitrate)
         session.owner = owner
         session.red_allowed = self.config.webrtc.red
+        session.udp_ports = self.peers.udp_ports
         self.name_session(session)
         try:
             answer = await session.answer(offer)
@@ -524,6 +526,10 @@ class Gateway:
             self.recordings.once = self.cluster.once
             self.processing.leads = self._leads
             self.registry.on_removed.append(self._forget)
+        try:
+            await self.peers.start(self.worker)
+        except SharedPortError as exc:
+            raise ConfigError(str(exc.strerror)) from None
         self.registry.start()
         self._spawn(self._sample_headroom())
         if self.heap is not None:
@@ -584,6 +590,7 @@ class Gateway:
                       self.config.http.shutdown_timeout_s)
         for task in list(self._tasks):
             task.cancel()
+        self.peers.close()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.registry.stop()
@@ -679,4 +686,5 @@ class Gateway:
             clock_lateness=self._clock_lateness(),
             sip_calls=len(self.sip.calls) if self.sip else 0,
             admission=self.admission.info(),
+            webrtc_udp_ports=self.peers.info(),
         )

@@ -287,3 +287,43 @@ async def test_receiver_reports_both_ways_go_through_the_patched_attributes():
     await pc.close()
     with pytest.raises(AiortcChanged, match=r"RTCRtpReceiver\.__remote_streams"):
         report_reception(object(), lambda ssrc: None)  # type: ignore[arg-type]
+
+
+async def test_marked_connections_gather_on_the_shared_port_and_others_do_not(
+        loopback_candidates):
+    """A gateway session's host candidate names the shared port, a client's in the same
+    process binds its own; a local ufrag already on the port is replaced before it is
+    announced."""
+    from gateway.webrtc.udp_mux import Route, SharedUdpPort
+
+    shared = SharedUdpPort("127.0.0.1", 0)
+    await shared.open()
+    try:
+        taken = []
+        servers = [await answered(["audio/opus"]) for _ in range(2)]
+        first = servers[0].getTransceivers()[0].sender.transport.transport.iceGatherer
+        taken.append(first._connection.local_username)
+        # the second session's ufrag is the one a session on the port already has
+        second = servers[1].getTransceivers()[0].sender.transport.transport.iceGatherer
+        second._connection._local_username = taken[0]
+        shared.attach(Route(taken[0], b"x" * 22, lambda d, a: None, lambda d: None),
+                      lambda exc: None)
+        aiortc_patches.gather_on_shared_ports(servers[1], {"127.0.0.1": shared})
+        await servers[1].setLocalDescription(await servers[1].createAnswer())
+        ufrag = second._connection.local_username
+        assert ufrag != taken[0] and f"a=ice-ufrag:{ufrag}" in servers[1].localDescription.sdp
+        assert f"127.0.0.1 {shared.port} typ host" in servers[1].localDescription.sdp
+        assert shared.has(ufrag)
+
+        await servers[0].setLocalDescription(await servers[0].createAnswer())  # unmarked
+        assert f"127.0.0.1 {shared.port} typ host" not in servers[0].localDescription.sdp
+        for server in servers:
+            await server.close()
+        assert not shared.has(ufrag)  # closing the session takes it off the port
+    finally:
+        shared.close()
+    from types import SimpleNamespace as Fake
+
+    moved = Fake(sender=Fake(transport=Fake(transport=Fake(iceGatherer=object()))))
+    with pytest.raises(AiortcChanged, match=r"has no RTCIceGatherer\._connection"):
+        aiortc_patches.gather_on_shared_ports(Fake(getTransceivers=lambda: [moved]), {})

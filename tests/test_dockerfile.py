@@ -25,13 +25,20 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_container_defaults_are_valid_config():
-    """The image's environment (public binds) is accepted once credentials exist."""
+    """The image's environment (public binds, the shared WebRTC port) is accepted once
+    credentials exist."""
+    import re
+
     from gateway.config import load
 
-    env = {"GATEWAY_HTTP__HOST": "0.0.0.0", "GATEWAY_SIP__BIND_HOST": "0.0.0.0",
-           "GATEWAY_RECORDING__DIRECTORY": "/recordings",
+    recipe = "\n".join(line for line in (ROOT / "Dockerfile").read_text().splitlines()
+                       if not line.lstrip().startswith("#"))
+    image_env = dict(re.findall(r"(GATEWAY_\w+)=(\S+)", recipe))
+    assert {"GATEWAY_HTTP__HOST", "GATEWAY_WEBRTC__UDP_PORT"} <= set(image_env)
+    env = {**image_env,
            "GATEWAY_AUTH__KEYS": '[{name = "ops", key = "0123456789abcdef0123", '
                                  'scopes = ["admin"]}]',
            "GATEWAY_SIP__ALLOW_FROM": '["10.0.0.0/8"]'}
     cfg = load(None, environ=env)
     assert cfg.http.host == "0.0.0.0" and cfg.recording.directory == "/recordings"
+    assert cfg.webrtc.udp_port == 8189

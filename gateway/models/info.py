@@ -404,6 +404,14 @@ class ClockLatenessInfo(Info):
         "two readings is the distribution between them"))
 
 
+class SharedUdpPortInfo(Info):
+    address: str
+    port: int
+    sessions: Count = Field(description="WebRTC sessions whose media use this port")
+    unclaimed_datagrams: Count = Field(
+        description="datagrams no session claimed (unknown sender, stale ICE), dropped")
+
+
 class GatewayStats(Info):
     streams: Count
     sessions: Count
@@ -414,6 +422,8 @@ class GatewayStats(Info):
     clock_lateness: ClockLatenessInfo
     sip_calls: Count
     admission: AdmissionInfo
+    webrtc_udp_ports: list[SharedUdpPortInfo] = Field(
+        description="webrtc.udp_port: the shared port on each address (empty when off)")
 
 
 class Stats(GatewayStats):

@@ -134,6 +134,7 @@ class GatewayCollector:
         yield from self._sip()
         yield from self._cluster()
         yield from self._admission()
+        yield from self._udp_ports()
         yield from self._runtime()
 
     def _streams(self, readings: list[StreamReading]) -> Iterator[Metric]:
@@ -421,6 +422,20 @@ class GatewayCollector:
         for state, n in sorted(_count(r.state for r in sip.registrations).items()):
             regs.add_metric([state], n)
         yield regs
+
+    def _udp_ports(self) -> Iterator[Metric]:
+        labels = ["address", "port"]
+        sessions = GaugeMetricFamily(
+            "gateway_webrtc_udp_port_sessions",
+            "WebRTC sessions whose media use the shared port (webrtc.udp_port).", labels=labels)
+        unclaimed = CounterMetricFamily(
+            "gateway_webrtc_udp_port_unclaimed_datagrams",
+            "Datagrams on the shared port that no session claimed (dropped).", labels=labels)
+        for shared in self.gw.peers.udp_ports.values():
+            key = [shared.host, str(shared.port)]
+            sessions.add_metric(key, len(shared.router))
+            unclaimed.add_metric(key, shared.router.unclaimed)
+        yield from (sessions, unclaimed)
 
     def _admission(self) -> Iterator[Metric]:
         adm = self.gw.admission

@@ -39,6 +39,14 @@
 9. Receiver reports from WHEP listeners. They are routed to the listener's
    RTCRtpSender (``_handle_rtcp_packet``, which keeps them for getStats); the gateway
    wraps that method to read the report blocks about the sender's SSRC too.
+10. One UDP port for every session (gateway/webrtc/udp_mux.py). aioice binds a socket per
+   session and host address in ``Connection.get_component_candidates``; for the
+   connections the gateway marks (its own sessions', reached through the transceivers'
+   ``RTCIceGatherer._connection``; never a client's in the same process) host candidates
+   on an address with a shared port are made on that port instead: a StunProtocol whose
+   transport is the session's place on the shared socket, non-STUN datagrams handed
+   straight to ``Connection.data_received``. A local ufrag already on the port is
+   replaced (``Connection._local_username``) before it is announced.
 
 tests/test_aiortc_patches.py pins each of these; an aiortc upgrade that moves one fails
 there (AiortcChanged), naming the version and the attribute.
@@ -46,13 +54,18 @@ there (AiortcChanged), naming the version and the attribute.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import ipaddress
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
 from typing import Any, Protocol
 
 import aioice.ice
 import pylibsrtp
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.utils import random_string
 from aiortc import (
     RTCDtlsTransport,
     RTCPeerConnection,
@@ -67,6 +80,7 @@ from pylibsrtp import Session
 
 from ..rtp.packet import ReceiverStats
 from ..rtp.rtcp import ReportBlock
+from .udp_mux import Route, SharedUdpPort
 
 AIORTC = f"aiortc {version('aiortc')} (aioice {version('aioice')})"
 
@@ -241,6 +255,7 @@ def pair_route(pair: Any) -> tuple[Callable[[bytes, tuple], Any], tuple]:
         transport, address = pair.protocol.transport, pair.remote_addr
     except AttributeError:
         raise AiortcChanged("aioice CandidatePair.protocol.transport / .remote_addr") from None
+    transport = getattr(transport, "socket_transport", transport)  # on a shared port
     sock = getattr(transport, "_sock", None)  # asyncio's selector datagram transport
     if isinstance(sock, socket.socket):
         return sock.sendto, address
@@ -406,3 +421,68 @@ def forget_reports(pc: RTCPeerConnection) -> None:
         if isinstance(getattr(transceiver.receiver, _REMOTE_STREAMS, None), _ReceptionMap):
             setattr(transceiver.receiver, _REMOTE_STREAMS, {})
         transceiver.sender.__dict__.pop("_handle_rtcp_packet", None)
+
+
+# -- 10. one UDP port for every session ---------------------------------------------------
+_require(aioice.ice.Connection, "get_component_candidates",
+         "aioice Connection.get_component_candidates")
+_require(aioice.ice, "server_reflexive_candidate", "aioice.ice.server_reflexive_candidate")
+_original_get_component_candidates = aioice.ice.Connection.get_component_candidates
+#: Where a marked aioice Connection finds its shared ports (host address -> port).
+_SHARED_PORTS = "_gateway_shared_ports"
+
+
+def gather_on_shared_ports(pc: RTCPeerConnection, ports: Mapping[str, SharedUdpPort]) -> None:
+    """Make ``pc``'s ICE host candidates on an address in ``ports`` use that shared port.
+    Call it between setRemoteDescription (which makes the transceivers) and createAnswer
+    (which gathers)."""
+    aioice.ice.Connection.get_component_candidates = _get_component_candidates  # type: ignore[method-assign]
+    for transceiver in pc.getTransceivers():
+        gatherer = transceiver.sender.transport.transport.iceGatherer
+        _require(gatherer, "_connection", "RTCIceGatherer._connection")
+        connection = gatherer._connection
+        _require(connection, "_local_username", "aioice Connection._local_username")
+        setattr(connection, _SHARED_PORTS, ports)
+
+
+async def _get_component_candidates(self: aioice.ice.Connection, component: int,
+                                    addresses: list[str], timeout: int = 5) -> list[Candidate]:
+    ports: Mapping[str, SharedUdpPort] = getattr(self, _SHARED_PORTS, {})
+    shared = [ports[a] for a in addresses if a in ports and ports[a].transport is not None]
+    if component != 1 or not shared:  # aiortc muxes RTCP: component 1 is all there is
+        return await _original_get_component_candidates(self, component, addresses, timeout)
+    while any(port.has(self.local_username) for port in shared):
+        self._local_username = random_string(16)
+    candidates, protocols = [], []
+    for port in shared:
+        protocol = aioice.ice.StunProtocol(self)
+        route = Route(self.local_username, self.local_password.encode("utf8"),
+                      protocol.datagram_received,
+                      functools.partial(self.data_received, component=component))
+        protocol.connection_made(port.attach(route, protocol.connection_lost))
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", port.host), component=component,
+            transport="udp", priority=candidate_priority(component, "host"),
+            host=port.host, port=port.port, type="host")
+        candidates.append(protocol.local_candidate)
+        protocols.append(protocol)
+    self._protocols += protocols
+    reflexive = [
+        asyncio.create_task(aioice.ice.server_reflexive_candidate(p, self.stun_server))
+        for p in protocols
+        if self.stun_server and ipaddress.ip_address(p.local_candidate.host).version == 4
+    ]
+    rest = [a for a in addresses if a not in ports or ports[a].transport is None]
+    candidates += await _original_get_component_candidates(self, component, rest, timeout)
+    if reflexive:  # as aioice does for its own sockets
+        done, pending = await asyncio.wait(reflexive, timeout=timeout)
+        candidates += [t.result()[0] for t in done if t.exception() is None]
+        for task in pending:
+            task.cancel()
+    return candidates
+
+
+def host_addresses() -> list[str]:
+    """The addresses aioice gathers host candidates on (the configured ones, or every
+    interface's but loopback)."""
+    return aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiortc import (
@@ -22,7 +23,13 @@ from ..codecs.spec import CODECS, OPUS, CodecSpec
 from ..core.stream import Stream
 from ..models.info import SessionInfo
 from ..rtp.red import primary_payload_types
-from .aiortc_patches import forget_reports, negotiated_codecs, set_negotiated_codecs
+from .aiortc_patches import (
+    forget_reports,
+    gather_on_shared_ports,
+    negotiated_codecs,
+    set_negotiated_codecs,
+)
+from .udp_mux import SharedUdpPort
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +122,8 @@ class WebRTCSession:
     role = "session"
     #: Use RED (RFC 2198) with Opus when the peer offers it (``webrtc.red``).
     red_allowed = True
+    #: Host address -> the shared port (``webrtc.udp_port``) its candidates name.
+    udp_ports: Mapping[str, SharedUdpPort] = {}
 
     def __init__(self, pc: RTCPeerConnection, stream: Stream) -> None:
         self.id = new_id(12)
@@ -150,6 +159,8 @@ class WebRTCSession:
         if self.red_allowed and self.codec is OPUS:
             self._negotiate_red(offer_sdp, transceiver)
         self.prepare(transceiver)
+        if self.udp_ports:
+            gather_on_shared_ports(self.pc, self.udp_ports)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp

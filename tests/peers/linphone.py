@@ -18,6 +18,12 @@ headless on 127.0.0.1, found by trying:
 
 It offers Opus first, and sends STUN Binding requests to the RTP and RTCP ports it is
 given (RFC 7983 keepalives) before and between its RTP.
+
+Over TLS (``tls_ca``: the CA file it verifies the gateway with; dial
+``sip:...@localhost:<tls port>;transport=tls``): its TLS library (mbedTLS in belle-sip)
+matches the certificate's DNS names only, not an IP address entry, so the certificate
+must name ``localhost``. ``srtp=True`` makes it offer SDES SRTP and refuse a call
+without it (``media_encryption_mandatory``).
 """
 
 from __future__ import annotations
@@ -67,10 +73,14 @@ def free_rtp_port() -> int:
 class Linphone:
     """One linphonec process per call, with its own HOME and rc file under ``workdir``."""
 
-    def __init__(self, workdir: str | Path, play: Path | None = None) -> None:
+    def __init__(self, workdir: str | Path, play: Path | None = None,
+                 tls_ca: Path | None = None, srtp: bool = False) -> None:
         self.workdir = Path(workdir)
         self.play = play
         self.sip_port = free_port(socket.SOCK_DGRAM)
+        tls = (f"sip_tls_port={free_port()}\nroot_ca={tls_ca}\n"
+               "verify_server_certs=1\nverify_server_cn=1\n") if tls_ca else "sip_tls_port=0\n"
+        srtp_lines = "media_encryption=srtp\nmedia_encryption_mandatory=1\n" if srtp else ""
         self.rtp_port = free_rtp_port()
         home = self.workdir / "home"
         (home / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
@@ -78,7 +88,7 @@ class Linphone:
         self.rc = self.workdir / "linphonerc"
         self.rc.write_text(
             "[sip]\n"
-            f"sip_port={self.sip_port}\nsip_tcp_port=0\nsip_tls_port=0\n"
+            f"sip_port={self.sip_port}\nsip_tcp_port=0\n{tls}{srtp_lines}"
             "use_ipv6=0\nipv6_migration_done=1\nbind_address=127.0.0.1\n"
             f"contact=sip:linphone@127.0.0.1:{self.sip_port}\n\n"
             "[rtp]\n"
