@@ -505,6 +505,10 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         threads.limit_ffmpeg_threads()
+        try:  # before anything can open a session (a sibling's handed-off offer)
+            await self.peers.start(self.worker)
+        except SharedPortError as exc:
+            raise ConfigError(str(exc.strerror)) from None
         self.processing.check()
         self.processing.start()
         await self.recordings.start()
@@ -526,10 +530,6 @@ class Gateway:
             self.recordings.once = self.cluster.once
             self.processing.leads = self._leads
             self.registry.on_removed.append(self._forget)
-        try:
-            await self.peers.start(self.worker)
-        except SharedPortError as exc:
-            raise ConfigError(str(exc.strerror)) from None
         self.registry.start()
         self._spawn(self._sample_headroom())
         if self.heap is not None:

@@ -241,3 +241,38 @@ async def test_dial_out_to_baresip_over_tls_with_srtp(gateway_factory, tmp_path)
     samples, rate = recorded_audio(bs)
     assert_tone(samples[rate // 2 :], 440, rate=rate, min_seconds=3.0)
     await pub.delete()
+
+
+async def test_a_phone_registered_over_tls_is_called_by_name_over_its_connection(
+        gateway_factory, tmp_path):
+    """Dialling a registered user goes back over the TLS connection the phone registered
+    on (RFC 5626 §5.3), not UDP to that connection's port: the phone hears the stream."""
+    need_program("baresip")
+    cert, key, both = tls_files(tmp_path)
+    gw = await gateway_factory(
+        sip={"port": 0, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key),
+             "users": {"bob": "bu1lder"}},
+        streams={"declared": ["room"]})
+    endpoint = gw.gateway.sip.endpoint
+    pub = await publish_tone(gw, "room", 440)
+    async with phone(tmp_path, "bob", 1000, answer=True, auth_pass="bu1lder",
+                     registrar=f"127.0.0.1:{endpoint.tls_port};transport=tls",
+                     extra_config=[f"sip_cafile {cert}", f"sip_certificate {both}"]) as bob:
+        await bob.start(seconds=40)
+        await bob.register()
+        [binding] = gw.gateway.sip.registrar.lookup("bob", endpoint.now())
+        assert binding.transport == "TLS"
+        status, out = await api(gw, "POST", "/api/v1/streams/room/outputs",
+                                {"type": "sip", "uri": "bob"})
+        assert status == 201, out
+        await bob.wait_event("CALL_ESTABLISHED", timeout=10)
+        call = gw.gateway.sip.calls[out["id"]]
+        assert call.flow is not None and call.flow[:3] == ("TLS", *binding.source)
+        assert [k for k in endpoint._connections if k[0] == "TLS"] == [
+            ("TLS", *binding.source)]  # no second connection
+        await asyncio.sleep(3)
+        await api(gw, "DELETE", f"/api/v1/streams/room/outputs/{out['id']}")
+        await bob.wait_event("CALL_CLOSED", timeout=5)
+    samples, rate = recorded_audio(bob)
+    assert_tone(samples[rate // 2 :], 440, rate=rate, min_seconds=2.0)
+    await pub.delete()

@@ -65,14 +65,14 @@ class Phone:
         self.challenge: Challenge | None = None
         self.nc = 0
 
-    def send(self, now: float, source=SRC, **kwargs) -> Response:
+    def send(self, now: float, source=SRC, transport: str = "UDP", **kwargs) -> Response:
         """REGISTER, answer a 401 once, and return the final response."""
-        response = self.reg.handle(self._request(**kwargs), source, now)
+        response = self.reg.handle(self._request(**kwargs), source, now, transport)
         if response.status != 401:
             return response
         self.challenge = parse_challenge(response.headers.get_all("WWW-Authenticate")[0])
         self.nc = 0
-        return self.reg.handle(self._request(**kwargs), source, now)
+        return self.reg.handle(self._request(**kwargs), source, now, transport)
 
     def _request(self, **kwargs) -> Request:
         self.cseq += 1
@@ -312,6 +312,11 @@ def test_lookup_is_most_recent_first_and_keeps_the_source() -> None:
     found = reg.lookup("alice", 8.0)
     assert [b.call_id for b in found] == ["desk", "mobile"]
     assert found[0].source == ("203.0.113.1", 5999)
+    # ... and over which transport: requests to it go back over that TLS connection
+    assert found[0].transport == "UDP"
+    desk.send(9.0, contacts=("<sip:alice@192.168.1.2;transport=tls>",),
+              source=("203.0.113.1", 40000), transport="TLS")
+    assert reg.lookup("alice", 9.5)[0].transport == "TLS"
 
 
 def test_cseq_ordering_within_a_call_id() -> None:

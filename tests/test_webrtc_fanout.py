@@ -366,3 +366,21 @@ def test_one_listeners_failed_send_costs_nobody_else_a_packet(caplog):
     # the sender-report counts, every 8th packet of each listener that sent
     assert [(octets, count) for _, _, octets, count in reports] == \
         [(8 * 80, 8), (8 * 80, 8), (16 * 80, 16), (16 * 80, 16)]
+
+
+def test_a_listener_whose_ice_closed_gets_no_more_packets(caplog):
+    """Consent expired: aioice forgets the nominated pair. On the shared UDP port the
+    socket stays open for the other sessions, so the fan-out itself stops sending to the
+    listener (RFC 7675), quietly, before DTLS closes the session."""
+    sent: list[bytes] = []
+    pairs = {1: object()}
+    path = ListenerPath(111, 7, b"", lambda d: d, lambda d, a: sent.append(d),
+                        ("127.0.0.1", 9), lambda *counts: None, pairs)
+    for k in range(8):
+        send([path], EncodedPacket(timestamp=960 * k, payload=b"opus"))
+    assert len(sent) == 8
+    pairs.clear()  # noticed by the refresh every 8th packet: within 160 ms
+    for k in range(8, 32):
+        send([path], EncodedPacket(timestamp=960 * k, payload=b"opus"))
+    assert len(sent) == 16 and path.errors == 16
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

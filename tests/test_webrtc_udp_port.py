@@ -84,7 +84,7 @@ def test_an_unsigned_or_forged_check_reaches_the_session_but_does_not_move_an_ad
     assert a.data_in == [RTP] and not b.data_in
     router.received(check("bbbb"), PEER)  # signed: the peer's port is b's now
     router.received(RTP, PEER)
-    assert b.data_in == [RTP] and a.route.addresses == set()
+    assert b.data_in == [RTP] and not a.route.addresses
 
 
 def test_a_response_finds_the_session_that_asked_by_transaction_id():
@@ -123,9 +123,42 @@ def test_removing_a_session_forgets_its_ufrag_addresses_and_transactions():
 def test_short_and_malformed_stun_is_unclaimed():
     router, a = UdpRouter(), Session("aaaa")
     router.add(a.route)
-    for junk in (b"", b"\x00\x01", check("aaaa")[:-4], bytes(40)):
+    # a 2-byte PRIORITY attribute: aioice's parser raises struct.error, not ValueError
+    short_priority = bytes.fromhex("00010008 2112a442") + bytes(12) + bytes.fromhex(
+        "00240002 00010000")
+    for junk in (b"", b"\x00\x01", check("aaaa")[:-4], bytes(40), short_priority):
         router.received(junk, PEER)
-    assert router.unclaimed == 4 and not a.stun_in
+    assert router.unclaimed == 5 and not a.stun_in
+
+
+def test_an_error_response_teaches_no_address():
+    router, a = UdpRouter(), Session("aaaa")
+    router.add(a.route)
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    router.sent(a.route, bytes(request), PEER)
+    error = stun.Message(stun.Method.BINDING, stun.Class.ERROR,
+                         transaction_id=request.transaction_id)
+    error.attributes["ERROR-CODE"] = (401, "Unauthorized")
+    router.received(bytes(error), PEER)
+    assert len(a.stun_in) == 1 and PEER not in router.by_address
+
+
+def test_a_session_holds_a_bounded_number_of_addresses_and_transactions():
+    """A peer checking from ever new addresses (an IPv6 /64 has plenty), or requests
+    that never get an answer, cannot grow the port's tables without end."""
+    from gateway.webrtc.udp_mux import MAX_ADDRESSES, MAX_TRANSACTIONS
+
+    router, a = UdpRouter(), Session("aaaa")
+    router.add(a.route)
+    for i in range(100):
+        router.received(check("aaaa"), (f"2001:db8::{i:x}", 5000))
+        router.sent(a.route, bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST)),
+                    PEER)
+    assert len(router.by_address) == len(a.route.addresses) == MAX_ADDRESSES
+    assert len(router.by_transaction) == len(a.route.transactions) == MAX_TRANSACTIONS
+    router.received(RTP, ("2001:db8::63", 5000))  # the newest are kept
+    router.received(RTP, ("2001:db8::0", 5000))
+    assert a.data_in == [RTP] and router.unclaimed == 1
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -163,6 +196,8 @@ async def test_a_publisher_and_listeners_share_one_port_and_hear_the_stream(gate
     for lis in listeners:
         await lis.negotiate()
         assert candidates(lis.answer) == [("127.0.0.1", port), ("192.0.2.7", port)]
+        foundations = re.findall(r"a=candidate:(\S+) ", lis.answer)
+        assert len(set(foundations)) == 2 and all(len(f) <= 32 for f in foundations)
     await asyncio.gather(*(lis.connected() for lis in listeners))
     await asyncio.sleep(2.0)
     for lis in listeners:

@@ -114,10 +114,14 @@ class ListenerPath:
             self.report(ntp, timestamp, self.octets, self.packets)
         if self.pairs is not None:
             pair = self.pairs.get(1)
-            if pair is not self.pair and pair is not None:
+            if pair is self.pair:
+                return
+            if pair is None:  # ICE closed (consent expired): stop at once (RFC 7675)
+                self.sendto = _ice_closed
+            else:
                 self.sendto, self.address = aiortc_patches.pair_route(pair)
-                self.pair = pair
                 log.info("webrtc listener ssrc %08x: ICE nominated %s", self.ssrc, pair)
+            self.pair = pair
 
 
 def listener_path(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver,
@@ -263,6 +267,12 @@ def red_payload(payload_type: int, packet: EncodedPacket,
         return red_with_previous(payload_type, packet.payload, None, 0)
     offset = (packet.timestamp - previous.timestamp) & 0xFFFFFFFF
     return red_with_previous(payload_type, packet.payload, previous.payload, offset)
+
+
+def _ice_closed(data: bytes, address: tuple) -> None:
+    """A closed ICE connection's send: no packet, as when aioice closed its own socket
+    (on the shared UDP port the socket stays open for the other sessions)."""
+    raise OSError(errno.EBADF, "ICE connection closed")
 
 
 def _failed(path: ListenerPath, exc: Exception) -> None:

@@ -410,6 +410,8 @@ class SharedUdpPortInfo(Info):
     sessions: Count = Field(description="WebRTC sessions whose media use this port")
     unclaimed_datagrams: Count = Field(
         description="datagrams no session claimed (unknown sender, stale ICE), dropped")
+    send_errors: Count = Field(
+        description="datagrams the kernel did not take (send buffer full, no route)")
 
 
 class GatewayStats(Info):

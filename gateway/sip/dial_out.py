@@ -102,10 +102,16 @@ class DialOut(ServicePart):
             bindings = self.registrar.lookup(target.user, self.endpoint.now())
             if not bindings:
                 raise NotRegisteredHere(target.user)
-            host, port = bindings[0].source
-            # from the shared port, where the phone's NAT binding points; the phone's
-            # packets hash to the worker that holds its binding, which is this one
-            return ("UDP", host, port)
+            binding = bindings[0]
+            host, port = binding.source
+            if binding.transport == "UDP":
+                # from the shared port, where the phone's NAT binding points; the phone's
+                # packets hash to the worker that holds its binding, which is this one
+                return ("UDP", host, port)
+            flow = self.endpoint.stream_flow((binding.transport, host, port))
+            if flow is not None:
+                return flow  # the connection it registered on (RFC 5626 §5.3)
+            target = binding.contact  # that connection is gone: where the phone listens
         try:
             return await self.endpoint.flow_for(target, own=True)
         except EndpointError as exc:

@@ -253,6 +253,14 @@ class SipEndpoint:
         params = {"transport": transport.lower()} if transport in ("TCP", "TLS") else {}
         return Address(Uri("sip", self.advertised_host, user, self._port_of(flow), params))
 
+    def stream_flow(self, key: tuple[str, str, int]) -> Flow | None:
+        """The flow of the open TCP/TLS connection with the far end ``(transport, host,
+        port)`` (one a phone opened, or one the gateway did), None if there is none."""
+        conn = self._connections.get(key)
+        if conn is None or conn.transport is None:
+            return None
+        return (*conn.key, *conn.local)  # type: ignore[return-value]
+
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()

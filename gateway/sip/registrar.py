@@ -82,6 +82,9 @@ class Binding:
     call_id: str
     cseq: int
     registered_at: float = 0.0
+    #: The transport the REGISTER came over: "UDP", or "TCP"/"TLS", whose connection from
+    #: ``source`` is where requests to the phone go while it lasts (RFC 5626 §5.3).
+    transport: str = "UDP"
 
     def expires_in(self, now: float) -> int:
         """Whole seconds left, as the ``expires`` parameter of a 200 OK lists them."""
@@ -216,8 +219,10 @@ class Registrar:
 
     # -- REGISTER --------------------------------------------------------------------------
 
-    def handle(self, request: Request, source: tuple[str, int], now: float) -> Response:
-        """The response to a REGISTER from ``source`` (host, port) at time ``now``.
+    def handle(self, request: Request, source: tuple[str, int], now: float,
+               transport: str = "UDP") -> Response:
+        """The response to a REGISTER from ``source`` (host, port) over ``transport`` at
+        time ``now``.
 
         Raises ValueError for other methods (the caller routes them), and SipParseError
         when the request has no Call-ID, since no response could be matched to it.
@@ -241,7 +246,7 @@ class Registrar:
             return _reply(request, 403, "Not Your AOR")
         assert user is not None
         try:
-            bindings = self._updated(user, request, contacts, tuple(source), now)
+            bindings = self._updated(user, request, contacts, tuple(source), now, transport)
         except _Abort as abort:
             return _reply(request, abort.status, abort.reason, abort.headers)
         if bindings:
@@ -254,7 +259,7 @@ class Registrar:
 
     def _updated(
         self, user: str, request: Request, contacts: list[Address],
-        source: tuple[str, int], now: float,
+        source: tuple[str, int], now: float, transport: str = "UDP",
     ) -> list[Binding]:
         """The user's bindings after this REGISTER, or _Abort: all or nothing (§10.3 step 8)."""
         call_id = request.call_id
@@ -288,7 +293,8 @@ class Registrar:
             touched.append(address.uri)
             if expires:
                 bindings.append(
-                    Binding(address.uri, source, now + expires, call_id, cseq, registered_at=now)
+                    Binding(address.uri, source, now + expires, call_id, cseq,
+                            registered_at=now, transport=transport)
                 )
         # Bounded memory: the least recently refreshed bindings make room (a phone that
         # rebooted with a new Call-ID leaves stale ones behind). Python's sort is stable,

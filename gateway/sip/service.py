@@ -211,8 +211,8 @@ class SipService(DialIn, DialOut, Upstream):
             if not self.config.users:
                 self._reply(tx, request, 405, headers=[("Allow", ALLOW)])
             else:
-                self.endpoint.respond(tx, self.registrar.handle(request, flow[1:3],
-                                                                self.endpoint.now()))
+                self.endpoint.respond(tx, self.registrar.handle(
+                    request, flow[1:3], self.endpoint.now(), transport=flow[0]))
         elif method == "BYE":
             self._reply(tx, request, 481)
         else:

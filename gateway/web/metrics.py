@@ -431,11 +431,16 @@ class GatewayCollector:
         unclaimed = CounterMetricFamily(
             "gateway_webrtc_udp_port_unclaimed_datagrams",
             "Datagrams on the shared port that no session claimed (dropped).", labels=labels)
+        send_errors = CounterMetricFamily(
+            "gateway_webrtc_udp_port_send_errors",
+            "Datagrams the kernel did not take on the shared port (buffer full, no route).",
+            labels=labels)
         for shared in self.gw.peers.udp_ports.values():
             key = [shared.host, str(shared.port)]
             sessions.add_metric(key, len(shared.router))
             unclaimed.add_metric(key, shared.router.unclaimed)
-        yield from (sessions, unclaimed)
+            send_errors.add_metric(key, shared.send_errors)
+        yield from (sessions, unclaimed, send_errors)
 
     def _admission(self) -> Iterator[Metric]:
         adm = self.gw.admission

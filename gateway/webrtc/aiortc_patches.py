@@ -255,8 +255,9 @@ def pair_route(pair: Any) -> tuple[Callable[[bytes, tuple], Any], tuple]:
         transport, address = pair.protocol.transport, pair.remote_addr
     except AttributeError:
         raise AiortcChanged("aioice CandidatePair.protocol.transport / .remote_addr") from None
-    transport = getattr(transport, "socket_transport", transport)  # on a shared port
-    sock = getattr(transport, "_sock", None)  # asyncio's selector datagram transport
+    sock = getattr(transport, "shared_socket", None)  # a session on the shared UDP port
+    if sock is None:
+        sock = getattr(transport, "_sock", None)  # asyncio's selector datagram transport
     if isinstance(sock, socket.socket):
         return sock.sendto, address
     return transport.sendto, address  # another event loop's transport
@@ -448,7 +449,7 @@ def gather_on_shared_ports(pc: RTCPeerConnection, ports: Mapping[str, SharedUdpP
 async def _get_component_candidates(self: aioice.ice.Connection, component: int,
                                     addresses: list[str], timeout: int = 5) -> list[Candidate]:
     ports: Mapping[str, SharedUdpPort] = getattr(self, _SHARED_PORTS, {})
-    shared = [ports[a] for a in addresses if a in ports and ports[a].transport is not None]
+    shared = [ports[a] for a in addresses if a in ports and ports[a].sock is not None]
     if component != 1 or not shared:  # aiortc muxes RTCP: component 1 is all there is
         return await _original_get_component_candidates(self, component, addresses, timeout)
     while any(port.has(self.local_username) for port in shared):
@@ -472,7 +473,7 @@ async def _get_component_candidates(self: aioice.ice.Connection, component: int,
         for p in protocols
         if self.stun_server and ipaddress.ip_address(p.local_candidate.host).version == 4
     ]
-    rest = [a for a in addresses if a not in ports or ports[a].transport is None]
+    rest = [a for a in addresses if a not in ports or ports[a].sock is None]
     candidates += await _original_get_component_candidates(self, component, rest, timeout)
     if reflexive:  # as aioice does for its own sockets
         done, pending = await asyncio.wait(reflexive, timeout=timeout)

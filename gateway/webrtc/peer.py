@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from aioice.candidate import candidate_foundation
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from ..config import IceServer
@@ -53,6 +55,9 @@ class PeerFactory:
         if not self.ice.udp_port:
             return
         port = self.ice.udp_port + (worker or 0)
+        if port > 65535:
+            raise SharedPortError(errno.EINVAL, f"webrtc.udp_port: worker {worker} would "
+                                  f"use UDP port {port}, above 65535")
         configured = bool(self.ice.host_addresses)
         for host in aiortc_patches.host_addresses():
             shared = SharedUdpPort(host, port)
@@ -91,7 +96,11 @@ class PeerFactory:
         """Announce the additional hosts on the shared port, and replace private
         candidate addresses by their public 1:1 NAT addresses."""
         if self.ice.additional_hosts and self.udp_ports:
-            sdp = _HOST_CANDIDATE.sub(self._with_additional_hosts, sdp)
+            sections = []
+            for section in sdp.split("\r\nm="):  # each extra once per media section,
+                extend = functools.partial(self._with_additional_hosts, added=set())
+                sections.append(_HOST_CANDIDATE.sub(extend, section))  # after IPv4 or IPv6
+            sdp = "\r\nm=".join(sections)
         for private, public in self.ice.nat_1to1.items():
             sdp = re.sub(
                 rf"(a=candidate:\S+ \d+ \S+ \d+ ){re.escape(private)}( )",
@@ -101,13 +110,16 @@ class PeerFactory:
             sdp = sdp.replace(f"c=IN IP4 {private}", f"c=IN IP4 {public}")
         return sdp
 
-    def _with_additional_hosts(self, match: re.Match[str]) -> str:
-        foundation, component, transport, priority, host, port = match.groups()
+    def _with_additional_hosts(self, match: re.Match[str], added: set[str]) -> str:
+        _, component, transport, priority, host, port = match.groups()
         shared = self.udp_ports.get(host)
         if shared is None or int(port) != shared.port:
             return match.group(0)
         lines = [match.group(0)]
         for i, extra in enumerate(self.ice.additional_hosts, 1):
-            lines.append(f"a=candidate:{foundation}x{i} {component} {transport} "
-                         f"{int(priority) - i} {extra} {port} typ host")
+            if extra not in added:
+                added.add(extra)
+                lines.append(f"a=candidate:{candidate_foundation('host', 'udp', extra)} "
+                             f"{component} {transport} {int(priority) - i} {extra} {port} "
+                             "typ host")
         return "\r\n".join(lines)
