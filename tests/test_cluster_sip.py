@@ -128,9 +128,9 @@ async def test_upstream_registration_runs_once_per_cluster_and_moves_when_its_wo
     seen: list[tuple[str, int]] = []  # (Call-ID, source port) of each REGISTER
     handle = registrar.handle
 
-    def spy(request, source, now):
+    def spy(request, source, now, **kwargs):
         seen.append((request.call_id, source[1]))
-        return handle(request, source, now)
+        return handle(request, source, now, **kwargs)
 
     registrar.handle = spy
     sip_port, base = free_port(socket.SOCK_DGRAM), free_port_pair()
