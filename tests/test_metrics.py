@@ -309,3 +309,29 @@ def test_an_output_registry_keeps_what_ended_outputs_sent():
     outputs.remove(b)
     assert outputs.totals() == {"rtp": OutputCounters(packets=16, bytes=2560)}
     assert outputs.count_by_kind() == {} and outputs.get("a") is None
+
+
+async def test_scrapes_that_arrive_together_share_one_generation(gateway, monkeypatch):
+    """Two Prometheus servers (an HA pair) scraping at the same moment cost one
+    generation: the second gets the text the first one's scrape is writing."""
+    from gateway.web import metrics as metrics_module
+
+    original, runs = metrics_module._scrape, []
+
+    async def slow_scrape(state, turns):  # type: ignore[no-untyped-def]
+        runs.append(1)
+        await asyncio.sleep(0.2)
+        return await original(state, turns)
+
+    monkeypatch.setattr(metrics_module, "_scrape", slow_scrape)
+    async with aiohttp.ClientSession() as http:
+        async def scrape() -> str:
+            async with http.get(gateway.url + "/metrics") as r:
+                assert r.status == 200
+                return await r.text()
+
+        first, second = await asyncio.gather(scrape(), scrape())
+        assert first == second and len(runs) == 1
+        assert "gateway_streams" in first
+        await scrape()  # a later scrape generates afresh
+    assert len(runs) == 2

@@ -15,6 +15,7 @@ scrapes is counted, with nothing polling in between. Metric names and meanings:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -45,6 +46,7 @@ from ..models.info import Levels, Readiness
 from .connection_guard import ConnectionGuard
 from .keys import GATEWAY, HTTP_GUARD, turns_of
 from .reply import reply
+from .turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -556,6 +558,8 @@ class Metrics:
         for collector in (self.collector, ProcessCollector(registry=scratch),
                           PlatformCollector(registry=scratch), GCCollector(registry=scratch)):
             self.registry.register(NodeLabelled(collector, node))  # type: ignore[arg-type]
+        #: The scrape being generated: scrapes that arrive meanwhile get its text.
+        self.scraping: asyncio.Future[bytes] | None = None
 
     def checks(self) -> dict[str, bool]:
         gw = self.gw
@@ -586,21 +590,41 @@ class Metrics:
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
+class _Families:
+    """A registry of ready-made metric families (generate_latest only calls collect)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus metrics (text exposition format). Streams are read a slice at a time,
-    then the text is generated in a turn of its own (``web.turns``)."""
-    state, turns = request.app[METRICS], turns_of(request)
+    the families built in a turn of their own and written out a slice at a time
+    (``web.turns``): with hundreds of listeners the text takes several milliseconds.
+    Scrapes that arrive while one is generated (HA Prometheus pairs) share its text."""
+    state = request.app[METRICS]
+    if state.scraping is None:
+        state.scraping = asyncio.ensure_future(_scrape(state, turns_of(request)))
+        state.scraping.add_done_callback(lambda _: setattr(state, "scraping", None))
+    body = await asyncio.shield(state.scraping)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _scrape(state: Metrics, turns: Turns) -> bytes:
     readings = await turns.map(read_stream, list(state.gw.registry.streams.values()))
 
-    def generate() -> bytes:
+    def families() -> list[Metric]:
         state.collector.readings = readings
         try:
-            return generate_latest(state.registry)
+            return list(state.registry.collect())
         finally:
             state.collector.readings = None
 
-    body = await turns.call(generate)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    built = await turns.call(families)
+    return b"".join(await turns.map(lambda f: generate_latest(_Families([f])), built))
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
