@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from aiortc import RTCSessionDescription
 from audio_checks import active, assert_tone
 from conftest import free_port, need_program
 
@@ -201,28 +202,34 @@ async def test_listeners_past_capacity_get_503_and_the_admitted_hear_everything(
     assert stats["admission"]["refused"]["webrtc_listen"] >= len(refusals), stats["admission"]
     assert stats["admission"]["episodes"] < stats["admission"]["refused"]["webrtc_listen"]
 
-    # A refusal is a problem document with Retry-After (CPU hovers at the limit: a
-    # newcomer may be let in now and then; that one is taken back at once).
-    offer_pc = Listener(url, "tone").pc
-    offer = await offer_pc.createOffer()
-    await offer_pc.setLocalDescription(offer)
+    # A refusal is a problem document with Retry-After. The CPU of the listeners that
+    # play settles below the limit after the ramp (CI once admitted 20 newcomers in a
+    # row there), so newcomers are kept, and connected, until one is refused.
+    extra: list[Listener] = []
     async with aiohttp.ClientSession() as http:
-        for _ in range(20):
-            async with http.post(url + "/whep/tone", data=offer_pc.localDescription.sdp,
+        for _ in range(30):
+            lis = Listener(url, "tone")
+            await lis.pc.setLocalDescription(await lis.pc.createOffer())
+            async with http.post(url + "/whep/tone", data=lis.offer_sdp(),
                                  headers={"Content-Type": "application/sdp"}) as r:
                 if r.status == 201:
-                    async with http.delete(url + r.headers["Location"]):
-                        pass
-                    await asyncio.sleep(0.3)
-                    continue
-                body = await r.json(content_type=None)
-                assert r.status == 503 and int(r.headers["Retry-After"]) >= 1
-                assert r.content_type == "application/problem+json"
-                assert "capacity" in body["detail"]
-                break
+                    lis.location = r.headers["Location"]
+                    answer = await r.text()
+                else:
+                    body = await r.json(content_type=None)
+                    assert r.status == 503 and int(r.headers["Retry-After"]) >= 1
+                    assert r.content_type == "application/problem+json"
+                    assert "capacity" in body["detail"]
+                    await lis.pc.close()
+                    break
+            await lis.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            extra.append(lis)
+            await lis.connected(timeout=20)
+            await asyncio.sleep(1.0)  # the CPU window
         else:
-            raise AssertionError("no refusal in 20 tries at the limit")
-    await offer_pc.close()
+            raise AssertionError("no refusal while adding 30 listeners past the ramp")
+    for lis in extra:
+        await lis.delete()
 
     # When listeners leave, newcomers are admitted again. All but one leave: the CPU a
     # listener costs varies (CI's once stayed at 0.88 of the quota after 7 of 15 left).
