@@ -22,6 +22,7 @@ import pytest
 from aioice import stun
 from audio_checks import active, assert_tone
 from conftest import free_port, need_program, start_gateway
+from test_webrtc_fanout import publish
 
 from gateway.config import ConfigError, load
 from gateway.webrtc.client import Listener, Publisher, ToneTrack
@@ -189,9 +190,7 @@ def candidates(sdp: str) -> list[tuple[str, int]]:
 async def test_a_publisher_and_listeners_share_one_port_and_hear_the_stream(gateway_factory):
     port = free_port()
     gw = await gateway_factory(webrtc={"udp_port": port, "additional_hosts": ["192.0.2.7"]})
-    pub = Publisher(gw.url, "one-port", ToneTrack(440))
-    await pub.negotiate()
-    await pub.connected()
+    pub = await publish(gw, "one-port", 440)
     listeners = [Listener(gw.url, "one-port") for _ in range(6)]
     for lis in listeners:
         await lis.negotiate()
