@@ -224,6 +224,35 @@ async def test_a_publisher_and_listeners_share_one_port_and_hear_the_stream(gate
 
 
 @pytest.mark.peer("chromium")
+async def test_chromium_listens_over_the_shared_port(gateway_factory, tmp_path):
+    """A browser listener next to an aiortc one, both fed by the fan-out on the shared
+    socket: the page's analyser hears the 880 Hz tone."""
+    from test_browser import CHROMIUM, chromium, text_becomes
+
+    need_program(CHROMIUM)
+    port = free_port()
+    gw = await gateway_factory(webrtc={"udp_port": port})
+    pub = await publish(gw, "tone-one-port", 880)
+    other = Listener(gw.url, "tone-one-port")
+    await other.negotiate()
+    await other.connected()
+    async with chromium(tmp_path) as page:
+        await page.goto(f"{gw.url}/listen?stream=tone-one-port")
+        await page.click("#play")
+        await text_becomes(page, "#status", "playing")
+        await page.wait_for_function("document.getElementById('level').value > 0.05")
+        peak = await page.text_content("#peak")
+        assert abs(float(peak.split("~")[1].split()[0]) - 880) < 30, peak
+        [browser] = [s for s in gw.gateway.sessions.values()
+                     if s.role == "listener" and s.id not in other.location]
+        ice = browser.pc.getTransceivers()[0].sender.transport.transport
+        assert ice.iceGatherer._connection._nominated[1].local_candidate.port == port
+    assert_tone(active(other.audio()), 880, min_seconds=1.0)
+    await other.delete()
+    await pub.delete()
+
+
+@pytest.mark.peer("chromium")
 async def test_chromium_publishes_over_the_shared_port(gateway_factory, tmp_path):
     from test_browser import CHROMIUM, chromium, text_becomes, wait_until, write_tone_wav
 
