@@ -392,3 +392,43 @@ async def test_a_port_mapped_container_is_heard_from_outside(setup, tmp_path):
         await net.close()
         tail = (tmp_path / "gateway.log").read_text(errors="replace")[-3000:]
         print(tail)
+
+
+async def test_junk_on_the_shared_port_is_counted_and_the_sessions_play_on(gateway_factory,
+                                                                          caplog):
+    """Anyone can send to the published port: random bytes, STUN with unknown ufrags or
+    broken attributes, fake DTLS. All of it is dropped and counted; the listener on the
+    port keeps hearing the stream and nothing is logged as an error."""
+    import logging
+    import random
+
+    port = free_port()
+    gw = await gateway_factory(webrtc={"udp_port": port})
+    pub = await publish(gw, "busy-port", 440)
+    lis = Listener(gw.url, "busy-port")
+    await lis.negotiate()
+    await lis.connected()
+    rng = random.Random(7)
+    junk = [check("zzzz"), check("zzzz")[:30], DTLS, RTP, bytes(20),
+            bytes.fromhex("00010008 2112a442") + bytes(12) + bytes.fromhex("00240002 0001")]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    before = len(lis.pts)
+    sent = 0
+    try:
+        for _ in range(40):  # 2,000 datagrams over ~1 s, from one attacker's port
+            for _ in range(50):
+                data = rng.choice(junk) if rng.random() < 0.7 else rng.randbytes(
+                    rng.randrange(1, 300))
+                sock.sendto(data, ("127.0.0.1", port))
+                sent += 1
+            await asyncio.sleep(0.025)
+    finally:
+        sock.close()
+    await asyncio.sleep(0.5)
+    [shared] = gw.gateway.peers.info()
+    assert shared["unclaimed_datagrams"] >= sent * 0.9, (shared, sent)  # (kernel may drop)
+    assert len(lis.pts) - before >= 50  # >= 1 s of the 1.5 s went on arriving
+    assert_tone(active(lis.audio()[-48000:]), 440, min_seconds=0.8)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await lis.delete()
+    await pub.delete()
