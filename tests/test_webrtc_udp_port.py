@@ -23,6 +23,7 @@ from aioice import stun
 from audio_checks import active, assert_tone
 from conftest import free_port, need_program, start_gateway
 from test_webrtc_fanout import publish
+from test_webrtc_relay import listen
 
 from gateway.config import ConfigError, load
 from gateway.webrtc.client import Listener, Publisher, ToneTrack
@@ -183,6 +184,11 @@ async def test_a_port_in_use_stops_the_gateway_with_the_key_named():
 
 
 # -- aiortc and Chromium on one port ---------------------------------------------------
+def ice_connection(session):  # type: ignore[no-untyped-def]
+    """The aioice Connection of a gateway session."""
+    return session.pc.getTransceivers()[0].sender.transport.transport.iceGatherer._connection
+
+
 def candidates(sdp: str) -> list[tuple[str, int]]:
     return [(m[0], int(m[1])) for m in re.findall(r"a=candidate:\S+ \d+ udp \d+ (\S+) (\d+)", sdp)]
 
@@ -204,8 +210,7 @@ async def test_a_publisher_and_listeners_share_one_port_and_hear_the_stream(gate
 
     # every session's ICE runs on the shared socket: none bound a port of its own
     for session in gw.gateway.sessions.values():
-        ice = session.pc.getTransceivers()[0].sender.transport.transport
-        protocols = ice.iceGatherer._connection._protocols
+        protocols = ice_connection(session)._protocols
         assert [p.transport.get_extra_info("sockname") for p in protocols] == [
             ("127.0.0.1", port)]
     async with aiohttp.ClientSession() as http, http.get(gw.url + "/api/v1/stats") as r:
@@ -233,9 +238,7 @@ async def test_chromium_listens_over_the_shared_port(gateway_factory, tmp_path):
     port = free_port()
     gw = await gateway_factory(webrtc={"udp_port": port})
     pub = await publish(gw, "tone-one-port", 880)
-    other = Listener(gw.url, "tone-one-port")
-    await other.negotiate()
-    await other.connected()
+    other = await listen(gw, "tone-one-port")
     async with chromium(tmp_path) as page:
         await page.goto(f"{gw.url}/listen?stream=tone-one-port")
         await page.click("#play")
@@ -245,8 +248,7 @@ async def test_chromium_listens_over_the_shared_port(gateway_factory, tmp_path):
         assert abs(float(peak.split("~")[1].split()[0]) - 880) < 30, peak
         [browser] = [s for s in gw.gateway.sessions.values()
                      if s.role == "listener" and s.id not in other.location]
-        ice = browser.pc.getTransceivers()[0].sender.transport.transport
-        assert ice.iceGatherer._connection._nominated[1].local_candidate.port == port
+        assert ice_connection(browser)._nominated[1].local_candidate.port == port
     assert_tone(active(other.audio()), 880, min_seconds=1.0)
     await other.delete()
     await pub.delete()
@@ -264,16 +266,12 @@ async def test_chromium_publishes_over_the_shared_port(gateway_factory, tmp_path
         await page.goto(f"{gw.url}/publish?stream=browser-one-port")
         await page.click("#start")
         await text_becomes(page, "#status", "publishing")
-        listener = Listener(gw.url, "browser-one-port")
-        await listener.negotiate()
-        await listener.connected()
+        listener = await listen(gw, "browser-one-port")
         await wait_until(lambda: len(active(listener.audio())) >= 2 * 48000, 12,
                          "2 s of audible audio")
         assert_tone(active(listener.audio()), 660, min_seconds=2.0)
         [session] = [s for s in gw.gateway.sessions.values() if s.role == "publisher"]
-        ice = session.pc.getTransceivers()[0].sender.transport.transport
-        pair = ice.iceGatherer._connection._nominated[1]
-        assert pair.local_candidate.port == port
+        assert ice_connection(session)._nominated[1].local_candidate.port == port
         await listener.delete()
 
 
@@ -405,9 +403,7 @@ async def test_junk_on_the_shared_port_is_counted_and_the_sessions_play_on(gatew
     port = free_port()
     gw = await gateway_factory(webrtc={"udp_port": port})
     pub = await publish(gw, "busy-port", 440)
-    lis = Listener(gw.url, "busy-port")
-    await lis.negotiate()
-    await lis.connected()
+    lis = await listen(gw, "busy-port")
     rng = random.Random(7)
     junk = [check("zzzz"), check("zzzz")[:30], DTLS, RTP, bytes(20),
             bytes.fromhex("00010008 2112a442") + bytes(12) + bytes.fromhex("00240002 0001")]

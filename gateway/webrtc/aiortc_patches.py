@@ -449,7 +449,8 @@ def gather_on_shared_ports(pc: RTCPeerConnection, ports: Mapping[str, SharedUdpP
 async def _get_component_candidates(self: aioice.ice.Connection, component: int,
                                     addresses: list[str], timeout: int = 5) -> list[Candidate]:
     ports: Mapping[str, SharedUdpPort] = getattr(self, _SHARED_PORTS, {})
-    shared = [ports[a] for a in addresses if a in ports and ports[a].sock is not None]
+    open_on = {a for a in addresses if a in ports and ports[a].sock is not None}
+    shared = [ports[a] for a in addresses if a in open_on]
     if component != 1 or not shared:  # aiortc muxes RTCP: component 1 is all there is
         return await _original_get_component_candidates(self, component, addresses, timeout)
     while any(port.has(self.local_username) for port in shared):
@@ -473,7 +474,7 @@ async def _get_component_candidates(self: aioice.ice.Connection, component: int,
         for p in protocols
         if self.stun_server and ipaddress.ip_address(p.local_candidate.host).version == 4
     ]
-    rest = [a for a in addresses if a not in ports or ports[a].sock is None]
+    rest = [a for a in addresses if a not in open_on]
     candidates += await _original_get_component_candidates(self, component, rest, timeout)
     if reflexive:  # as aioice does for its own sockets
         done, pending = await asyncio.wait(reflexive, timeout=timeout)

@@ -19,7 +19,7 @@ from .udp_mux import SharedUdpPort
 log = logging.getLogger(__name__)
 
 _HOST_CANDIDATE = re.compile(
-    r"^a=candidate:(\S+) (\d+) (udp) (\d+) (\S+) (\d+) typ host\b[^\r\n]*", re.MULTILINE | re.I)
+    r"^a=candidate:\S+ (\d+) udp (\d+) (\S+) (\d+) typ host\b[^\r\n]*", re.MULTILINE | re.I)
 
 
 class SharedPortError(OSError):
@@ -111,7 +111,7 @@ class PeerFactory:
         return sdp
 
     def _with_additional_hosts(self, match: re.Match[str], added: set[str]) -> str:
-        _, component, transport, priority, host, port = match.groups()
+        component, priority, host, port = match.groups()
         shared = self.udp_ports.get(host)
         if shared is None or int(port) != shared.port:
             return match.group(0)
@@ -120,6 +120,6 @@ class PeerFactory:
             if extra not in added:
                 added.add(extra)
                 lines.append(f"a=candidate:{candidate_foundation('host', 'udp', extra)} "
-                             f"{component} {transport} {int(priority) - i} {extra} {port} "
+                             f"{component} udp {int(priority) - i} {extra} {port} "
                              "typ host")
         return "\r\n".join(lines)
