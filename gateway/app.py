@@ -41,7 +41,7 @@ def create_app(config: Config, clock: MediaClock | None = None,
     app[HTTP_GUARD] = ConnectionGuard(config.http.header_timeout_s,
                                       config.http.max_pending_per_address)
     app[MAX_BODY] = config.http.max_body_bytes
-    app[TURNS] = Turns()
+    app[TURNS] = Turns(budget=gateway.cpu_budget)
 
     async def on_startup(app: web.Application) -> None:
         _warn_if_open(config)

@@ -18,6 +18,7 @@ from .cluster.wire import default_node_name
 from .codecs.spec import CodecSpec
 from .config import Config, ConfigError, RtpInputEntry, RtpOutputEntry
 from .core.clock import MediaClock
+from .core.cpu_budget import CpuBudget
 from .core.events import EventBus
 from .core.headroom import SAMPLE_S, Admission, AdmissionConfig
 from .core.lateness import BIN_S, recent_quantile_ms
@@ -113,12 +114,16 @@ class Gateway:
             lateness=lambda: list(self.registry.clock.lateness.recent),
             load=self._admitted_load,
         )
+        #: Paces SIP request batches and API listings under a container CPU quota.
+        self.cpu_budget = CpuBudget()
+        self.cpu_budget.cores = self.admission.cores_available
         self.sip: SipService | None = None
         if config.sip.enabled:
             base = config.sip.worker_port_base
             self.sip = SipService(config.sip, self.registry, self.rtp_outputs, w.opus_bitrate,
                                   reuse_port=worker is not None,
                                   own_port=None if worker is None else base and base + worker)
+            self.sip.endpoint.budget = self.cpu_budget
             self.sip.take_sender = self.take_sender
             self.sip.admit = self.admission.admit
             self.sip.refuse_early = self.admission.refuse_while_refusing
@@ -299,6 +304,7 @@ class Gateway:
     async def _sample_headroom(self) -> None:
         while True:
             self.admission.sample()
+            self.cpu_budget.cores = self.admission.cores_available
             await asyncio.sleep(SAMPLE_S)
 
     def name_session(self, session: WebRTCSession) -> None:

@@ -257,8 +257,8 @@ async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_sli
 
 
 async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between():
-    """A flood whose handling outlasts the turn's budget: the rest waits a turn (reading
-    paused meanwhile), so the media clock's timer runs between slices."""
+    """A flood whose handling outlasts the turn's budget: the rest waits a turn, so the
+    media clock's timer runs between slices."""
     loop = LoopTurns()
     handled: list[tuple[bytes, int]] = []
 

@@ -458,6 +458,9 @@ class SipInfo(Info):
     messages_malformed: Count
     messages_too_large: Count
     rate_limited: Count
+    udp_backlog_dropped: Count = Field(description=(
+        "UDP datagrams dropped because the backlog of requests waiting for CPU was full "
+        "(a flood while the container CPU quota paces request handling)"))
     overload_rejected: Count = Field(
         description="requests answered 503 because the transaction table was full")
     invites_refused: dict[str, Count] = Field(description=(

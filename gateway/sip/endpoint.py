@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.cpu_budget import CpuBudget
 from ..logs import request_id
 from .dialog import new_branch
 from .limits import RateLimiter
@@ -123,6 +124,8 @@ class SipEndpoint:
         self.counters = Counters()
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allow_from]
         self.port = settings.port
+        #: Paces request handling under a container CPU quota (the gateway shares its own).
+        self.budget = CpuBudget()
         self.own_port: int | None = None  # bound when settings.own_port is not None
         self._udp: BatchedUdp | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
@@ -195,7 +198,7 @@ class SipEndpoint:
                 local: tuple[str, ...] = (OWN,) if own else ()  # a flow's fourth item
                 udp = await BatchedUdp.open(
                     host, port, bool(reuse_port),
-                    lambda batch: self.received_batch(batch, local))
+                    lambda batch: self.received_batch(batch, local), self.budget)
                 port = udp.sockname[1]
             if "tcp" in self.settings.transports:
                 tcp = await loop.create_server(
@@ -234,6 +237,11 @@ class SipEndpoint:
     @property
     def advertised_host(self) -> str:
         return self.settings.advertised_host or self.settings.bind_host
+
+    @property
+    def udp_backlog_dropped(self) -> int:
+        """UDP datagrams dropped because the backlog waiting for the CPU was full."""
+        return sum(udp.dropped for udp in (self._udp, self._own_udp) if udp is not None)
 
     # -- what the service uses -----------------------------------------------------
     def _port_of(self, flow: Flow) -> int:

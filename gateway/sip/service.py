@@ -372,6 +372,7 @@ class SipService(DialIn, DialOut, Upstream):
             messages_malformed=counters.malformed,
             messages_too_large=counters.too_large,
             rate_limited=counters.rate_limited,
+            udp_backlog_dropped=self.endpoint.udp_backlog_dropped,
             overload_rejected=self.endpoint.layer.rejected_overload,
             invites_refused=dict(self.endpoint.gate.refused),
             overload_episodes=self.endpoint.gate.episodes,

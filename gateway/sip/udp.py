@@ -8,10 +8,16 @@ once, and requests that arrive together are handled together (a CANCEL right beh
 INVITE is seen in the same turn, before the INVITE's answering task has run).
 
 Handling a batch is cut into slices of ``SLICE`` datagrams, and a turn of the loop stops
-handling after ``BUDGET_S`` of it: the rest waits for the next turn (reading pauses
-meanwhile; the kernel's socket buffer holds what comes), so a flood of OPTIONS costs the
-media clock at most about one budget of lateness per tick, not the whole batch (64
-requests of 50-150 us each).
+handling after ``BUDGET_S`` of it: the rest waits for the next turn, so a flood of
+OPTIONS costs the media clock at most about one budget of lateness per tick, not the
+whole batch (64 requests of 50-150 us each). Under a container CPU quota the slices are
+also paced to the CPU the media leaves (gateway/core/cpu_budget.py), so that a flood
+does not use up the quota's period and throttle the media clock.
+
+Reading goes on meanwhile, into a backlog of at most ``MAX_BACKLOG`` datagrams: a
+datagram waits there for its turn (a few hundred bytes each) rather than in the kernel's
+socket buffer, which holds far fewer (each takes a page or more of it). What arrives
+with the backlog full is dropped and counted (``dropped``), as the kernel would drop it.
 
 Sending is a plain non-blocking ``sendto``: a full socket buffer raises (the endpoint
 counts it as a send error) instead of queueing, as SIP over UDP recovers by
@@ -27,6 +33,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ..core.cpu_budget import CpuBudget
+
 log = logging.getLogger(__name__)
 
 #: Datagrams read per wake-up at most, so a flood cannot hold the loop for long either.
@@ -37,6 +45,8 @@ MAX_DATAGRAM = 65535
 SLICE = 8
 #: Handling time per turn of the loop, after which the rest of a batch waits a turn.
 BUDGET_S = 0.001
+#: Datagrams waiting to be handled at most (a flood of 200 OPTIONS fits four times over).
+MAX_BACKLOG = 1024
 
 Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 
@@ -46,18 +56,22 @@ class BatchedUdp:
     datagrams of one wake-up, in arrival order."""
 
     def __init__(self, sock: socket.socket,
-                 on_batch: Callable[[list[tuple[bytes, Address]]], None]) -> None:
+                 on_batch: Callable[[list[tuple[bytes, Address]]], None],
+                 budget: CpuBudget | None = None) -> None:
         self._sock: socket.socket | None = sock
         self._on_batch = on_batch
+        self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
         self._backlog: deque[tuple[bytes, Address]] = deque()
-        self._reading = True
+        self._draining: asyncio.Handle | None = None  # the next slice, when one waits
+        self.dropped = 0  # datagrams that found the backlog full
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._read_ready)
 
     @classmethod
     async def open(cls, host: str, port: int, reuse_port: bool,
-                   on_batch: Callable[[list[tuple[bytes, Address]]], None]) -> BatchedUdp:
+                   on_batch: Callable[[list[tuple[bytes, Address]]], None],
+                   budget: CpuBudget | None = None) -> BatchedUdp:
         """Bind ``host:port`` (0: any free port); OSError as bind() raises it."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
@@ -68,7 +82,7 @@ class BatchedUdp:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
-            return cls(sock, on_batch)
+            return cls(sock, on_batch, budget)
         except BaseException:
             sock.close()
             raise
@@ -85,34 +99,39 @@ class BatchedUdp:
         backlog = self._backlog
         for _ in range(BATCH):
             try:
-                backlog.append(sock.recvfrom(MAX_DATAGRAM))
+                datagram = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # an ICMP error queued on the socket: skip it
                 log.debug("sip udp: %s", exc)
-        self._drain()
+                continue
+            if len(backlog) < MAX_BACKLOG:
+                backlog.append(datagram)
+            else:
+                self.dropped += 1
+        if self._draining is None:
+            self._drain()
 
     def _drain(self) -> None:
-        """Handle the backlog a slice at a time until it is empty or the turn's budget
-        is spent; then read again, or come back next turn (not reading meanwhile)."""
-        backlog = self._backlog
+        """Handle the backlog a slice at a time until it is empty, the turn's budget is
+        spent (the rest next turn) or the CPU budget says wait (the rest a little later)."""
+        self._draining = None
+        backlog, budget = self._backlog, self._budget
         deadline = time.perf_counter() + BUDGET_S
         while backlog:
+            wait = budget.wait_s()
+            if wait > 0:
+                self._draining = self._loop.call_later(wait, self._drain)
+                return
             self._on_batch([backlog.popleft() for _ in range(min(SLICE, len(backlog)))])
             if backlog and time.perf_counter() > deadline:
-                self._set_reading(False)
-                self._loop.call_soon(self._drain)
+                self._draining = self._loop.call_soon(self._drain)
                 return
-        self._set_reading(True)
 
-    def _set_reading(self, reading: bool) -> None:
-        if self._sock is None or reading == self._reading:
-            return
-        self._reading = reading
-        if reading:
-            self._loop.add_reader(self._sock.fileno(), self._read_ready)
-        else:
-            self._loop.remove_reader(self._sock.fileno())
+    @property
+    def backlog(self) -> int:
+        """Datagrams read and waiting to be handled."""
+        return len(self._backlog)
 
     def sendto(self, data: bytes, address: Address) -> None:
         """Send now or raise OSError (BlockingIOError on a full buffer)."""
@@ -122,7 +141,10 @@ class BatchedUdp:
 
     def close(self) -> None:
         if self._sock is not None:
-            self._set_reading(False)
+            self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
             self._backlog.clear()
+            if self._draining is not None:
+                self._draining.cancel()
+                self._draining = None

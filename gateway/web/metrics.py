@@ -390,6 +390,8 @@ class GatewayCollector:
              "SIP messages over sip.max_message_bytes."),
             (c.rate_limited, "gateway_sip_messages_rate_limited_total",
              "SIP messages dropped by the per-source rate limit."),
+            (sip.endpoint.udp_backlog_dropped, "gateway_sip_udp_backlog_dropped_total",
+             "SIP UDP datagrams dropped because the backlog waiting for CPU was full."),
             (c.forbidden, "gateway_sip_messages_forbidden_total",
              "SIP messages dropped because the source is not in sip.allow_from."),
             (c.send_errors, "gateway_sip_send_errors_total", "SIP messages that failed to send."),
@@ -467,6 +469,11 @@ class GatewayCollector:
             "gateway_admission_cores_available",
             "Cores this process may use: one, or less under a container CPU quota.",
             value=adm.cores_available)
+        yield CounterMetricFamily(
+            "gateway_cpu_paced_waits_total",
+            "Times SIP request handling or API listings waited for room in the container "
+            "CPU quota's period (so that the media clock is not throttled).",
+            value=self.gw.cpu_budget.waits)
         yield GaugeMetricFamily(
             "gateway_clock_lateness_p99_seconds",
             "99th percentile of the media clock's tick lateness over the last second.",

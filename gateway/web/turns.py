@@ -9,7 +9,8 @@ in the same turn again.
 
 Work done through :class:`Turns` is cut into slices of about ``slice_s`` of CPU, and one
 slice, across all requests, runs per turn of the loop: a burst of requests waits its
-turn (first come, first served); the clock does not.
+turn (first come, first served); the clock does not. Under a container CPU quota a slice
+also waits until the quota's period has room for it (gateway/core/cpu_budget.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from ..core.cpu_budget import CpuBudget
 from .reply import json_of
 
 T = TypeVar("T")
@@ -35,8 +37,9 @@ SLICE_S = 0.001
 class Turns:
     """One per application: the queue API work waits in for its slices."""
 
-    def __init__(self, slice_s: float = SLICE_S) -> None:
+    def __init__(self, slice_s: float = SLICE_S, budget: CpuBudget | None = None) -> None:
         self.slice_s = slice_s
+        self.budget = budget or CpuBudget()
         self._lock = asyncio.Lock()  # FIFO: requests are served in arrival order
 
     async def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
@@ -45,11 +48,13 @@ class Turns:
         out: list[R] = []
         clock = time.perf_counter
         async with self._lock:
+            await self._turn()
             deadline = clock() + self.slice_s
             for item in items:
                 out.append(fn(item))
                 if clock() > deadline:
                     await asyncio.sleep(0)
+                    await self._turn()
                     deadline = clock() + self.slice_s
         return out
 
@@ -57,7 +62,13 @@ class Turns:
         """``fn()`` as one slice of its own (it should cost about one slice)."""
         async with self._lock:
             await asyncio.sleep(0)  # not in the turn of the slice before it
+            await self._turn()
             return fn()
+
+    async def _turn(self) -> None:
+        """Wait until the CPU budget has room for a slice."""
+        while (wait := self.budget.wait_s()) > 0:
+            await asyncio.sleep(wait)
 
     async def reply_with_list(self, model: BaseModel, field: str, items: Iterable[T],
                               describe: Callable[[T], BaseModel]) -> web.Response:

@@ -1,0 +1,127 @@
+"""Pacing work that can wait to a container CPU quota (gateway/core/cpu_budget.py), on
+fake clocks, and the SIP UDP socket that keeps reading while its handling is paced."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from gateway.core.cpu_budget import LIMIT, MAX_WAIT_S, RETRY_S, WINDOW_S, CpuBudget
+from gateway.sip import udp as udp_module
+from gateway.sip.udp import BatchedUdp
+
+
+class Clocks:
+    """Wall time and the process's CPU time, moved by the test."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.cpu = 5.0
+
+    def run(self, seconds: float, cores: float) -> None:
+        """``seconds`` pass with the process using ``cores``, sampled every 10 ms."""
+        for _ in range(round(seconds / 0.01)):
+            self.t += 0.01
+            self.cpu += 0.01 * cores
+            yield
+
+
+def budget_on(clocks: Clocks, cores: float) -> CpuBudget:
+    budget = CpuBudget(now=lambda: clocks.t, cpu=lambda: clocks.cpu)
+    budget.cores = cores
+    return budget
+
+
+def test_without_a_quota_below_one_core_nothing_waits():
+    clocks = Clocks()
+    budget = budget_on(clocks, 1.0)
+    for _ in clocks.run(0.3, cores=1.0):
+        assert budget.wait_s() == 0.0
+    assert not budget.paced and budget.waits == 0
+
+
+def test_slices_run_while_the_last_window_leaves_room_in_the_quota():
+    clocks = Clocks()
+    budget = budget_on(clocks, 0.5)
+    for _ in clocks.run(0.3, cores=0.5 * 0.8):  # the media at 80 % of the quota
+        assert budget.wait_s() == 0.0
+    assert budget.used_s() == pytest.approx(0.5 * 0.8 * WINDOW_S)
+
+
+def test_a_slice_waits_once_the_window_reaches_the_limit_and_runs_when_it_falls():
+    clocks = Clocks()
+    budget = budget_on(clocks, 0.5)
+    for _ in clocks.run(0.2, cores=0.5 * 0.8):
+        budget.wait_s()
+    clocks.t += 0.001
+    clocks.cpu += 0.5 * LIMIT * WINDOW_S  # a burst: the window is now over the limit
+    assert budget.wait_s() == RETRY_S
+    assert budget.waits == 1
+    for _ in clocks.run(WINDOW_S + 0.02, cores=0.5 * 0.5):  # the burst leaves the window
+        pass
+    assert budget.wait_s() == 0.0
+
+
+def test_paced_work_still_runs_a_slice_every_max_wait_when_the_media_fills_the_quota():
+    clocks = Clocks()
+    budget = budget_on(clocks, 0.5)
+    ran = []
+    for _ in clocks.run(1.0, cores=0.5):  # overloaded: no room at all
+        if budget.wait_s() == 0.0:
+            ran.append(clocks.t)
+    gaps = [b - a for a, b in zip(ran, ran[1:], strict=False)]
+    assert len(ran) >= 1.0 / MAX_WAIT_S - 2
+    assert max(gaps) <= MAX_WAIT_S + 0.011
+
+
+def test_a_long_quiet_gap_is_averaged_not_mistaken_for_a_burst():
+    clocks = Clocks()
+    budget = budget_on(clocks, 0.5)
+    budget.wait_s()
+    clocks.t += 5.0
+    clocks.cpu += 5.0 * 0.1  # 0.1 core over 5 s: no sample in between
+    assert budget.used_s() == pytest.approx(0.1 * WINDOW_S)
+    assert budget.wait_s() == 0.0
+
+
+class Refusing(CpuBudget):
+    """A budget with no room until the test opens it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cores = 0.5
+        self.open = False
+
+    def wait_s(self) -> float:
+        if self.open:
+            return 0.0
+        self.waits += 1
+        return 0.01
+
+
+async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(monkeypatch):
+    """While the quota paces request handling, datagrams are still read (so the kernel's
+    small buffer does not overflow) and handled in order once there is room; what
+    arrives beyond MAX_BACKLOG is dropped and counted."""
+    monkeypatch.setattr(udp_module, "MAX_BACKLOG", 150)
+    handled: list[bytes] = []
+    budget = Refusing()
+    udp = await BatchedUdp.open("127.0.0.1", 0, False,
+                                lambda batch: handled.extend(d for d, _ in batch), budget)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for i in range(200):
+            client.sendto(b"%d" % i, udp.sockname)
+            if i % 50 == 49:
+                await asyncio.sleep(0.02)  # the loop reads between the groups
+        await asyncio.sleep(0.05)
+        assert handled == [] and udp.backlog == 150 and udp.dropped == 50
+        budget.open = True
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(handled) == 150:
+                break
+    udp.close()
+    assert handled == [b"%d" % i for i in range(150)]
+    assert budget.waits > 0
