@@ -25,7 +25,11 @@ phase of ``--phase-s`` seconds per kind of burst, each burst repeated every
 * ``http``: ``--http`` API requests at once, a mix of ``GET /api/v1/streams``,
   ``/api/v1/sessions`` (every listener), ``/api/v1/streams/bench``, ``/api/v1/stats``
   and ``/metrics``;
-* ``gc``: a full garbage collection (``gc.collect()`` on SIGUSR2 in the gateway);
+* ``gc``: garbage for the collector: 10,000 lists in reference cycles made at once in
+  the gateway (SIGUSR2; what ~25 closed sessions' aiortc objects leave), collected
+  whenever the gateway's collector settings say; ``--gc-burst collect`` instead forces a
+  full collection (``gc.collect()``) at that moment, as CPython's own full collections
+  came before 2026-12-06 (gateway/heap.py);
 * ``all``: the four at the same moment.
 
 The clock records every tick's lateness (``GET /api/v1/stats`` → ``clock_lateness``, a
@@ -86,7 +90,12 @@ def dump(*_):
         json.dump(pauses, f)
     os.replace(path + ".part", path)
 signal.signal(signal.SIGUSR1, dump)
-signal.signal(signal.SIGUSR2, lambda *_: gc.collect())
+def garbage(*_):
+    for _ in range(10000):
+        cycle = []
+        cycle.append(cycle)
+signal.signal(signal.SIGUSR2, garbage if os.environ.get("TICK_GC_BURST") == "garbage"
+              else lambda *_: gc.collect())
 from gateway.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -96,8 +105,8 @@ sys.exit(main(sys.argv[1:]))
 class Confined:
     """The gateway process in its own CPU cgroup; CFS settings changed while it runs."""
 
-    def __init__(self, src: Path, quota: float) -> None:
-        self.src, self.quota = src, quota
+    def __init__(self, src: Path, quota: float, gc_burst: str = "garbage") -> None:
+        self.src, self.quota, self.gc_burst = src, quota, gc_burst
         self.port = fanout.free_port()
         self.sip_port = fanout.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -133,6 +142,7 @@ class Confined:
             "GATEWAY_SIP__MAX_CALLS": "5000",
             "GATEWAY_SIP__CODECS": '["PCMU"]',
             "TICK_GC_FILE": str(self.gc_file),
+            "TICK_GC_BURST": self.gc_burst,
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WRAPPER, "serve", "--port", str(self.port),
@@ -358,7 +368,7 @@ async def run_server(label: str, src: Path, args: argparse.Namespace,
 
     from gateway.webrtc.client import Publisher, ToneTrack
 
-    gw = Confined(src, args.quota)
+    gw = Confined(src, args.quota, args.gc_burst)
     period, burst = args.cfs[0]
     gw.set_cfs(period, burst)
     gw.start()
@@ -490,6 +500,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--load-procs", type=int, default=2)
     p.add_argument("--verify-every", type=int, default=50)
     p.add_argument("--poll-ms", type=float, default=10.0)
+    p.add_argument("--gc-burst", choices=("garbage", "collect"), default="garbage")
     p.add_argument("--json")
     return p.parse_args()
 

@@ -539,7 +539,7 @@ class Gateway:
         self.registry.start()
         self._spawn(self._sample_headroom())
         if self.heap is not None:
-            self._spawn(self.heap.run(lambda: len(self.sessions)))
+            self.registry.on_tick.append(self.heap.tick_hook(lambda: len(self.sessions)))
         await self._start_configured_io()
         if self.sip is not None:
             try:

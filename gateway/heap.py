@@ -3,24 +3,21 @@
 1. Freeze the start-up heap. Everything imported and built before serving (aiortc, av,
    numpy, scipy: ~110k objects) lives for the whole process; frozen, a full collection
    no longer walks it, and the event loop no longer pauses ~50 ms each time one runs.
-2. Let full collections come when there is garbage, not after a quota of allocations.
-   A closed WebRTC session leaves ~550 objects in reference cycles (aiortc's peer
-   connection, transports, RTP history), which only a full collection frees. CPython's
-   generational collector (3.11-3.13) starts one when the objects promoted since the last
-   one exceed a quarter of those that survived it, *and* only after 10 middle-generation
-   collections. A gateway that mostly forwards packets allocates so little that the second
-   condition held closed sessions for minutes (bench/churn.py: no full collection in 20
-   rounds of 1 publisher + 5 listeners, 35k objects and 13 MiB waiting). Without it the
-   quarter rule still keeps collection work in proportion to allocation: a busy gateway
-   collects as often as before.
-3. Collect once more after the freeze, so that "those that survived" counts what is not
-   frozen (~0), not the 110k objects just frozen, which the quarter rule would otherwise
-   have to match with 28k promotions before the first full collection.
-4. Keep the sessions' objects out of full collections too (Keeper, run by `gateway
-   serve`): every few seconds collect what was made since the last freeze (cheap: only
-   that is walked) and freeze the survivors. A closed session no longer needs the
-   collector (gateway/webrtc/session.py drops the event handlers that made its cycles);
-   a thaw bounds whatever else ends up as garbage while frozen.
+2. Keep the sessions' objects out of full collections too (Keeper): every few seconds
+   collect what was made since the last freeze (cheap: only that is walked) and freeze
+   the survivors. A closed session no longer needs the collector (gateway/webrtc/
+   session.py drops the event handlers that made its cycles); a thaw bounds whatever
+   else ends up as garbage while frozen.
+3. Full collections only at the Keeper's steps, just after a media tick's fan-out. A
+   full collection holds the event loop for as long as it walks; CPython starts one
+   after enough allocations, at whatever moment that is: during a burst of SIP or API
+   work, with that work's objects alive, 6-50 ms in the middle of a tick's period
+   (docs/benchmarks.md, "Timing under load"). The Keeper's step collects every few
+   seconds anyway, so the collector's own full collections are switched off (young
+   collections stay as they are: they walk only the young objects) and the Keeper's
+   step waits for a tick, runs ``AFTER_TICK_S`` after it, when the tick's packets are
+   out and the next tick is ~15 ms away. Garbage in reference cycles waits at most
+   ``FREEZE_EVERY_S`` for it (closed sessions leave little: point 2).
 """
 
 from __future__ import annotations
@@ -34,18 +31,25 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+#: The collector's own full collections: never (point 3 above).
+NO_FULL_COLLECTIONS = 2**31 - 1
+
+
 def settle() -> None:
-    """Call once, after start-up and before serving."""
+    """Call once, after start-up and before serving (then run a Keeper)."""
     gc.collect()
     gc.freeze()
-    gc.collect()
     young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 0)
+    gc.set_threshold(young, middle, NO_FULL_COLLECTIONS)
 
 
 #: How often the objects made since the last freeze are collected (only they are walked)
 #: and the survivors frozen: sessions that connected meanwhile leave full collections.
 FREEZE_EVERY_S = 5.0
+#: A step runs this long after the media tick that found it due: the tick's fan-out
+#: (shared encoders, then the packets to every listener) has run, the next tick is
+#: ~15 ms away.
+AFTER_TICK_S = 0.004
 #: A frozen object is never walked, so cycles of frozen objects that become garbage (what
 #: a closed session still leaves in cycles) stay until the next thaw: unfreeze, one full collection
 #: (the pause that freezing avoids the rest of the time), freeze again. It comes when
@@ -82,6 +86,7 @@ class Keeper:
         self.ended_frozen = 0  # sessions frozen, then ended, since the last thaw
         self.freezes = 0
         self.thaws = 0
+        self._scheduled = False
 
     def ended(self, started: float) -> None:
         """A session that began at ``started`` (this clock) has ended."""
@@ -102,11 +107,21 @@ class Keeper:
             self.ended_frozen = 0
         gc.collect()
         gc.freeze()
-        gc.collect()  # the quarter rule counts from ~0 survivors again, as after settle()
         self.frozen_at = self.clock()
         self.freezes += 1
 
-    async def run(self, live_sessions: Callable[[], int]) -> None:
-        while True:
-            await asyncio.sleep(self.freeze_every_s)
+    def tick_hook(self, live_sessions: Callable[[], int]) -> Callable[[object], None]:
+        """A media-clock tick hook (``registry.on_tick``) that runs the step when due,
+        ``AFTER_TICK_S`` after the tick."""
+        loop = asyncio.get_running_loop()
+
+        def run_step() -> None:
+            self._scheduled = False
             self.step(live_sessions())
+
+        def on_tick(_fed: object) -> None:
+            if not self._scheduled and self.clock() - self.frozen_at >= self.freeze_every_s:
+                self._scheduled = True
+                loop.call_later(AFTER_TICK_S, run_step)
+
+        return on_tick
