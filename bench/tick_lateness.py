@@ -84,11 +84,26 @@ def on_gc(phase, info):
     else:
         pauses.append((info["generation"], (time.perf_counter() - started[0]) * 1000))
 gc.callbacks.append(on_gc)
+slow = []  # (ms, callback) of event-loop callbacks over $TICK_SLOW_MS
+if os.environ.get("TICK_SLOW_MS"):
+    import asyncio.events
+    limit, run = float(os.environ["TICK_SLOW_MS"]) / 1000, asyncio.events.Handle._run
+    def timed(self):
+        t0 = time.perf_counter()
+        run(self)
+        took = time.perf_counter() - t0
+        if took > limit:
+            slow.append((round(took * 1000, 2), time.time(), repr(self)[:300]))
+    asyncio.events.Handle._run = timed
 def dump(*_):
     path = os.environ["TICK_GC_FILE"]
     with open(path + ".part", "w") as f:
         json.dump(pauses, f)
     os.replace(path + ".part", path)
+    if slow:
+        with open(os.environ.get("TICK_SLOW_FILE") or path + ".slow", "a") as f:
+            f.writelines(json.dumps(s) + "\n" for s in slow)
+        slow.clear()
 signal.signal(signal.SIGUSR1, dump)
 def garbage(*_):
     for _ in range(10000):
@@ -143,6 +158,8 @@ class Confined:
             "GATEWAY_SIP__CODECS": '["PCMU"]',
             "TICK_GC_FILE": str(self.gc_file),
             "TICK_GC_BURST": self.gc_burst,
+            "TICK_SLOW_MS": os.environ.get("TICK_SLOW_MS", ""),  # callbacks over it
+            "TICK_SLOW_FILE": os.environ.get("TICK_SLOW_FILE", ""),  # ... listed here
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WRAPPER, "serve", "--port", str(self.port),

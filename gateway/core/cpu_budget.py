@@ -21,6 +21,7 @@ core, so the kernel has nothing to throttle it for).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -76,3 +77,8 @@ class CpuBudget:
             return RETRY_S
         self._last_slice = now
         return 0.0
+
+    async def turn(self) -> None:
+        """Wait until a slice of paced work may run."""
+        while (wait := self.wait_s()) > 0:
+            await asyncio.sleep(wait)

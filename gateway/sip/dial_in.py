@@ -127,6 +127,9 @@ class DialIn(ServicePart):
             if challenge is not None:
                 self.endpoint.respond(tx, challenge)
                 return
+        # Setting the call up (ports, codecs, the stream's readers) is work that can wait
+        # for room in a container CPU quota's period; refusals above do not wait.
+        await self.endpoint.budget.turn()
         route = self.route(user)
         try:
             listen = self._stream(route.listen) if route.listen else None

@@ -48,13 +48,13 @@ class Turns:
         out: list[R] = []
         clock = time.perf_counter
         async with self._lock:
-            await self._turn()
+            await self.budget.turn()
             deadline = clock() + self.slice_s
             for item in items:
                 out.append(fn(item))
                 if clock() > deadline:
                     await asyncio.sleep(0)
-                    await self._turn()
+                    await self.budget.turn()
                     deadline = clock() + self.slice_s
         return out
 
@@ -62,13 +62,8 @@ class Turns:
         """``fn()`` as one slice of its own (it should cost about one slice)."""
         async with self._lock:
             await asyncio.sleep(0)  # not in the turn of the slice before it
-            await self._turn()
+            await self.budget.turn()
             return fn()
-
-    async def _turn(self) -> None:
-        """Wait until the CPU budget has room for a slice."""
-        while (wait := self.budget.wait_s()) > 0:
-            await asyncio.sleep(wait)
 
     async def reply_with_list(self, model: BaseModel, field: str, items: Iterable[T],
                               describe: Callable[[T], BaseModel]) -> web.Response:
