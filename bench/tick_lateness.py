@@ -93,7 +93,9 @@ if os.environ.get("TICK_SLOW_MS"):
         run(self)
         took = time.perf_counter() - t0
         if took > limit:
-            slow.append((round(took * 1000, 2), time.time(), repr(self)[:300]))
+            what = getattr(self._callback, "__self__", None)
+            what = what.get_coro() if hasattr(what, "get_coro") else self
+            slow.append((round(took * 1000, 2), time.time(), repr(what)[:300]))
     asyncio.events.Handle._run = timed
 def dump(*_):
     path = os.environ["TICK_GC_FILE"]
