@@ -8,7 +8,15 @@ import socket
 
 import pytest
 
-from gateway.core.cpu_budget import LIMIT, MAX_WAIT_S, RETRY_S, WINDOW_S, CpuBudget
+from gateway.core.cpu_budget import (
+    LIMIT,
+    MAX_WAIT_S,
+    NEXT_TURN_S,
+    RETRY_S,
+    TURN_S,
+    WINDOW_S,
+    CpuBudget,
+)
 from gateway.sip import udp as udp_module
 from gateway.sip.udp import BatchedUdp
 
@@ -29,7 +37,7 @@ class Clocks:
 
 
 def budget_on(clocks: Clocks, cores: float) -> CpuBudget:
-    budget = CpuBudget(now=lambda: clocks.t, cpu=lambda: clocks.cpu)
+    budget = CpuBudget(now=lambda: clocks.t, cpu=lambda: clocks.cpu, turn_s=None)
     budget.cores = cores
     return budget
 
@@ -86,11 +94,27 @@ def test_a_long_quiet_gap_is_averaged_not_mistaken_for_a_burst():
     assert budget.wait_s() == 0.0
 
 
+async def test_paced_work_of_all_kinds_shares_a_millisecond_per_turn_of_the_loop():
+    """Twenty call set-ups, a SIP slice and an API slice that arrive in the same turn
+    must not all run before the tick due next: those that would start more than TURN_S
+    after the turn's first paced slice wait for a later turn."""
+    clocks = Clocks()
+    budget = CpuBudget(now=lambda: clocks.t, cpu=lambda: clocks.cpu)
+    assert budget.wait_s() == 0.0  # the first slice of this turn
+    clocks.t += TURN_S * 0.9
+    assert budget.wait_s() == 0.0  # another kind, still within the turn's share
+    clocks.t += TURN_S * 0.2
+    assert budget.wait_s() == NEXT_TURN_S  # the rest: a later turn
+    await asyncio.sleep(0)
+    assert budget.wait_s() == 0.0  # a new turn
+    assert budget.waits == 0  # no quota: these are turns, not waits for the quota
+
+
 class Refusing(CpuBudget):
     """A budget with no room until the test opens it."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(turn_s=None)
         self.cores = 0.5
         self.open = False
 

@@ -1,22 +1,26 @@
-"""Work that can wait is paced to the CPU a container quota leaves the media.
+"""Work that can wait takes turns with the media clock, and is paced to a CPU quota.
 
-A container CPU limit is a CFS quota: e.g. 50 ms of CPU in every 100 ms period. A burst
-of other work (a flood of SIP requests, API listings) that needs more than what is left
-of the current period throttles the whole process until the next period, and the media
-clock's tick due meanwhile runs tens of milliseconds late for every listener. Slicing
-the burst (gateway/sip/udp.py, gateway/web/turns.py) lets ticks run between slices, but
-does not make its CPU fit in the period.
+Work that can wait: SIP requests (a datagram batch, a call's set-up), API listings and
+/metrics. Two limits keep it from making the media clock's ticks late:
 
-So before each slice of such work the process looks at its own CPU over the last
-``WINDOW_S`` (the period Docker and Kubernetes use): a slice runs only while that stays
-under ``LIMIT`` of the quota. If no 100 ms window exceeds the quota, no period does, and
-the kernel never throttles; the burst is spread over as many periods as it needs. The
-media's own work is never paced. Paced work still progresses while the media alone
-fills the quota (one slice every ``MAX_WAIT_S``): the gateway is then overloaded, and
-admission control refuses newcomers.
+* **Per turn of the event loop.** A tick that falls due waits for every callback the
+  loop already runs in its current turn. Each kind of work cut into ~1 ms slices is not
+  enough when several arrive together (a flood of OPTIONS, ten listings, twenty
+  INVITEs: each kind's slice, plus twenty call set-ups, in the same turn: 12 ms). So
+  paced work starts only within ``TURN_S`` of the first paced slice of the turn; the
+  rest waits for a later turn.
+* **Per period of a container CPU quota.** A CFS quota is e.g. 50 ms of CPU in every
+  100 ms period. Work that needs more than what is left of the period throttles the
+  whole process until the next one, and the ticks due meanwhile run tens of
+  milliseconds late. So paced work starts only while the process's own CPU over the last
+  ``WINDOW_S`` (the period Docker and Kubernetes use) stays under ``LIMIT`` of the quota:
+  if no 100 ms window exceeds the quota, no period does, and a burst is spread over as
+  many periods as it needs. It still progresses while the media alone fills the quota
+  (a slice every ``MAX_WAIT_S``): the gateway is then overloaded, and admission control
+  refuses newcomers. Without a quota below one core this limit is off (one event loop
+  cannot use more than a core: the kernel has nothing to throttle it for).
 
-Without a quota below one core nothing is paced (one event loop cannot use more than a
-core, so the kernel has nothing to throttle it for).
+The media's own work is never paced.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ MAX_WAIT_S = 0.05
 RETRY_S = 0.005
 #: CPU samples are this far apart at least (a slice is ~1 ms).
 SAMPLE_GAP_S = 0.002
+#: Paced work starts within this long of the first paced slice of a loop turn.
+TURN_S = 0.001
+#: ... or waits this long (a timer: a later turn of the loop).
+NEXT_TURN_S = 0.0005
 
 
 class CpuBudget:
     def __init__(self, now: Callable[[], float] = time.perf_counter,
-                 cpu: Callable[[], float] = time.process_time) -> None:
+                 cpu: Callable[[], float] = time.process_time,
+                 turn_s: float | None = TURN_S) -> None:
         self._now = now
         self._cpu = cpu
+        self.turn_s = turn_s  # None: no limit per loop turn (tests on fake clocks)
+        self._turn_began: float | None = None
         #: Cores the process may use (the gateway sets it from its cgroup quota).
         self.cores = 1.0
         self._samples: deque[tuple[float, float]] = deque()
@@ -68,6 +79,13 @@ class CpuBudget:
 
     def wait_s(self) -> float:
         """0 if a slice of paced work may run now, else how long to wait first."""
+        if self.turn_s is not None:
+            now = self._now()
+            if self._turn_began is None:
+                self._turn_began = now
+                asyncio.get_running_loop().call_soon(self._next_turn)
+            elif now - self._turn_began > self.turn_s:
+                return NEXT_TURN_S
         if self.cores >= 1.0:
             return 0.0
         full = self.used_s() >= LIMIT * self.cores * WINDOW_S
@@ -77,6 +95,9 @@ class CpuBudget:
             return RETRY_S
         self._last_slice = now
         return 0.0
+
+    def _next_turn(self) -> None:
+        self._turn_began = None
 
     async def turn(self) -> None:
         """Wait until a slice of paced work may run."""

@@ -7,12 +7,13 @@ wake-up handles a burst in one go: the overload gate refuses the excess of a bur
 once, and requests that arrive together are handled together (a CANCEL right behind its
 INVITE is seen in the same turn, before the INVITE's answering task has run).
 
-Handling a batch is cut into slices of ``SLICE`` datagrams, and a turn of the loop stops
-handling after ``BUDGET_S`` of it: the rest waits for the next turn, so a flood of
-OPTIONS costs the media clock at most about one budget of lateness per tick, not the
-whole batch (64 requests of 50-150 us each). Under a container CPU quota the slices are
-also paced to the CPU the media leaves (gateway/core/cpu_budget.py), so that a flood
-does not use up the quota's period and throttle the media clock.
+Handling a batch is cut into slices of ``SLICE`` datagrams, each paced by the gateway's
+CPU budget (gateway/core/cpu_budget.py): slices of all the work that can wait start
+within ~1 ms of each other per turn of the loop, the rest waits for a later turn, so a
+flood of OPTIONS costs the media clock at most about a millisecond of lateness per tick,
+not the whole batch (64 requests of 50-150 us each); under a container CPU quota the
+slices also wait for room in the quota's period, so that a flood does not use it up and
+throttle the media clock.
 
 Reading goes on meanwhile, into a backlog of at most ``MAX_BACKLOG`` datagrams: a
 datagram waits there for its turn (a few hundred bytes each) rather than in the kernel's
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -43,8 +43,6 @@ BATCH = 64
 MAX_DATAGRAM = 65535
 #: Datagrams handled between two looks at the clock.
 SLICE = 8
-#: Handling time per turn of the loop, after which the rest of a batch waits a turn.
-BUDGET_S = 0.001
 #: Datagrams waiting to be handled at most (a flood of 200 OPTIONS fits four times over).
 MAX_BACKLOG = 1024
 
@@ -63,7 +61,7 @@ class BatchedUdp:
         self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
         self._backlog: deque[tuple[bytes, Address]] = deque()
-        self._draining: asyncio.Handle | None = None  # the next slice, when one waits
+        self._draining: asyncio.TimerHandle | None = None  # the next slice, when one waits
         self.dropped = 0  # datagrams that found the backlog full
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._read_ready)
@@ -113,20 +111,16 @@ class BatchedUdp:
             self._drain()
 
     def _drain(self) -> None:
-        """Handle the backlog a slice at a time until it is empty, the turn's budget is
-        spent (the rest next turn) or the CPU budget says wait (the rest a little later)."""
+        """Handle the backlog a slice at a time until it is empty or the CPU budget says
+        wait (for a later turn of the loop, or for room in the quota)."""
         self._draining = None
         backlog, budget = self._backlog, self._budget
-        deadline = time.perf_counter() + BUDGET_S
         while backlog:
             wait = budget.wait_s()
             if wait > 0:
                 self._draining = self._loop.call_later(wait, self._drain)
                 return
             self._on_batch([backlog.popleft() for _ in range(min(SLICE, len(backlog)))])
-            if backlog and time.perf_counter() > deadline:
-                self._draining = self._loop.call_soon(self._drain)
-                return
 
     @property
     def backlog(self) -> int:

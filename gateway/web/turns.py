@@ -9,8 +9,10 @@ in the same turn again.
 
 Work done through :class:`Turns` is cut into slices of about ``slice_s`` of CPU, and one
 slice, across all requests, runs per turn of the loop: a burst of requests waits its
-turn (first come, first served); the clock does not. Under a container CPU quota a slice
-also waits until the quota's period has room for it (gateway/core/cpu_budget.py).
+turn (first come, first served); the clock does not. Each slice also asks the gateway's
+CPU budget (gateway/core/cpu_budget.py), shared with SIP: it waits for a later turn when
+other work that can wait already ran in this one, and under a container CPU quota for
+room in the quota's period.
 """
 
 from __future__ import annotations
