@@ -16,7 +16,7 @@ from .web.connection_guard import ConnectionGuard
 from .web.keys import GATEWAY, HTTP_GUARD, MAX_BODY, TURNS
 from .web.problem import error_middleware_factory
 from .web.request_id import request_id_middleware_factory
-from .web.turns import Turns
+from .web.turns import Turns, paced_reads_middleware
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "web" / "static"
@@ -34,7 +34,8 @@ def create_app(config: Config, clock: MediaClock | None = None,
         middlewares=[request_id_middleware_factory(
                          gateway.node_name if gateway.cluster is not None else None),
                      error_middleware_factory(),
-                     auth_middleware_factory()],
+                     auth_middleware_factory(),
+                     paced_reads_middleware(gateway.cpu_budget)],
     )
     app[AUTH] = Authenticator(config.auth)
     app[GATEWAY] = gateway

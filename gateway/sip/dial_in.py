@@ -172,6 +172,7 @@ class DialIn(ServicePart):
             await asyncio.sleep(self.config.ring_ms / 1000)
             if tx.state != State.PROCEEDING:
                 return  # answered meanwhile (Timer C gave up): nothing left to connect
+        await self.endpoint.budget.turn()  # wiring the media: again work that can wait
         sdp, pt, spec = answer(offer, self.endpoint.advertised_host, media.port,
                                self.preference, call.sdp_session, call.sdp_version, crypto)
         call.dialog = dialog

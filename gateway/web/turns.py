@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from aiohttp import web
@@ -29,6 +29,7 @@ from ..core.cpu_budget import CpuBudget
 from .reply import json_of
 
 T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 R = TypeVar("R")
 
 #: CPU per slice. A tick's own work plus one slice stays well inside the 5 ms a tick may
@@ -79,3 +80,18 @@ class Turns:
         parts = await self.map(lambda item: json_of(describe(item)), items)
         body = b"".join((head[:-2], b",".join(parts), b"]}"))
         return web.Response(body=body, content_type="application/json")
+
+
+def paced_reads_middleware(budget: CpuBudget):  # type: ignore[no-untyped-def]
+    """API reads and /metrics start when the CPU budget gives them a turn (their
+    handlers' own work before the first slice: request checks, small replies built in one
+    go). Health checks, WHIP/WHEP and every write are not held back."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "GET" and (request.path.startswith("/api/")
+                                        or request.path == "/metrics"):
+            await budget.turn()
+        return await handler(request)
+
+    return middleware
