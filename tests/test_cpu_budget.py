@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -149,3 +150,30 @@ async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(mon
     udp.close()
     assert handled == [b"%d" % i for i in range(150)]
     assert budget.waits > 0
+
+
+async def test_waiters_queue_and_only_the_first_one_looks_at_the_budget():
+    """Many waiting coroutines (call set-ups, API reads) must not each poll the budget
+    every half millisecond: they wait in line, in order, and one polls."""
+    budget = CpuBudget()
+    asks = 0
+    real = budget.wait_s
+
+    def counted() -> float:
+        nonlocal asks
+        asks += 1
+        return real()
+
+    budget.wait_s = counted  # type: ignore[method-assign]
+    order: list[int] = []
+
+    async def unit(i: int) -> None:
+        await budget.turn()
+        order.append(i)
+        end = time.perf_counter() + 0.0006  # a slice's work
+        while time.perf_counter() < end:
+            pass
+
+    await asyncio.gather(*(unit(i) for i in range(20)))
+    assert order == list(range(20))
+    assert asks <= 40, asks  # each waiter asks about once or twice; polling: 110 here

@@ -54,6 +54,7 @@ class CpuBudget:
         self._cpu = cpu
         self.turn_s = turn_s  # None: no limit per loop turn (tests on fake clocks)
         self._turn_began: float | None = None
+        self._queue = asyncio.Lock()  # FIFO: waiters park; only the first one polls
         #: Cores the process may use (the gateway sets it from its cgroup quota).
         self.cores = 1.0
         self._samples: deque[tuple[float, float]] = deque()
@@ -100,6 +101,9 @@ class CpuBudget:
         self._turn_began = None
 
     async def turn(self) -> None:
-        """Wait until a slice of paced work may run."""
-        while (wait := self.wait_s()) > 0:
-            await asyncio.sleep(wait)
+        """Wait until a slice of paced work may run. Waiters queue in arrival order and
+        only the first looks at the budget (twenty call set-ups each polling every half
+        millisecond would cost more than they wait for)."""
+        async with self._queue:
+            while (wait := self.wait_s()) > 0:
+                await asyncio.sleep(wait)
