@@ -91,7 +91,9 @@ async def test_chromium_publishes_red_and_the_gateway_recovers_lost_packets(
     # concealed: the losses no copy covered, one tick to grow the buffer (the first copy
     # that came too late), and one or two more should a loaded machine's timing need it
     assert info.concealed <= info.lost - info.red_recovered + 3
-    assert info.jitter_target_ms in (40, 60)
+    # the buffer grows a packet or two for late copies, and gives them back after a
+    # calm spell: read at the end of the run it may be back at one packet
+    assert info.jitter_target_ms in (20, 40, 60)
 
 
 # -- egress: RED to listeners that offer it ----------------------------------------------
