@@ -177,3 +177,41 @@ async def test_waiters_queue_and_only_the_first_one_looks_at_the_budget():
     await asyncio.gather(*(unit(i) for i in range(20)))
     assert order == list(range(20))
     assert asks <= 40, asks  # each waiter asks about once or twice; polling: 110 here
+
+
+async def test_api_reads_wait_for_a_turn_and_health_checks_and_writes_do_not():
+    """GET /api/... and /metrics start when the budget gives them a turn; a health check,
+    a WHIP/WHEP POST or any write must not queue behind a flood of paced work."""
+    from aiohttp import ClientSession, web
+    from aiohttp.test_utils import TestServer
+
+    from gateway.web.turns import paced_reads_middleware
+
+    class Held(CpuBudget):
+        def __init__(self) -> None:
+            super().__init__(turn_s=None)
+            self.cores, self.open = 0.5, False
+
+        def wait_s(self) -> float:
+            return 0.0 if self.open else 0.01
+
+    budget = Held()
+    app = web.Application(middlewares=[paced_reads_middleware(budget)])
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    for path in ("/api/v1/stats", "/metrics", "/healthz"):
+        app.router.add_get(path, ok)
+    app.router.add_post("/whep/x", ok)
+    async with TestServer(app) as server, ClientSession() as http:
+        async def status(method: str, path: str) -> int:
+            async with http.request(method, server.make_url(path)) as response:
+                return response.status
+
+        assert await status("GET", "/healthz") == 200
+        assert await status("POST", "/whep/x") == 200
+        held = [asyncio.ensure_future(status("GET", p)) for p in ("/api/v1/stats", "/metrics")]
+        await asyncio.sleep(0.1)
+        assert not any(t.done() for t in held)  # waiting for a turn
+        budget.open = True
+        assert await asyncio.gather(*held) == [200, 200]
