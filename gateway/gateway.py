@@ -20,7 +20,7 @@ from .config import Config, ConfigError, RtpInputEntry, RtpOutputEntry
 from .core.clock import MediaClock
 from .core.cpu_budget import CpuBudget
 from .core.events import EventBus
-from .core.headroom import SAMPLE_S, Admission, AdmissionConfig, cgroup_throttled_periods
+from .core.headroom import SAMPLE_S, Admission, AdmissionConfig
 from .core.lateness import BIN_S, recent_quantile_ms
 from .core.registry import StreamRegistry, UnknownStream
 from .core.stream import FrameSource, Stream, StreamBusy
@@ -305,8 +305,6 @@ class Gateway:
         while True:
             self.admission.sample()
             self.cpu_budget.cores = self.admission.cores_available
-            if self.cpu_budget.paced:
-                self.cpu_budget.note_throttled(cgroup_throttled_periods())
             await asyncio.sleep(SAMPLE_S)
 
     def name_session(self, session: WebRTCSession) -> None:

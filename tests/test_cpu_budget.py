@@ -12,7 +12,6 @@ import pytest
 from gateway.core.cpu_budget import (
     LIMIT,
     MAX_WAIT_S,
-    MIN_LIMIT,
     NEXT_TURN_S,
     RETRY_S,
     TURN_S,
@@ -216,45 +215,3 @@ async def test_api_reads_wait_for_a_turn_and_health_checks_and_writes_do_not():
         assert not any(t.done() for t in held)  # waiting for a turn
         budget.open = True
         assert await asyncio.gather(*held) == [200, 200]
-
-
-def test_the_limit_steps_down_while_the_kernel_throttles_and_recovers_slowly():
-    """Unpaced work can still exhaust a period: each sample in which the cgroup's
-    throttled count rose lowers the limit (not below MIN_LIMIT); it comes back by
-    LIMIT_RECOVERY_PER_S once nothing is throttled."""
-    clocks = Clocks()
-    budget = budget_on(clocks, 0.5)
-    budget.note_throttled(10)
-    assert budget.limit == LIMIT
-    for i in range(10):
-        clocks.t += 0.25
-        budget.note_throttled(11 + i)
-    assert budget.limit == pytest.approx(MIN_LIMIT)
-    clocks.t += 0.25
-    budget.note_throttled(20)  # no new throttled period
-    assert MIN_LIMIT < budget.limit < MIN_LIMIT + 0.01
-    clocks.t += 100
-    budget.note_throttled(20)
-    assert budget.limit == LIMIT
-    budget.note_throttled(None)  # unreadable: nothing changes
-    assert budget.limit == LIMIT
-
-
-def test_cgroup_throttled_periods_v1_and_v2(tmp_path):
-    from gateway.core.headroom import cgroup_throttled_periods
-
-    v1 = tmp_path / "v1"
-    (v1 / "cpu" / "box").mkdir(parents=True)
-    (v1 / "cpu" / "box" / "cpu.stat").write_text("nr_periods 90\nnr_throttled 7\n"
-                                                   "throttled_time 123\n")
-    proc1 = tmp_path / "cgroup1"
-    proc1.write_text("4:memory:/x\n1:cpu,cpuacct:/box\n0::/\n")
-    (v1 / "cpu,cpuacct").mkdir()
-    assert cgroup_throttled_periods(v1, proc1) == 7
-    v2 = tmp_path / "v2"
-    (v2 / "ctr").mkdir(parents=True)
-    (v2 / "ctr" / "cpu.stat").write_text("usage_usec 5\nnr_periods 3\nnr_throttled 2\n")
-    proc2 = tmp_path / "cgroup2"
-    proc2.write_text("0::/ctr\n")
-    assert cgroup_throttled_periods(v2, proc2) == 2
-    assert cgroup_throttled_periods(v2, tmp_path / "missing") is None

@@ -15,15 +15,10 @@ Work that can wait: SIP requests (a datagram batch, a call's set-up), API listin
   milliseconds late. So paced work starts only while the process's own CPU over the last
   ``WINDOW_S`` (the period Docker and Kubernetes use) stays under ``LIMIT`` of the quota:
   if no 100 ms window exceeds the quota, no period does, and a burst is spread over as
-  many periods as it needs. Some work is not paced (the media of calls just set up,
-  parsing HTTP requests, reading datagrams), and the kernel hands the quota out to CPUs
-  in 5 ms slices: while the kernel still throttles the process (the cgroup's
-  ``nr_throttled`` rises), the limit steps down, to ``MIN_LIMIT`` at most, and comes
-  back slowly once nothing is throttled. Paced work still progresses while the media
-  alone fills the quota (a slice every ``MAX_WAIT_S``): the gateway is then overloaded,
-  and admission control refuses newcomers. Without a quota below one core this limit is
-  off (one event loop cannot use more than a core: the kernel has nothing to throttle
-  it for).
+  many periods as it needs. It still progresses while the media alone fills the quota
+  (a slice every ``MAX_WAIT_S``): the gateway is then overloaded, and admission control
+  refuses newcomers. Without a quota below one core this limit is off (one event loop
+  cannot use more than a core: the kernel has nothing to throttle it for).
 
 The media's own work is never paced.
 """
@@ -37,13 +32,8 @@ from collections.abc import Callable
 
 #: The span the process's CPU is judged over: Docker's and Kubernetes' CFS period.
 WINDOW_S = 0.1
-#: Share of the quota the process stays under, paced work included ...
+#: Share of the quota the process stays under, paced work included.
 LIMIT = 0.9
-#: ... less this for each sample in which the kernel throttled it, down to MIN_LIMIT ...
-LIMIT_STEP = 0.05
-MIN_LIMIT = 0.7
-#: ... and back up by this much per second without throttling.
-LIMIT_RECOVERY_PER_S = 0.01
 #: A paced slice runs at least this often, however full the quota.
 MAX_WAIT_S = 0.05
 #: How long paced work waits before it looks again.
@@ -70,8 +60,6 @@ class CpuBudget:
         self._samples: deque[tuple[float, float]] = deque()
         self._last_slice = -MAX_WAIT_S
         self.waits = 0  # times paced work was told to wait
-        self.limit = LIMIT  # share of the quota paced work may fill the process to
-        self._throttled: tuple[float, int] | None = None  # (when, nr_throttled) last seen
 
     @property
     def paced(self) -> bool:
@@ -101,24 +89,13 @@ class CpuBudget:
                 return NEXT_TURN_S
         if self.cores >= 1.0:
             return 0.0
-        full = self.used_s() >= self.limit * self.cores * WINDOW_S
+        full = self.used_s() >= LIMIT * self.cores * WINDOW_S
         now = self._now()
         if full and now - self._last_slice < MAX_WAIT_S:
             self.waits += 1
             return RETRY_S
         self._last_slice = now
         return 0.0
-
-    def note_throttled(self, periods: int | None) -> None:
-        """The cgroup's count of throttled CFS periods, sampled a few times a second."""
-        now = self._now()
-        last, self._throttled = self._throttled, (None if periods is None else (now, periods))
-        if periods is None or last is None:
-            return
-        if periods > last[1]:
-            self.limit = max(MIN_LIMIT, self.limit - LIMIT_STEP)
-        else:
-            self.limit = min(LIMIT, self.limit + (now - last[0]) * LIMIT_RECOVERY_PER_S)
 
     def _next_turn(self) -> None:
         self._turn_began = None

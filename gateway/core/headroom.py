@@ -51,55 +51,32 @@ EPISODE_CLEAR_S = 1.0
 KINDS = ("webrtc_publish", "webrtc_listen", "rtp_output", "recording", "dial_out", "sip")
 
 
-def _cpu_cgroups(root: Path, proc_cgroup: Path) -> list[tuple[int, Path]]:
-    """This process's CPU cgroup directories: (1 or 2 for cgroup v1/v2, directory)."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """Cores this process may use under its cgroup's CPU quota (v1 or v2), or None."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return []
-    found = []
+        return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
         rel = path.lstrip("/")
         if controllers == "":  # cgroup v2: "0::/path"
-            found.append((2, root / rel))
+            try:
+                quota, period = (root / rel / "cpu.max").read_text().split()
+            except (OSError, ValueError):
+                continue
+            if quota != "max":
+                return int(quota) / int(period)
         elif "cpu" in controllers.split(","):
             base = root / "cpu" if (root / "cpu").is_dir() else root / controllers
-            found.append((1, base / rel))
-    return found
-
-
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
-                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
-    """Cores this process may use under its cgroup's CPU quota (v1 or v2), or None."""
-    for version, directory in _cpu_cgroups(root, proc_cgroup):
-        try:
-            if version == 2:
-                quota, period = (directory / "cpu.max").read_text().split()
-                if quota != "max":
-                    return int(quota) / int(period)
-            else:
-                quota = int((directory / "cpu.cfs_quota_us").read_text())
-                period = int((directory / "cpu.cfs_period_us").read_text())
-                if quota > 0 and period > 0:
-                    return quota / period
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def cgroup_throttled_periods(root: Path = Path("/sys/fs/cgroup"),
-                             proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
-    """How many CFS periods the kernel has throttled this process's cgroup in (v1 or v2
-    ``cpu.stat`` ``nr_throttled``), or None where that is not readable."""
-    for _, directory in _cpu_cgroups(root, proc_cgroup):
-        try:
-            for line in (directory / "cpu.stat").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "nr_throttled":
-                    return int(value)
-        except (OSError, ValueError):
-            continue
+            try:
+                quota = int((base / rel / "cpu.cfs_quota_us").read_text())
+                period = int((base / rel / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            if quota > 0 and period > 0:
+                return quota / period
     return None
 
 
