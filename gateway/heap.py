@@ -11,13 +11,14 @@
 3. Full collections only at the Keeper's steps, just after a media tick's fan-out. A
    full collection holds the event loop for as long as it walks; CPython starts one
    after enough allocations, at whatever moment that is: during a burst of SIP or API
-   work, with that work's objects alive, 6-50 ms in the middle of a tick's period
-   (docs/benchmarks.md, "Timing under load"). The Keeper's step collects every few
-   seconds anyway, so the collector's own full collections are switched off (young
-   collections stay as they are: they walk only the young objects) and the Keeper's
-   step waits for a tick, runs ``AFTER_TICK_S`` after it, when the tick's packets are
-   out and the next tick is ~15 ms away. Garbage in reference cycles waits at most
-   ``FREEZE_EVERY_S`` for it (closed sessions leave little: point 2).
+   work, with that work's objects alive, 10-60 ms (throttling included) in the middle
+   of a tick's period (docs/benchmarks.md, "Timing under load"). The Keeper's step
+   collects every few seconds anyway, so the collector's own full collections are
+   switched off (young collections stay as they are: they walk only the young
+   objects), and the Keeper's step waits for a tick and runs ``AFTER_TICK_S`` after
+   it, when the tick's packets are out and the next tick is ~15 ms away. Garbage in
+   reference cycles waits at most ``FREEZE_EVERY_S`` for it (closed sessions leave
+   little: point 2).
 """
 
 from __future__ import annotations

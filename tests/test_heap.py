@@ -118,7 +118,7 @@ asyncio.run(main())
 
 def test_full_collections_only_at_the_keepers_step_after_a_tick():
     """CPython would start a full collection at whatever moment allocations reach its
-    threshold (during a burst of SIP or API work: 6-50 ms with the loop held); a served
+    threshold (during a burst of SIP or API work: 10-60 ms with the loop held); a served
     gateway collects only at the Keeper's steps, AFTER_TICK_S after a media tick, and
     those free what closed peer connections leave in cycles."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
