@@ -47,6 +47,9 @@ NEXT_TURN_S = 0.0005
 
 
 class CpuBudget:
+    """One per gateway, shared by its SIP endpoint and its API, so that their bursts take
+    turns with each other as well as with the media clock."""
+
     def __init__(self, now: Callable[[], float] = time.perf_counter,
                  cpu: Callable[[], float] = time.process_time,
                  turn_s: float | None = TURN_S) -> None:
