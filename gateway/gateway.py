@@ -115,8 +115,7 @@ class Gateway:
             load=self._admitted_load,
         )
         #: Paces SIP request batches and API listings under a container CPU quota.
-        self.cpu_budget = CpuBudget()
-        self.cpu_budget.cores = self.admission.cores_available
+        self.cpu_budget = CpuBudget(cores=lambda: self.admission.cores_available)
         self.sip: SipService | None = None
         if config.sip.enabled:
             base = config.sip.worker_port_base
@@ -304,7 +303,6 @@ class Gateway:
     async def _sample_headroom(self) -> None:
         while True:
             self.admission.sample()
-            self.cpu_budget.cores = self.admission.cores_available
             await asyncio.sleep(SAMPLE_S)
 
     def name_session(self, session: WebRTCSession) -> None:

@@ -38,9 +38,8 @@ class Clocks:
 
 
 def budget_on(clocks: Clocks, cores: float) -> CpuBudget:
-    budget = CpuBudget(now=lambda: clocks.t, cpu=lambda: clocks.cpu, turn_s=None)
-    budget.cores = cores
-    return budget
+    return CpuBudget(now=lambda: clocks.t, cpu=lambda: clocks.cpu, turn_s=None,
+                     cores=lambda: cores)
 
 
 def test_without_a_quota_below_one_core_nothing_waits():
@@ -115,8 +114,7 @@ class Refusing(CpuBudget):
     """A budget with no room until the test opens it."""
 
     def __init__(self) -> None:
-        super().__init__(turn_s=None)
-        self.cores = 0.5
+        super().__init__(turn_s=None, cores=lambda: 0.5)
         self.open = False
 
     def wait_s(self) -> float:
@@ -189,8 +187,8 @@ async def test_api_reads_wait_for_a_turn_and_health_checks_and_writes_do_not():
 
     class Held(CpuBudget):
         def __init__(self) -> None:
-            super().__init__(turn_s=None)
-            self.cores, self.open = 0.5, False
+            super().__init__(turn_s=None, cores=lambda: 0.5)
+            self.open = False
 
         def wait_s(self) -> float:
             return 0.0 if self.open else 0.01

@@ -52,21 +52,22 @@ class CpuBudget:
 
     def __init__(self, now: Callable[[], float] = time.perf_counter,
                  cpu: Callable[[], float] = time.process_time,
-                 turn_s: float | None = TURN_S) -> None:
+                 turn_s: float | None = TURN_S,
+                 cores: Callable[[], float] = lambda: 1.0) -> None:
         self._now = now
         self._cpu = cpu
+        #: Cores the process may use (the gateway's admission control reads its quota).
+        self.cores = cores
         self.turn_s = turn_s  # None: no limit per loop turn (tests on fake clocks)
         self._turn_began: float | None = None
         self._queue = asyncio.Lock()  # FIFO: waiters park; only the first one polls
-        #: Cores the process may use (the gateway sets it from its cgroup quota).
-        self.cores = 1.0
         self._samples: deque[tuple[float, float]] = deque()
         self._last_slice = -MAX_WAIT_S
         self.waits = 0  # times paced work was told to wait
 
     @property
     def paced(self) -> bool:
-        return self.cores < 1.0
+        return self.cores() < 1.0
 
     def used_s(self) -> float:
         """CPU the process used over the last WINDOW_S (over the span since the newest
@@ -90,9 +91,10 @@ class CpuBudget:
                 asyncio.get_running_loop().call_soon(self._next_turn)
             elif now - self._turn_began > self.turn_s:
                 return NEXT_TURN_S
-        if self.cores >= 1.0:
+        cores = self.cores()
+        if cores >= 1.0:
             return 0.0
-        full = self.used_s() >= LIMIT * self.cores * WINDOW_S
+        full = self.used_s() >= LIMIT * cores * WINDOW_S
         now = self._now()
         if full and now - self._last_slice < MAX_WAIT_S:
             self.waits += 1

@@ -439,11 +439,11 @@ class GatewayCollector:
             "gateway_webrtc_udp_port_send_errors",
             "Datagrams the kernel did not take on the shared port (buffer full, no route).",
             labels=labels)
-        for shared in self.gw.peers.udp_ports.values():
-            key = [shared.host, str(shared.port)]
-            sessions.add_metric(key, len(shared.router))
-            unclaimed.add_metric(key, shared.router.unclaimed)
-            send_errors.add_metric(key, shared.send_errors)
+        for port in self.gw.peers.info():  # what /api/v1/stats shows
+            key = [port["address"], str(port["port"])]
+            sessions.add_metric(key, port["sessions"])
+            unclaimed.add_metric(key, port["unclaimed_datagrams"])
+            send_errors.add_metric(key, port["send_errors"])
         yield from (sessions, unclaimed, send_errors)
 
     def _admission(self) -> Iterator[Metric]:
