@@ -84,18 +84,19 @@ def on_gc(phase, info):
     else:
         pauses.append((info["generation"], (time.perf_counter() - started[0]) * 1000))
 gc.callbacks.append(on_gc)
-slow = []  # (ms, callback) of event-loop callbacks over $TICK_SLOW_MS
+slow = []  # event-loop callbacks slower than $TICK_SLOW_MS
 if os.environ.get("TICK_SLOW_MS"):
     import asyncio.events
     limit, run = float(os.environ["TICK_SLOW_MS"]) / 1000, asyncio.events.Handle._run
     def timed(self):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         run(self)
         took = time.perf_counter() - t0
-        if took > limit:
+        if took > limit:  # wall ms (throttling included), when, what, its own CPU ms
             what = getattr(self._callback, "__self__", None)
             what = what.get_coro() if hasattr(what, "get_coro") else self
-            slow.append((round(took * 1000, 2), time.time(), repr(what)[:300]))
+            slow.append((round(took * 1000, 2), time.time(), repr(what)[:300],
+                         round((time.thread_time() - c0) * 1000, 2)))
     asyncio.events.Handle._run = timed
 def dump(*_):
     path = os.environ["TICK_GC_FILE"]
