@@ -2,7 +2,8 @@
 
 The media clock hands the frames to them directly after each tick (no task, no ring
 reader, no wake-up per stream): the analysers of every stream with a sender run as one
-batch (``analyse_batch``: the arithmetic once over all frames), and plug-ins get the
+batch (``AnalysisBank``: their state in rows of arrays, one compiled kernel call for all
+of them), and plug-ins get the
 frame in their worker thread's queue (never waited for: a slow plug-in drops frames,
 counted). A stream without a sender is analysed frame by frame only for
 ``SETTLE_FRAMES`` after its last sender frame; after that it is *idle* and costs nothing:
@@ -28,7 +29,7 @@ from ..core.events import EventBus
 from ..core.registry import StreamRegistry
 from ..core.stream import Stream
 from ..models.info import AnalysisInfo, PluginInfo, PluginsAnalysis
-from ..processing.analyzer import SETTLE_FRAMES, AnalyzerConfig, StreamAnalyzer, analyse_batch
+from ..processing.analyzer import SETTLE_FRAMES, AnalyzerConfig, StreamAnalyzer, bank_for
 from ..processing.levels import FLOOR_DBFS
 from ..processing.plugins import PluginError, PluginRunner, load_processor, resolve
 
@@ -69,7 +70,13 @@ class StreamProcessing:
     def switch_off(self, exc: BaseException) -> None:
         log.error("stream %s: analysers failed; switched off", self.stream.name,
                   exc_info=exc)
-        self.analyzer = None
+        self.drop_analyzer()
+
+    def drop_analyzer(self) -> None:
+        """No analysers any more (their bank row, if any, is given back)."""
+        analyzer, self.analyzer = self.analyzer, None
+        if analyzer is not None and analyzer._bank is not None:
+            analyzer._bank.free(analyzer)
 
     def catch_up(self, last: int | None = None) -> None:
         """An idle stream's silence up to frame ``last`` (its newest), added at once."""
@@ -89,6 +96,7 @@ class StreamProcessing:
         """The frame at which an idle stream's silence alarm will be raised, if it will."""
         if self.analyzer is None:
             return None
+        self.analyzer.sync()
         return self.analyzer.silence.due(self.analysed_to, FLOOR_DBFS)
 
     def feed_plugins(self) -> None:
@@ -149,6 +157,8 @@ class Processing:
         self._plugged: dict[StreamProcessing, None] = {}  # with plug-ins: every frame
         self._due: list[tuple[int, int, StreamProcessing]] = []  # (media frame, seq, stream)
         self._seq = itertools.count()
+        #: The state of the streams analysed frame by frame (``_awake``).
+        self.bank = bank_for(self.analyzer_config)
 
     def check(self) -> None:
         """Every configured plug-in class can be imported (else the gateway does not start)."""
@@ -166,6 +176,7 @@ class Processing:
     def stop(self) -> None:
         for processing in self.streams.values():
             processing.stop()
+            processing.drop_analyzer()
         self.streams.clear()
         self._awake.clear()
         self._plugged.clear()
@@ -218,7 +229,7 @@ class Processing:
             owners[i].switch_off(exc)
 
         try:
-            results = analyse_batch(items, failed)
+            results = self.bank.analyse(items, failed)
         except Exception as exc:  # in the arithmetic shared by all: none can go on
             for sp in owners:
                 sp.switch_off(exc)
@@ -232,6 +243,11 @@ class Processing:
         its silence alarm is due."""
         del self._awake[sp]
         sp.idle = True
+        try:
+            sp.analyzer.release()  # type: ignore[union-attr]  (awake: it has one)
+        except Exception as exc:
+            sp.switch_off(exc)
+            return
         self._schedule_due(sp)
 
     def _schedule_due(self, sp: StreamProcessing) -> None:
@@ -271,5 +287,6 @@ class Processing:
         processing = self.streams.pop(stream.name, None)
         if processing is not None:
             processing.stop()
+            processing.drop_analyzer()
             self._awake.pop(processing, None)
             self._plugged.pop(processing, None)

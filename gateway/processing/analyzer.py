@@ -1,10 +1,13 @@
 """All per-stream analysers behind one call per frame.
 
-``StreamAnalyzer.process`` is what the stream's passive egress reader calls for every
-frame; it converts the frame to float64 once and shares the mean square between the level,
-silence and voice analysers. It reads no clock: time is the frame index (20 ms each).
-``snapshot`` is for the API, metrics and the live meter feed: plain JSON-safe values
-(finite floats rounded to 0.01 dB, ``None`` for "not yet defined").
+A ``StreamAnalyzer`` holds the state of one stream's level meter, loudness meter, silence
+alarm and voice detector. Many streams' frames are analysed at once by an
+``AnalysisBank`` (their state in rows of arrays, advanced by compiled kernels) while
+those streams have senders; an idle stream's state stays in its objects, where its
+silence is added at once (``add_silence``). ``process`` is the one-stream convenience.
+Time is the frame index (20 ms each): nothing here reads a clock. ``snapshot`` is for
+the API, metrics and the live meter feed: plain JSON-safe values (finite floats rounded
+to 0.01 dB, ``None`` for "not yet defined").
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.core.audio import FRAME_SECONDS
+from gateway.processing.bank import AnalysisBank, _voice_event
 from gateway.processing.levels import FLOOR_DBFS, LevelMeter, power_db
-from gateway.processing.loudness import LoudnessMeter, k_weighted_mean_squares
+from gateway.processing.loudness import LoudnessMeter
 from gateway.processing.silence import SilenceAlarm
-from gateway.processing.vad import VoiceDetector, spectral_flatness_rows
-
-_FULL_SCALE = 32768.0
+from gateway.processing.vad import VoiceDetector
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +50,6 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def _voice_event(active: bool, index: int) -> dict[str, Any]:
-    return {"type": "voice", "state": "started" if active else "stopped", "frame": index,
-            "at_s": round(index * FRAME_SECONDS, 6)}
-
-
 class StreamAnalyzer:
     """Levels, meter ballistics, loudness, voice activity and the silence alarm of one
     stream, fed frame by frame."""
@@ -75,6 +71,10 @@ class StreamAnalyzer:
         self.last_index: int | None = None
         self.peak_dbfs = power_db(0.0)
         self.rms_dbfs = power_db(0.0)
+        #: Where the state lives while the stream is analysed frame by frame (None: in
+        #: the objects above).
+        self._bank: AnalysisBank | None = None
+        self._row: int | None = None
 
     def process(self, index: int, frame: np.ndarray) -> list[dict[str, Any]]:
         """Analyse frame ``index`` (960 int16 samples); return the events it caused:
@@ -83,27 +83,16 @@ class StreamAnalyzer:
         assert events is not None  # without ``failed``, a failure raises
         return events
 
-    def _levels(self, index: int, peak: float, ms: float, kms: float | None) -> float:
-        """The frame's level, meter, loudness and silence state from its measurements
-        (peak in full-scale units, mean squares); returns its RMS level."""
-        self.peak_dbfs = peak_db = power_db(peak * peak)
-        self.rms_dbfs = rms_db = power_db(ms)
-        self.meter.update(index, peak_db)
-        if kms is not None and self.loudness is not None:
-            self.loudness.add(kms)
-        return rms_db
+    def sync(self) -> None:
+        """Bring the objects up to date with the bank row the state lives in, if any."""
+        if self._bank is not None:
+            self._bank.store(self)
 
-    def _decide(self, index: int, rms_db: float, events: list[dict[str, Any]]) -> None:
-        event = self.silence.update(index, rms_db)
-        if event is not None:
-            events.append(event)
-        vad = self.vad
-        if vad is not None:
-            was = vad.active
-            if vad.decide(index, rms_db) != was:
-                events.append(_voice_event(vad.active, index))
-        self.frames += 1
-        self.last_index = index
+    def release(self) -> None:
+        """Move the state out of its bank row into the objects, and give the row back."""
+        if self._bank is not None:
+            self._bank.store(self)
+            self._bank.free(self)
 
     def add_silence(self, first: int, last: int) -> list[dict[str, Any]]:
         """Frames ``first``..``last`` of digital silence at once, for an idle stream (one
@@ -112,6 +101,7 @@ class StreamAnalyzer:
         frames = last - first + 1
         if frames <= 0:
             return []
+        self.release()
         self.peak_dbfs = self.rms_dbfs = FLOOR_DBFS
         self.meter.update(last, FLOOR_DBFS)
         if self.loudness is not None:
@@ -130,6 +120,7 @@ class StreamAnalyzer:
 
     def snapshot(self) -> dict[str, Any]:
         """Current values for the API / metrics / live meters."""
+        self.sync()
         loud = self.loudness
         vad = self.vad
         return {
@@ -148,59 +139,41 @@ class StreamAnalyzer:
         }
 
 
+_banks: dict[AnalyzerConfig, AnalysisBank] = {}
+
+
+def bank_for(config: AnalyzerConfig) -> AnalysisBank:
+    """A new bank for analyzers of ``config``."""
+    return AnalysisBank(config, StreamAnalyzer(config))
+
+
 def analyse_batch(items: list[tuple[StreamAnalyzer, int, np.ndarray]],
                   failed: Callable[[int, Exception], None] | None = None,
                   ) -> list[list[dict[str, Any]] | None]:
     """One frame of each of many streams: ``(analyzer, index, frame)``; the events of
-    each, in order. The arithmetic runs once over all the frames (peaks, mean squares,
-    K-weighting with each stream's filter state, the voice detector's spectra), so its
-    per-call cost is paid once per tick, not once per stream; the state machines that
-    follow are each stream's own.
+    each, in order, with every state back in its analyzer's objects afterwards (a
+    convenience: a long-lived ``AnalysisBank`` keeps the state in its rows between
+    frames, which is what makes a tick cheap)."""
+    out: list[list[dict[str, Any]] | None] = [None] * len(items)
+    by_config: dict[AnalyzerConfig, list[int]] = {}
+    for i, (analyzer, _, _) in enumerate(items):
+        by_config.setdefault(analyzer.config, []).append(i)
+    for config, positions in by_config.items():
+        bank = _banks.get(config)
+        if bank is None:
+            bank = _banks[config] = bank_for(config)
+        chosen = [items[i] for i in positions]
 
-    With ``failed``, an exception in one stream's state machines is handed to it (with
-    the item's position) and that stream's result is None; the others go on, each frame
-    analysed once. Without it, the exception propagates."""
-    if not items:
-        return []
-    x = np.array([frame for _, _, frame in items], dtype=np.float64)  # (n, 960)
-    peaks = (np.abs(x).max(axis=1) / _FULL_SCALE).tolist()
-    ms = (np.einsum("ij,ij->i", x, x) / (x.shape[1] * _FULL_SCALE * _FULL_SCALE)).tolist()
-    loud = [i for i, (a, _, _) in enumerate(items) if a.loudness is not None]
-    kms: list[float | None] = [None] * len(items)
-    if loud:
-        filters = [items[i][0].loudness.filter for i in loud]  # type: ignore[union-attr]
-        rows = x if len(loud) == len(items) else x[loud]
-        for i, value in zip(loud, k_weighted_mean_squares(rows, filters), strict=True):
-            kms[i] = value
-    out: list[list[dict[str, Any]] | None] = [[] for _ in items]
-    levels = [0.0] * len(items)
-    measured: list[tuple[VoiceDetector, np.ndarray]] = []
-    for i, (analyzer, index, _) in enumerate(items):
+        def lost(j: int, exc: Exception, positions: list[int] = positions) -> None:
+            assert failed is not None
+            failed(positions[j], exc)
+
         try:
-            levels[i] = rms_db = analyzer._levels(index, peaks[i], ms[i], kms[i])
-            vad = analyzer.vad
-            if vad is not None and vad.spectral:
-                block = vad.pair(x[i], rms_db >= vad.min_level_dbfs)
-                if block is not None:
-                    measured.append((vad, block))
-        except Exception as exc:
-            if failed is None:
-                raise
-            failed(i, exc)
-            out[i] = None
-    if measured:
-        flatness = spectral_flatness_rows(np.array([b for _, b in measured])).tolist()
-        for (vad, _), value in zip(measured, flatness, strict=True):
-            vad.flatness = value
-    for i, (analyzer, index, _) in enumerate(items):
-        events = out[i]
-        if events is None:
-            continue
-        try:
-            analyzer._decide(index, levels[i], events)
-        except Exception as exc:
-            if failed is None:
-                raise
-            failed(i, exc)
-            out[i] = None
+            results = bank.analyse(chosen, lost if failed else None)
+        finally:
+            for analyzer, _, _ in chosen:
+                if analyzer._bank is bank:
+                    analyzer.release()
+        for i, events in zip(positions, results, strict=True):
+            out[i] = events
     return out

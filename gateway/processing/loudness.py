@@ -101,15 +101,6 @@ class KWeighting:
         return True
 
 
-def k_weighted_mean_squares(rows: np.ndarray, filters: list[KWeighting]) -> list[float]:
-    """Each row (one frame of a stream, float64 int16 values) through its stream's
-    filter, in one ``lfilter`` call: the K-weighted mean squares in full-scale units."""
-    y, states = lfilter(_K_B, _K_A, rows, axis=1, zi=np.array([f.state for f in filters]))
-    for f, state in zip(filters, states, strict=True):
-        f.state = state
-    return (np.einsum("ij,ij->i", y, y) * (_SCALE / rows.shape[1])).tolist()
-
-
 class LoudnessMeter:
     """Momentary, short-term and (optionally) integrated loudness, frame by frame."""
 

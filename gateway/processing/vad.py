@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
 
 from gateway.core.audio import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
 
@@ -48,10 +49,13 @@ def spectral_flatness(block: np.ndarray) -> float:
     return math.exp(float(np.log(power).mean())) / float(power.mean())
 
 
-def spectral_flatness_rows(blocks: np.ndarray) -> np.ndarray:
-    """``spectral_flatness`` of each row of ``blocks`` (many streams' pairs in one go)."""
-    power = np.abs(np.fft.rfft(blocks * _WINDOW, axis=1))[:, _BAND]
-    power *= power
+def flatness_of_windowed(windowed: np.ndarray) -> np.ndarray:
+    """``spectral_flatness`` of each row of ``windowed``: many streams' frame pairs,
+    already multiplied by the Hann window (the analysis bank's kernel does it as it
+    copies them); ``windowed`` may be overwritten."""
+    spectrum = scipy.fft.rfft(windowed, axis=1, overwrite_x=True)[:, _BAND]
+    power = spectrum.real * spectrum.real
+    power += spectrum.imag * spectrum.imag
     power += 1.0
     return np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
 

@@ -1,0 +1,90 @@
+"""What the analysers cost per active stream and frame, in process (issue 16).
+
+    python bench/analysis_cost.py [--streams 10,100,1000] [--previous REV] [--frames 250]
+
+N streams of speech-like audio (the test corpus's speech over a -50 dBFS noise floor,
+each stream at its own offset, so no silence shortcut applies) go through the analysers
+one tick at a time, as the media clock hands them over; the CPU time per stream and
+frame (``time.process_time``) is reported. With ``--previous REV`` the gateway of commit
+REV (exported with ``git archive``) is measured in the same run, each tree in its own
+process. Results: docs/benchmarks.md ("Analysis at scale").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MEASURE = r"""
+import json, sys, time
+import numpy as np
+from gateway.processing import analyzer as an
+streams, frames = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(7)
+sys.path.insert(0, sys.argv[3])
+from speech import recorded
+speech = recorded().astype(np.float64)
+noise = rng.normal(0, 32768 * 10 ** (-50 / 20), speech.size)
+audio = np.clip(np.round(speech + noise), -32768, 32767).astype(np.int16).reshape(-1, 960)
+config = an.AnalyzerConfig()
+analyzers = [an.StreamAnalyzer(config) for _ in range(streams)]
+offsets = rng.integers(0, len(audio), streams)
+bank = an.bank_for(config) if hasattr(an, "bank_for") else None
+run = bank.analyse if bank is not None else an.analyse_batch
+
+def tick(n):
+    items = [(a, n, audio[(o + n) % len(audio)]) for a, o in zip(analyzers, offsets)]
+    run(items)
+
+for n in range(50):  # warm up: windows filled, kernels loaded
+    tick(n)
+t0 = time.process_time()
+for n in range(50, 50 + frames):
+    tick(n)
+cpu = time.process_time() - t0
+print(json.dumps({"us_per_stream_frame": cpu / frames / streams * 1e6}))
+"""
+
+
+def measure(src: Path, streams: int, frames: int) -> float:
+    env = dict(os.environ, PYTHONPATH=str(src), OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(streams), str(frames),
+                          str(ROOT / "tests")], env=env, cwd=src, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])["us_per_stream_frame"]
+
+
+def export_tree(rev: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="analysis-cost-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gateway"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="10,100,1000")
+    parser.add_argument("--frames", type=int, default=250)
+    parser.add_argument("--previous", help="a commit to measure in the same run")
+    args = parser.parse_args()
+    trees = [("this tree", ROOT)]
+    if args.previous:
+        trees.insert(0, (args.previous, export_tree(args.previous)))
+    print("| tree | streams | µs per stream-frame | % of a core per stream |")
+    print("|---|---:|---:|---:|")
+    for n in (int(s) for s in args.streams.split(",")):
+        for name, src in trees:
+            us = measure(src, n, args.frames)
+            print(f"| {name} | {n} | {us:.2f} | {us / 20e3 * 100:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
