@@ -21,6 +21,7 @@ from gateway.processing.analyzer import (
     StreamAnalyzer,
     _voice_event,
     analyse_batch,
+    bank_for,
 )
 from gateway.processing.levels import mean_square, peak_of, power_db
 
@@ -99,8 +100,13 @@ def snapshots_close(a: dict, b: dict, tolerance: float = 0.011) -> bool:
 CONFIG = AnalyzerConfig(silence_after_s=1.0)
 
 
-def test_the_batch_reads_what_each_stream_alone_reads():
+@pytest.mark.parametrize("kept", [False, True], ids=["state moved each frame", "state kept"])
+def test_the_batch_reads_what_each_stream_alone_reads(kept):
+    """Through ``analyse_batch`` (each stream's state loaded into a bank row and stored
+    back every frame) and through a long-lived bank (the state stays in its rows; a
+    snapshot reads it out), every value and event is the per-stream reference's."""
     frames = 700
+    analyse = bank_for(CONFIG).analyse if kept else analyse_batch
     streams = signals(frames)
     batched = {name: StreamAnalyzer(CONFIG) for name in streams}
     alone = {name: StreamAnalyzer(CONFIG) for name in streams}
@@ -113,7 +119,7 @@ def test_the_batch_reads_what_each_stream_alone_reads():
             frame = pcm[n * FRAME_SAMPLES:(n + 1) * FRAME_SAMPLES]
             items.append((batched[name], start[name] + n, frame))
             want_events[name] += reference_process(alone[name], start[name] + n, frame)
-        for (name, _), events in zip(streams.items(), analyse_batch(items), strict=True):
+        for (name, _), events in zip(streams.items(), analyse(items), strict=True):
             got_events[name] += events
         for name in streams:
             got, want = batched[name].snapshot(), alone[name].snapshot()
