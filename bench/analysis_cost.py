@@ -1,6 +1,7 @@
 """What the analysers cost per active stream and frame, in process (issue 16).
 
     python bench/analysis_cost.py [--streams 10,100,1000] [--previous REV] [--frames 250]
+                                  [--plot docs/analysis_cost.png]
 
 N streams of speech-like audio (the test corpus's speech over a -50 dBFS noise floor,
 each stream at its own offset, so no silence shortcut applies) go through the analysers
@@ -74,16 +75,42 @@ def main() -> None:
     parser.add_argument("--streams", default="10,100,1000")
     parser.add_argument("--frames", type=int, default=250)
     parser.add_argument("--previous", help="a commit to measure in the same run")
+    parser.add_argument("--plot", metavar="PNG", help="draw µs per stream-frame against N")
     args = parser.parse_args()
     trees = [("this tree", ROOT)]
     if args.previous:
         trees.insert(0, (args.previous, export_tree(args.previous)))
+    counts = [int(s) for s in args.streams.split(",")]
+    results: dict[str, list[float]] = {name: [] for name, _ in trees}
     print("| tree | streams | µs per stream-frame | % of a core per stream |")
     print("|---|---:|---:|---:|")
-    for n in (int(s) for s in args.streams.split(",")):
+    for n in counts:
         for name, src in trees:
             us = measure(src, n, args.frames)
+            results[name].append(us)
             print(f"| {name} | {n} | {us:.2f} | {us / 20e3 * 100:.4f} |", flush=True)
+    if args.plot:
+        plot(counts, results, args.plot)
+
+
+def plot(counts: list[int], results: dict[str, list[float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, values in results.items():
+        ax.plot(counts, values, marker="o", label=name)
+    ax.axhline(2.0, color="grey", linestyle="--", label="target: 2 µs (0.01 % of a core)")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("active streams analysed per tick")
+    ax.set_ylabel("CPU µs per stream and 20 ms frame")
+    ax.set_title("Analysers' cost per active stream")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

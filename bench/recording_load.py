@@ -282,6 +282,7 @@ def config_text(n: int, kind: str, http_port: int, directory: Path, auto: bool) 
         'log_level = "warning"',
         "[http]", f"port = {http_port}",
         "[sip]", "enabled = false",
+        "[admission]", "enabled = false",  # a cost measurement: nothing refused
         # --auto: dynamic streams (made by the inputs), because a declared stream that
         # matches recording.auto is recorded twice (see docs/benchmarks.md)
         "[streams]", f"declared = [{names if not auto else ''}]",

@@ -84,9 +84,10 @@ class StreamAnalyzer:
         return events
 
     def sync(self) -> None:
-        """Bring the objects up to date with the bank row the state lives in, if any."""
+        """Bring what ``snapshot`` and ``silence.due`` read up to date with the bank row
+        the state lives in, if any (the rest follows when the row is released)."""
         if self._bank is not None:
-            self._bank.store(self)
+            self._bank.store(self, full=False)
 
     def release(self) -> None:
         """Move the state out of its bank row into the objects, and give the row back."""

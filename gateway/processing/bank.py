@@ -17,7 +17,7 @@ import numpy as np
 
 from gateway.core.audio import FRAME_SAMPLES, FRAME_SECONDS
 from gateway.processing import kernels as k
-from gateway.processing.loudness import _HIST_BINS
+from gateway.processing.loudness import _HIST_BINS, gated_loudness
 from gateway.processing.vad import flatness_of_windowed
 
 Events = list[dict[str, Any]]
@@ -146,8 +146,11 @@ class AnalysisBank:
             F[k.V_FLATNESS] = _off(v.flatness)
             self.P[r] = v._block[:FRAME_SAMPLES]
 
-    def store(self, a: StreamAnalyzer) -> None:
-        """Write ``a``'s row back into its objects (the row stays ``a``'s)."""
+    def store(self, a: StreamAnalyzer, full: bool = True) -> None:
+        """Write ``a``'s row back into its objects (the row stays ``a``'s). Not ``full``:
+        only what ``snapshot`` and ``silence.due`` read (the loudness ring, filter state,
+        histogram and the voice detector's pending frame stay in the row: the objects are
+        read, not advanced, until the row is released with a full store)."""
         r = a._row
         assert a._bank is self and r is not None
         F, N = self.F[r].tolist(), self.N[r].tolist()
@@ -158,30 +161,36 @@ class AnalysisBank:
         m._hold_until, m._last = N[k.M_HOLD_UNTIL], _opt(N[k.M_LAST])
         loud = a.loudness
         if loud is not None:
-            loud.filter.state = np.array(F[k.KZ:k.KZ + 4])
-            loud._ring = self.R[r].tolist()
             loud._frames, loud._gated_count = N[k.L_FRAMES], N[k.L_GATED_COUNT]
             loud._m_sum, loud._s_sum = F[k.L_M_SUM], F[k.L_S_SUM]
             loud._gated_energy = F[k.L_GATED_ENERGY]
-            if N[k.L_DIRTY]:  # blocks were added: the histogram changed
-                loud._hist_count = self.HC[r].copy()
-                loud._hist_energy = self.HE[r].copy()
-                loud._dirty = True
+            if full:
+                loud.filter.state = np.array(F[k.KZ:k.KZ + 4])
+                loud._ring = self.R[r].tolist()
+                if N[k.L_HIST] == 1:
+                    loud._hist_count = self.HC[r].copy()
+                    loud._hist_energy = self.HE[r].copy()
+                    loud._dirty = True
+            elif N[k.L_DIRTY]:  # blocks were added: the integrated loudness changed
+                loud._cached = gated_loudness(self.HC[r], self.HE[r], N[k.L_GATED_COUNT],
+                                              F[k.L_GATED_ENERGY])
+                loud._dirty = False
                 self.N[r, k.L_DIRTY] = 0
         s = a.silence
         s.raised, s.silent = bool(N[k.S_RAISED]), bool(N[k.S_SILENT])
         s._quiet_since, s._loud_since = _opt(N[k.S_QUIET_SINCE]), _opt(N[k.S_LOUD_SINCE])
         v = a.vad
         if v is not None:
-            v._sub_mins = F[k.SUB:k.SUB + N[k.V_NSUB]]
-            v._sub_min, v._sub_count = F[k.V_SUB_MIN], N[k.V_SUB_COUNT]
-            v._run, v._last_voiced = N[k.V_RUN], N[k.V_LAST_VOICED]
-            v._second, v._first_loud = bool(N[k.V_SECOND]), bool(N[k.V_FIRST_LOUD])
             v.active = bool(N[k.V_ACTIVE])
             v.ratio, v.noise_floor_dbfs = F[k.V_RATIO], F[k.V_FLOOR]
-            flatness = F[k.V_FLATNESS]
-            v.flatness = None if flatness != flatness else flatness  # NaN: not measured
-            v._block[:FRAME_SAMPLES] = self.P[r]
+            if full:
+                v._sub_mins = F[k.SUB:k.SUB + N[k.V_NSUB]]
+                v._sub_min, v._sub_count = F[k.V_SUB_MIN], N[k.V_SUB_COUNT]
+                v._run, v._last_voiced = N[k.V_RUN], N[k.V_LAST_VOICED]
+                v._second, v._first_loud = bool(N[k.V_SECOND]), bool(N[k.V_FIRST_LOUD])
+                flatness = F[k.V_FLATNESS]
+                v.flatness = None if flatness != flatness else flatness  # NaN: not measured
+                v._block[:FRAME_SAMPLES] = self.P[r]
 
     def free(self, a: StreamAnalyzer) -> None:
         """Give ``a``'s row back (its objects keep whatever was last stored)."""

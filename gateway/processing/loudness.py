@@ -101,6 +101,22 @@ class KWeighting:
         return True
 
 
+def gated_loudness(hist_count: np.ndarray, hist_energy: np.ndarray, gated_count: int,
+                   gated_energy: float) -> float | None:
+    """Integrated loudness from the histogram of the blocks above the absolute gate:
+    the relative gate, then the mean of the blocks above it (``None`` if none)."""
+    if not gated_count:
+        return None
+    relative_gate = lufs(gated_energy / gated_count) + RELATIVE_GATE_LU
+    # Bins whose centre is above the gate (a block exactly in that bin may be off).
+    first = math.ceil((relative_gate - _HIST_LOW) / _HIST_BIN - 0.5)
+    first = min(max(first, 0), _HIST_BINS - 1)
+    count = int(hist_count[first:].sum())
+    if not count:
+        return None
+    return lufs(float(hist_energy[first:].sum()) / count)
+
+
 class LoudnessMeter:
     """Momentary, short-term and (optionally) integrated loudness, frame by frame."""
 
@@ -214,16 +230,10 @@ class LoudnessMeter:
         return self._cached
 
     def _compute_integrated(self) -> float | None:
-        if not self._gated_count or self._hist_count is None or self._hist_energy is None:
+        if self._hist_count is None or self._hist_energy is None:
             return None
-        relative_gate = lufs(self._gated_energy / self._gated_count) + RELATIVE_GATE_LU
-        # Bins whose centre is above the gate (a block exactly in that bin may be off).
-        first = math.ceil((relative_gate - _HIST_LOW) / _HIST_BIN - 0.5)
-        first = min(max(first, 0), _HIST_BINS - 1)
-        count = int(self._hist_count[first:].sum())
-        if not count:
-            return None
-        return lufs(float(self._hist_energy[first:].sum()) / count)
+        return gated_loudness(self._hist_count, self._hist_energy, self._gated_count,
+                              self._gated_energy)
 
     def reset_integrated(self) -> None:
         """Start integrating afresh (e.g. at the start of a programme)."""
