@@ -45,8 +45,13 @@ measured over ``--window`` s:
   0.15 cores) is measured again (``--retries``); if it fails starved again, its N is
   "not decided" rather than failed.
 
+``--listeners``: every stream also gets an RTP output (PCMU) to a listener socket of
+this process, and ``delivery`` is the share of the window's 20 ms ticks each listener
+received a packet for (worst and mean over the streams; +-1 packet for sampling).
+
 N_max is the largest N whose recording configuration has every recording complete, no
-tick skipped, at most 1 missed, and no gaps. ``--extend K`` keeps adding K streams
+tick skipped, at most 1 missed, no gaps (and with ``--listeners``, every listener at
+>= 99.9 %). ``--extend K`` keeps adding K streams
 (``base`` and the recording configuration only) until that fails.
 """
 
@@ -146,6 +151,54 @@ def sender(ports: list[int], codec: str, conn) -> None:  # type: ignore[no-untyp
         elif delay < -1.0:  # starved for a second: do not burst the backlog
             start -= delay
     sock.close()
+
+
+class Listeners(threading.Thread):
+    """One RTP listener per stream (``--listeners``): a UDP socket each, packets counted
+    per socket; ``counts()`` reads them (a window's delivery is the difference of two
+    readings against the ticks due in it)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(daemon=True)
+        import selectors
+
+        self.selector = selectors.DefaultSelector()
+        self.sockets: list[socket.socket] = []
+        port = 31000
+        while len(self.sockets) < n:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+            else:
+                sock.setblocking(False)
+                self.selector.register(sock, 1, len(self.sockets))
+                self.sockets.append(sock)
+            port += 2  # RTCP goes to port + 1
+        self.received = [0] * n
+        self.stop = threading.Event()
+
+    @property
+    def ports(self) -> list[int]:
+        return [sock.getsockname()[1] for sock in self.sockets]
+
+    def counts(self) -> list[int]:
+        return list(self.received)
+
+    def run(self) -> None:
+        received = self.received
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(0.2):
+                sock, i = key.fileobj, key.data
+                while True:
+                    try:
+                        sock.recv(2048)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        break
+                    received[i] += 1
+        for sock in self.sockets:
+            sock.close()
 
 
 # -- gateway control ----------------------------------------------------------------------
@@ -267,12 +320,15 @@ class Row:
     worst_short_s: float = 0.0
     write_mbs: float = 0.0
     zero_frames: int = 0
+    delivery_worst: float | None = None  # --listeners: the worst stream's share delivered
+    delivery_mean: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (self.late == 0 and self.missed <= 1 and self.gaps == 0
-                and self.complete == self.rec)
+                and self.complete == self.rec
+                and (self.delivery_worst is None or self.delivery_worst >= 0.999))
 
 
 def config_text(n: int, kind: str, http_port: int, directory: Path, auto: bool) -> str:
@@ -305,6 +361,7 @@ def run_config(n: int, kind: str, args: argparse.Namespace) -> Row:
     base = f"http://127.0.0.1:{http_port}"
     tx = None
     parent = None
+    listeners: Listeners | None = None
     try:
         for _ in range(200):
             try:
@@ -316,6 +373,12 @@ def run_config(n: int, kind: str, args: argparse.Namespace) -> Row:
         body: dict = {"type": "rtp", "port": 0, "codec": args.codec}
         for i in range(n):
             ports.append(api(base, f"/api/v1/streams/r{i:03d}/inputs", "POST", body)["port"])
+        if args.listeners:
+            listeners = Listeners(n)
+            listeners.start()
+            for i, port in enumerate(listeners.ports):
+                api(base, f"/api/v1/streams/r{i:03d}/outputs", "POST",
+                    {"type": "rtp", "host": "127.0.0.1", "port": port, "codec": "PCMU"})
         parent, child = mp.Pipe()
         tx = mp.Process(target=sender, args=(ports, args.codec, child), daemon=True)
         tx.start()
@@ -336,11 +399,13 @@ def run_config(n: int, kind: str, args: argparse.Namespace) -> Row:
             spy = subprocess.Popen([pyspy, "record", "--pid", str(proc.pid), "--format", "raw",
                                     "-r", "50", "-d", str(int(args.window)), "-o", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        c0 = listeners.counts() if listeners else []
         s0 = sample(base, gw, load)
         prober.start()
         time.sleep(args.window)
         prober.stop.set()
         s1 = sample(base, gw, load)
+        c1 = listeners.counts() if listeners else []
         prober.join()
         if spy is not None:
             spy.wait(60)
@@ -360,6 +425,12 @@ def run_config(n: int, kind: str, args: argparse.Namespace) -> Row:
             gaps=gaps(s1.streams) - gaps(s0.streams),
             write_mbs=(s1.writes - s0.writes) / wall / 1e6,
         )
+        if listeners:  # packets in the window per listener against the 20 ms ticks due
+            due = wall / FRAME_S
+            shares = [(b - a + 1) / due for a, b in zip(c0, c1, strict=True)]  # +-1: sampling
+            row.delivery_worst, row.delivery_mean = min(shares), sum(shares) / len(shares)
+            row.notes.append(f"delivery worst {min(row.delivery_worst, 1) * 100:.2f} % "
+                             f"mean {min(row.delivery_mean, 1) * 100:.2f} %")
         if recording:
             check_recordings(base, row, n, work / "rec")
         if row.rq_wait > STARVED and not row.ok:
@@ -373,6 +444,8 @@ def run_config(n: int, kind: str, args: argparse.Namespace) -> Row:
         if s1.stats["streams"] != n:
             row.notes.append(f"{s1.stats['streams']} streams")
     finally:
+        if listeners is not None:
+            listeners.stop.set()
         if parent is not None:
             parent.send("stop")
         if tx is not None:
@@ -494,6 +567,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep config, log and recordings")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--quick", action="store_true", help="N = 20, 5 s windows")
+    parser.add_argument("--listeners", action="store_true",
+                        help="one RTP listener (PCMU output) per stream; delivery counted")
     args = parser.parse_args()
     # a terminated benchmark still stops its gateway and sender and removes its files
     signal.signal(signal.SIGTERM, interrupted)

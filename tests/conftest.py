@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from gateway import heap  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.config import load  # noqa: E402
 from gateway.core.clock import MediaClock, SteppedClock  # noqa: E402
@@ -28,6 +30,19 @@ REQUIRE_PEERS = os.environ.get("GATEWAY_REQUIRE_PEERS") == "1"
 ARTIFACTS = Path(
     os.environ.get("GATEWAY_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The collector as ``gateway serve`` sets it (gateway/heap.py): what the imports
+    built (numba, aiortc, numpy, scipy: ~200k objects) frozen, and no full collection
+    at whatever moment CPython would start one, since in this process that is in the
+    middle of a real-time test and pauses the in-process gateway's media clock for tens
+    to hundreds of milliseconds. Full collections run between tests instead."""
+    heap.settle()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    gc.collect()  # between tests: what heap.Keeper's steps do in a served gateway
 
 
 def need_program(*names: str) -> None:

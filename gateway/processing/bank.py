@@ -206,21 +206,24 @@ class AnalysisBank:
         order. Analyzers not in this bank yet are loaded (and stay). With ``failed``, a
         stream whose state cannot be loaded is handed to it and its result is None."""
         out: list[Events | None] = [[] for _ in items]
-        rows: list[int] = []
-        keep: list[int] = []
-        for i, (a, _, _) in enumerate(items):
-            try:
-                rows.append(a._row if a._bank is self else self.load(a))  # type: ignore[arg-type]
-                keep.append(i)
-            except Exception as exc:
-                if failed is None:
-                    raise
-                failed(i, exc)
-                out[i] = None
-        if not keep:
-            return out
-        if len(keep) < len(items):
-            items = [items[i] for i in keep]
+        rows = [a._row if a._bank is self else -1 for a, _, _ in items]
+        keep = range(len(items))
+        if -1 in rows:  # newcomers: load them (a failure drops that stream only)
+            rows, kept = [], []
+            for i, (a, _, _) in enumerate(items):
+                try:
+                    rows.append(a._row if a._bank is self else self.load(a))
+                    kept.append(i)
+                except Exception as exc:
+                    if failed is None:
+                        raise
+                    failed(i, exc)
+                    out[i] = None
+            if not kept:
+                return out
+            if len(kept) < len(items):
+                items = [items[i] for i in kept]
+            keep = kept  # type: ignore[assignment]
         frames = np.array([frame for _, _, frame in items], dtype=np.int16)
         row_array = np.array(rows, dtype=np.int64)
         index = np.array([index for _, index, _ in items], dtype=np.int64)
