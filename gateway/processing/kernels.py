@@ -5,8 +5,8 @@ compiled (numba): what ``LevelMeter``, ``LoudnessMeter``, ``SilenceAlarm`` and
 Why compiled: per stream and frame, scipy's K-weighting ``lfilter`` costs ~6 µs and the
 state machines in Python ~6 µs; here the filter runs time-major across streams (one SIMD
 lane per stream) and the state machines cost tens of nanoseconds. The signatures are
-explicit so the kernels compile (or load from numba's cache) at import, never on the
-first analysed frame.
+explicit (``gateway.compiled``) so the kernels compile, or load from numba's cache, at
+import, never on the first analysed frame.
 
 State lives in three matrices, one row per stream: ``F`` (float64 columns), ``N`` (int64
 columns, booleans as 0/1, ``NONE`` for "not yet"), the loudness ring ``R`` (one
@@ -17,12 +17,11 @@ and the integrated-loudness histogram ``HC``/``HE``. ``C`` holds the bank's sett
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import numba as nb
 import numpy as np
 
+from gateway.compiled import compiled
 from gateway.processing.loudness import _HIST_BIN, _HIST_BINS, _HIST_LOW, _K_A, _K_B
 from gateway.processing.vad import _WINDOW as WINDOW
 
@@ -56,26 +55,14 @@ _B = np.ascontiguousarray(_K_B, dtype=np.float64)
 _A = np.ascontiguousarray(_K_A, dtype=np.float64)
 
 
-
-def _compiled(signature: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit`` with the signature given (compiled at import) and numba's on-disk
-    cache when it has somewhere to write it (else compiled at each start: ~5 s)."""
-    def wrap(func: Callable[..., Any]) -> Any:
-        try:
-            return nb.njit(signature, cache=True, nogil=True)(func)
-        except RuntimeError:  # "no locator available": a read-only install, no home
-            return nb.njit(signature, nogil=True)(func)
-    return wrap
-
-
-@_compiled(nb.float64(nb.float64))
+@compiled(nb.float64(nb.float64))
 def power_db(mean_square: float) -> float:  # levels.power_db
     if mean_square <= _FLOOR_POWER:
         return _FLOOR_DBFS
     return 10.0 * math.log10(mean_square)
 
 
-@_compiled(nb.void(nb.int16[:, ::1], nb.int64[::1], nb.float64[:, ::1], nb.float64[::1],
+@compiled(nb.void(nb.int16[:, ::1], nb.int64[::1], nb.float64[:, ::1], nb.float64[::1],
                  nb.float64[::1], nb.float64[::1]))
 def measure(x, rows, F, peaks, squares, kweighted):  # pragma: no cover (compiled)
     """Peak, sum of squares and K-weighted sum of squares of each frame, the filter's
@@ -123,7 +110,7 @@ def measure(x, rows, F, peaks, squares, kweighted):  # pragma: no cover (compile
         F[r, KZ], F[r, KZ + 1], F[r, KZ + 2], F[r, KZ + 3] = z0[i], z1[i], z2[i], z3[i]
 
 
-@_compiled(nb.void(nb.int64, nb.float64, nb.float64[:, ::1], nb.int64[:, ::1],
+@compiled(nb.void(nb.int64, nb.float64, nb.float64[:, ::1], nb.int64[:, ::1],
                  nb.float64[:, ::1], nb.int64[:, ::1], nb.float64[:, ::1]))
 def _loudness_add(r, ms, F, N, R, HC, HE):  # pragma: no cover (compiled)
     """LoudnessMeter.add."""
@@ -164,7 +151,7 @@ def _loudness_add(r, ms, F, N, R, HC, HE):  # pragma: no cover (compiled)
         N[r, L_DIRTY] = 1
 
 
-@_compiled(nb.int64(nb.int16[:, ::1], nb.int64[::1], nb.int64[::1], nb.float64[::1],
+@compiled(nb.int64(nb.int16[:, ::1], nb.int64[::1], nb.int64[::1], nb.float64[::1],
                   nb.float64[:, ::1], nb.int64[:, ::1], nb.float64[:, ::1],
                   nb.float64[:, ::1], nb.int64[:, ::1], nb.float64[:, ::1],
                   nb.float64[:, ::1], nb.int64[::1]))
@@ -226,7 +213,7 @@ def levels(x, rows, index, C, F, N, R, P, HC, HE, blocks, pending):  # pragma: n
     return m
 
 
-@_compiled(nb.float64(nb.int64, nb.float64, nb.float64[::1], nb.float64[:, ::1],
+@compiled(nb.float64(nb.int64, nb.float64, nb.float64[::1], nb.float64[:, ::1],
                     nb.int64[:, ::1]))
 def _track_floor(r, level, C, F, N):  # pragma: no cover (compiled)
     """VoiceDetector._track_floor (and _next_sub_window)."""
@@ -251,7 +238,7 @@ def _track_floor(r, level, C, F, N):  # pragma: no cover (compiled)
     return floor
 
 
-@_compiled(nb.void(nb.int64[::1], nb.int64[::1], nb.float64[::1], nb.float64[:, ::1],
+@compiled(nb.void(nb.int64[::1], nb.int64[::1], nb.float64[::1], nb.float64[:, ::1],
                  nb.int64[:, ::1], nb.int8[::1], nb.int8[::1]))
 def decide(rows, index, C, F, N, silence, voice):  # pragma: no cover (compiled)
     """Second half: the silence alarm and the voice decision of each frame (flatness
