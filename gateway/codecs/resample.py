@@ -71,7 +71,7 @@ class Resampler:
             return pcm
         if (len(pcm) * self.up) % self.down:
             raise ValueError(f"chunk of {len(pcm)} samples does not map to whole outputs")
-        x = np.concatenate((self._history, pcm.astype(np.float64)))
+        x = np.concatenate((self._history, pcm))  # float64: the history's type
         self._history = x[len(pcm) :]
         index, phase = _plan(self.up, self.down, len(pcm))
         out = np.empty(len(index), dtype=np.int16)

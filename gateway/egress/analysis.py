@@ -75,8 +75,20 @@ class StreamProcessing:
     def drop_analyzer(self) -> None:
         """No analysers any more (their bank row, if any, is given back)."""
         analyzer, self.analyzer = self.analyzer, None
-        if analyzer is not None and analyzer._bank is not None:
-            analyzer._bank.free(analyzer)
+        if analyzer is not None:
+            analyzer.discard()
+
+    def release_row(self) -> bool:
+        """Move the analysers' state out of the bank into their objects (a stream that
+        falls idle or stops); False if that failed and they were switched off."""
+        if self.analyzer is None:
+            return True
+        try:
+            self.analyzer.release()
+        except Exception as exc:
+            self.switch_off(exc)
+            return False
+        return True
 
     def catch_up(self, last: int | None = None) -> None:
         """An idle stream's silence up to frame ``last`` (its newest), added at once."""
@@ -125,6 +137,7 @@ class StreamProcessing:
 
     def stop(self) -> None:
         self.stopped = True
+        self.release_row()
         for runner in self.runners:
             runner.stop(timeout=0)  # only signals: a stuck plug-in must not hold the loop
 
@@ -176,7 +189,6 @@ class Processing:
     def stop(self) -> None:
         for processing in self.streams.values():
             processing.stop()
-            processing.drop_analyzer()
         self.streams.clear()
         self._awake.clear()
         self._plugged.clear()
@@ -243,12 +255,8 @@ class Processing:
         its silence alarm is due."""
         del self._awake[sp]
         sp.idle = True
-        try:
-            sp.analyzer.release()  # type: ignore[union-attr]  (awake: it has one)
-        except Exception as exc:
-            sp.switch_off(exc)
-            return
-        self._schedule_due(sp)
+        if sp.release_row():
+            self._schedule_due(sp)
 
     def _schedule_due(self, sp: StreamProcessing) -> None:
         due = sp.silence_due()
@@ -287,6 +295,5 @@ class Processing:
         processing = self.streams.pop(stream.name, None)
         if processing is not None:
             processing.stop()
-            processing.drop_analyzer()
             self._awake.pop(processing, None)
             self._plugged.pop(processing, None)

@@ -95,6 +95,11 @@ class StreamAnalyzer:
             self._bank.store(self)
             self._bank.free(self)
 
+    def discard(self) -> None:
+        """Give the bank row back without reading it (the analyser is being dropped)."""
+        if self._bank is not None:
+            self._bank.free(self)
+
     def add_silence(self, first: int, last: int) -> list[dict[str, Any]]:
         """Frames ``first``..``last`` of digital silence at once, for an idle stream (one
         that has had nothing but silence for ``SETTLE_FRAMES`` before ``first``): the
@@ -145,7 +150,7 @@ _banks: dict[AnalyzerConfig, AnalysisBank] = {}
 
 def bank_for(config: AnalyzerConfig) -> AnalysisBank:
     """A new bank for analyzers of ``config``."""
-    return AnalysisBank(config, StreamAnalyzer(config))
+    return AnalysisBank(StreamAnalyzer(config))
 
 
 def analyse_batch(items: list[tuple[StreamAnalyzer, int, np.ndarray]],

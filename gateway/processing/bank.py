@@ -17,13 +17,12 @@ import numpy as np
 
 from gateway.core.audio import FRAME_SAMPLES, FRAME_SECONDS
 from gateway.processing import kernels as k
-from gateway.processing.loudness import _HIST_BINS, gated_loudness
+from gateway.processing.loudness import _HIST_BINS, SHORT_TERM_FRAMES, gated_loudness
 from gateway.processing.vad import flatness_of_windowed
 
 Events = list[dict[str, Any]]
-#: A ``StreamAnalyzer`` and its ``AnalyzerConfig`` (analyzer.py builds on this module).
+#: A ``StreamAnalyzer`` (analyzer.py builds on this module).
 StreamAnalyzer = Any
-AnalyzerConfig = Any
 
 
 def _none(value: int | None) -> int:
@@ -39,11 +38,17 @@ def _off(value: float | None) -> float:
 
 
 class AnalysisBank:
-    """Rows of analyser state for the streams of one ``AnalyzerConfig``; grows by
-    doubling, reuses freed rows."""
+    """Rows of analyser state for streams whose analysers are set up as ``template``'s
+    (one ``AnalyzerConfig``); grows by doubling, reuses freed rows."""
 
-    def __init__(self, config: AnalyzerConfig, template: StreamAnalyzer) -> None:
-        self.config = config
+    F: np.ndarray  # the kernels' matrices (kernels.py says what each holds)
+    N: np.ndarray
+    R: np.ndarray
+    P: np.ndarray
+    HC: np.ndarray
+    HE: np.ndarray
+
+    def __init__(self, template: StreamAnalyzer) -> None:
         c = np.zeros(k.C_SIZE)
         meter, silence, vad = template.meter, template.silence, template.vad
         c[k.C_FALL] = meter.fall_db_per_s * meter.frame_s
@@ -70,27 +75,23 @@ class AnalysisBank:
         self._allocate(16)
 
     def _allocate(self, rows: int) -> None:
-        def grown(old: np.ndarray | None, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-            new = np.zeros((rows, *shape), dtype=dtype)  # untouched pages cost no memory
+        def grown(name: str, columns: int, dtype: Any) -> None:
+            new = np.zeros((rows, columns), dtype=dtype)  # untouched pages cost no memory
+            old = getattr(self, name, None)
             if old is not None:
                 new[: len(old)] = old
-            return new
+            setattr(self, name, new)
 
-        had = getattr(self, "F", None)
-        self.F = grown(had, (k.F_COLUMNS,), np.float64)
-        self.N = grown(getattr(self, "N", None), (k.N_COLUMNS,), np.int64)
-        self.R = grown(getattr(self, "R", None), (k.RING,), np.float64)
-        self.P = grown(getattr(self, "P", None), (FRAME_SAMPLES,), np.float64)
-        self.HC = grown(getattr(self, "HC", None), (_HIST_BINS,), np.int64)
-        self.HE = grown(getattr(self, "HE", None), (_HIST_BINS,), np.float64)
+        grown("F", k.F_COLUMNS, np.float64)
+        grown("N", k.N_COLUMNS, np.int64)
+        grown("R", SHORT_TERM_FRAMES, np.float64)
+        grown("P", FRAME_SAMPLES, np.float64)
+        grown("HC", _HIST_BINS, np.int64)
+        grown("HE", _HIST_BINS, np.float64)
         self._blocks = np.empty((rows, 2 * FRAME_SAMPLES))
         self._pending = np.empty(rows, dtype=np.int64)
         self._free.extend(range(rows - 1, self._size - 1, -1))
         self._size = rows
-
-    @property
-    def rows_in_use(self) -> int:
-        return self._size - len(self._free)
 
     # -- moving a stream's state in and out ----------------------------------------------
     def load(self, a: StreamAnalyzer) -> int:

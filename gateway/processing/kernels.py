@@ -22,7 +22,21 @@ import numba as nb
 import numpy as np
 
 from gateway.compiled import compiled
-from gateway.processing.loudness import _HIST_BIN, _HIST_BINS, _HIST_LOW, _K_A, _K_B
+from gateway.processing.levels import _FLOOR_POWER, _FULL_SCALE_SQ, FLOOR_DBFS
+from gateway.processing.loudness import (
+    _HIST_BIN,
+    _HIST_BINS,
+    _HIST_LOW,
+    _K_A,
+    _K_B,
+    _SCALE,
+    ABSOLUTE_GATE_LUFS,
+    BLOCK_FRAMES,
+    BLOCK_STEP_FRAMES,
+    MOMENTARY_FRAMES,
+    SHORT_TERM_FRAMES,
+)
+from gateway.processing.vad import _SUB_WINDOWS
 from gateway.processing.vad import _WINDOW as WINDOW
 
 NONE = np.iinfo(np.int64).min
@@ -42,15 +56,7 @@ N_COLUMNS = 19
  C_TONAL_MAX, C_LOUDNESS, C_INTEGRATED, C_VAD, C_SPECTRAL) = range(18)
 C_SIZE = 18
 
-RING = 150  # SHORT_TERM_FRAMES
-MOMENTARY = 20
-BLOCK = 20
-BLOCK_STEP = 5
-SUB_WINDOWS = 4
 TIME_BLOCK = 16  # divides FRAME_SAMPLES
-_FULL_SCALE_SQ = 32768.0 * 32768.0
-_FLOOR_DBFS = -120.0
-_FLOOR_POWER = 10.0 ** (_FLOOR_DBFS / 10.0)
 _B = np.ascontiguousarray(_K_B, dtype=np.float64)
 _A = np.ascontiguousarray(_K_A, dtype=np.float64)
 
@@ -58,7 +64,7 @@ _A = np.ascontiguousarray(_K_A, dtype=np.float64)
 @compiled(nb.float64(nb.float64))
 def power_db(mean_square: float) -> float:  # levels.power_db
     if mean_square <= _FLOOR_POWER:
-        return _FLOOR_DBFS
+        return FLOOR_DBFS
     return 10.0 * math.log10(mean_square)
 
 
@@ -115,29 +121,29 @@ def measure(x, rows, F, peaks, squares, kweighted):  # pragma: no cover (compile
 def _loudness_add(r, ms, F, N, R, HC, HE):  # pragma: no cover (compiled)
     """LoudnessMeter.add."""
     n = N[r, L_FRAMES]
-    slot = n % RING
+    slot = n % SHORT_TERM_FRAMES
     if slot == 0 and n:
         s = 0.0
-        for k in range(RING):
+        for k in range(SHORT_TERM_FRAMES):
             s += R[r, k]
         m = 0.0
-        for k in range(RING - MOMENTARY, RING):
+        for k in range(SHORT_TERM_FRAMES - MOMENTARY_FRAMES, SHORT_TERM_FRAMES):
             m += R[r, k]
         F[r, L_S_SUM] = s
         F[r, L_M_SUM] = m
     F[r, L_S_SUM] += ms - R[r, slot]
     F[r, L_M_SUM] += ms
-    if n >= MOMENTARY:
-        F[r, L_M_SUM] -= R[r, (n - MOMENTARY) % RING]
+    if n >= MOMENTARY_FRAMES:
+        F[r, L_M_SUM] -= R[r, (n - MOMENTARY_FRAMES) % SHORT_TERM_FRAMES]
     R[r, slot] = ms
     n += 1
     N[r, L_FRAMES] = n
-    if N[r, L_HIST] >= 0 and n >= BLOCK and (n - BLOCK) % BLOCK_STEP == 0:
-        block = max(F[r, L_M_SUM], 0.0) / MOMENTARY
+    if N[r, L_HIST] >= 0 and n >= BLOCK_FRAMES and (n - BLOCK_FRAMES) % BLOCK_STEP_FRAMES == 0:
+        block = max(F[r, L_M_SUM], 0.0) / MOMENTARY_FRAMES
         if block <= 0.0:
             return
         loudness = -0.691 + 10.0 * math.log10(block)
-        if loudness < -70.0:
+        if loudness < ABSOLUTE_GATE_LUFS:
             return
         if N[r, L_HIST] == 0:  # first gated block: a clean histogram
             HC[r, :] = 0
@@ -165,7 +171,7 @@ def levels(x, rows, index, C, F, N, R, P, HC, HE, blocks, pending):  # pragma: n
     kweighted = np.empty(n)
     measure(x, rows, F, peaks, squares, kweighted)
     T = x.shape[1]
-    k_scale = (1.0 / _FULL_SCALE_SQ) / T
+    k_scale = _SCALE / T
     fall = C[C_FALL]
     floor = C[C_METER_FLOOR]
     hold_frames = np.int64(C[C_HOLD_FRAMES])
@@ -225,7 +231,7 @@ def _track_floor(r, level, C, F, N):  # pragma: no cover (compiled)
     N[r, V_SUB_COUNT] += 1
     if N[r, V_SUB_COUNT] >= np.int64(C[C_SUB_LEN]):
         k = N[r, V_NSUB]
-        if k + 1 >= SUB_WINDOWS:  # append, then drop the oldest
+        if k + 1 >= _SUB_WINDOWS:  # append, then drop the oldest
             for j in range(k - 1):
                 F[r, SUB + j] = F[r, SUB + j + 1]
             F[r, SUB + k - 1] = F[r, V_SUB_MIN]

@@ -43,10 +43,7 @@ def spectral_flatness(block: np.ndarray) -> float:
     """Geometric / arithmetic mean of the power spectrum over 300-3400 Hz of a Hann-windowed
     two-frame (40 ms, 25 Hz bins) block of int16-valued samples: ≈0.56 for white noise,
     → 0 for tones and voiced speech."""
-    power = np.abs(np.fft.rfft(block * _WINDOW))[_BAND]
-    power *= power
-    power += 1.0  # far below int16 quantisation noise: an empty band is not "tonal"
-    return math.exp(float(np.log(power).mean())) / float(power.mean())
+    return float(flatness_of_windowed((block * _WINDOW)[np.newaxis])[0])
 
 
 def flatness_of_windowed(windowed: np.ndarray) -> np.ndarray:
