@@ -537,7 +537,8 @@ class Gateway:
         self.registry.start()
         self._spawn(self._sample_headroom())
         if self.heap is not None:
-            self.registry.on_tick.append(self.heap.tick_hook(lambda: len(self.sessions)))
+            self.registry.on_tick.append(self.heap.tick_hook(
+                lambda: len(self.sessions), self.cpu_budget.has_room))
         await self._start_configured_io()
         if self.sip is not None:
             try:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from gateway.core.cpu_budget import (
+    CALM_S,
     LIMIT,
     MAX_WAIT_S,
     NEXT_TURN_S,
@@ -72,6 +73,28 @@ def test_a_slice_waits_once_the_window_reaches_the_limit_and_runs_when_it_falls(
     assert budget.wait_s() == 0.0
 
 
+def test_a_piece_of_work_that_can_wait_longer_waits_for_the_burst_and_for_room():
+    """heap.Keeper's step (a few ms in one piece) waits until paced work stopped waiting
+    and, under a quota, until it fits under the limit with the last window's CPU."""
+    clocks = Clocks()
+    budget = budget_on(clocks, 0.5)
+    for _ in clocks.run(0.2, cores=0.5 * 0.6):  # the media at 60 % of the quota
+        budget.wait_s()
+    room = 0.5 * LIMIT * WINDOW_S - budget.used_s()  # 15 ms
+    assert budget.has_room(room - 0.001) and not budget.has_room(room + 0.001)
+    clocks.t += 0.001
+    clocks.cpu += 0.5 * LIMIT * WINDOW_S  # a burst
+    assert budget.wait_s() == RETRY_S
+    for _ in clocks.run(WINDOW_S + 0.02, cores=0.5 * 0.6):  # the burst left the window...
+        pass
+    assert budget.wait_s() == 0.0
+    assert not budget.has_room(0.001)  # ... but paced work waited less than CALM_S ago
+    for _ in clocks.run(CALM_S, cores=0.5 * 0.6):
+        pass
+    assert budget.has_room(0.005)
+    assert budget_on(Clocks(), 1.0).has_room(1.0)  # no quota below a core: only bursts
+
+
 def test_paced_work_still_runs_a_slice_every_max_wait_when_the_media_fills_the_quota():
     clocks = Clocks()
     budget = budget_on(clocks, 0.5)
@@ -132,7 +155,7 @@ async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(mon
     handled: list[bytes] = []
     budget = Refusing()
     udp = await BatchedUdp.open("127.0.0.1", 0, False,
-                                lambda batch: handled.extend(d for d, _ in batch), budget)
+                                lambda data, _addr: handled.append(data), budget)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for i in range(200):
             client.sendto(b"%d" % i, udp.sockname)

@@ -130,3 +130,57 @@ def test_full_collections_only_at_the_keepers_step_after_a_tick():
     assert got["steps"] == 1
     assert 0.003 <= got["step after the tick, s"] < 0.5
     assert got["closed, alive after a step"] == 0
+
+
+#: A due step waits for ``has_room`` (no burst waiting; under a quota, room for the
+#: step's CPU), and runs anyway once MAX_DELAY_S overdue.
+DEFER_SCRIPT = """
+import asyncio, json
+from gateway import heap
+
+async def main():
+    now = [0.0]
+    keeper = heap.Keeper(freeze_every_s=5.0, clock=lambda: now[0])
+    room = [False]
+    asked = []
+    def has_room(cpu_s):
+        asked.append(cpu_s)
+        return room[0]
+    hook = keeper.tick_hook(lambda: 0, has_room)
+    out = {}
+    now[0] = 4.0
+    hook([])
+    out["not due: asked"] = len(asked)
+    for t in (5.0, 6.0, 9.0):
+        now[0] = t
+        hook([])
+        await asyncio.sleep(0.01)
+    out["busy: steps"] = keeper.freezes
+    room[0] = True
+    hook([])
+    await asyncio.sleep(0.01)
+    out["room: steps"] = keeper.freezes
+    out["asked for the last step's cpu"] = asked[-1] == 0.0 and keeper.last_step_cpu_s > 0
+    room[0] = False
+    now[0] = keeper.frozen_at + 5.0 + heap.MAX_DELAY_S - 0.1
+    hook([])
+    await asyncio.sleep(0.01)
+    out["busy, not overdue: steps"] = keeper.freezes
+    now[0] += 0.2
+    hook([])
+    await asyncio.sleep(0.01)
+    out["overdue: steps"] = keeper.freezes
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_a_due_step_waits_for_a_calm_moment_but_not_forever():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", DEFER_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    got = json.loads(out.splitlines()[-1])
+    assert got == {"not due: asked": 0, "busy: steps": 0, "room: steps": 1,
+                   "asked for the last step's cpu": True,
+                   "busy, not overdue: steps": 1, "overdue: steps": 2}

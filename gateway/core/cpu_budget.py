@@ -44,6 +44,9 @@ SAMPLE_GAP_S = 0.002
 TURN_S = 0.001
 #: ... or waits this long (a timer: a later turn of the loop).
 NEXT_TURN_S = 0.0005
+#: Work that can wait longer than paced work (heap.Keeper's step) waits until paced work
+#: has not had to wait for this long: a burst is over.
+CALM_S = 0.2
 
 
 class CpuBudget:
@@ -63,6 +66,7 @@ class CpuBudget:
         self._queue = asyncio.Lock()  # FIFO: waiters park; only the first one polls
         self._samples: deque[tuple[float, float]] = deque()
         self._last_slice = -MAX_WAIT_S
+        self._waited_at = -CALM_S
         self.waits = 0  # times paced work was told to wait
 
     @property
@@ -90,6 +94,7 @@ class CpuBudget:
                 self._turn_began = now
                 asyncio.get_running_loop().call_soon(self._next_turn)
             elif now - self._turn_began > self.turn_s:
+                self._waited_at = now
                 return NEXT_TURN_S
         cores = self.cores()
         if cores >= 1.0:
@@ -98,9 +103,19 @@ class CpuBudget:
         now = self._now()
         if full and now - self._last_slice < MAX_WAIT_S:
             self.waits += 1
+            self._waited_at = now
             return RETRY_S
         self._last_slice = now
         return 0.0
+
+    def has_room(self, cpu_s: float) -> bool:
+        """Whether ``cpu_s`` of work in one piece fits now: no burst of paced work is
+        waiting its turn (none waited in the last ``CALM_S``) and, under a quota, the last
+        window's CPU plus this stays under ``LIMIT`` of it."""
+        if self._now() - self._waited_at < CALM_S:
+            return False
+        cores = self.cores()
+        return cores >= 1.0 or self.used_s() + cpu_s < LIMIT * cores * WINDOW_S
 
     def _next_turn(self) -> None:
         self._turn_began = None
