@@ -89,13 +89,18 @@ if os.environ.get("TICK_SLOW_MS"):
     import asyncio.events
     limit, run = float(os.environ["TICK_SLOW_MS"]) / 1000, asyncio.events.Handle._run
     def timed(self):
+        task = getattr(self._callback, "__self__", None)
+        coro = task.get_coro() if hasattr(task, "get_coro") else None
+        path = ""  # an HTTP request's path, read before its coroutine may end
+        if getattr(getattr(coro, "cr_code", None), "co_name", "") == "_handle_request":
+            request = coro.cr_frame.f_locals.get("request") if coro.cr_frame else None
+            path = f" {request.method} {request.path}" if hasattr(request, "path") else ""
         t0, c0 = time.perf_counter(), time.thread_time()
         run(self)
         took = time.perf_counter() - t0
         if took > limit:  # wall ms (throttling included), when, what, its own CPU ms
-            what = getattr(self._callback, "__self__", None)
-            what = what.get_coro() if hasattr(what, "get_coro") else self
-            slow.append((round(took * 1000, 2), time.time(), repr(what)[:300],
+            what = coro if coro is not None else self
+            slow.append((round(took * 1000, 2), time.time(), repr(what)[:300] + path,
                          round((time.thread_time() - c0) * 1000, 2)))
     asyncio.events.Handle._run = timed
 def dump(*_):

@@ -184,3 +184,61 @@ def test_a_due_step_waits_for_a_calm_moment_but_not_forever():
     assert got == {"not due: asked": 0, "busy: steps": 0, "room: steps": 1,
                    "asked for the last step's cpu": True,
                    "busy, not overdue: steps": 1, "overdue: steps": 2}
+
+
+#: A step collects only when the last collection found garbage enough, or
+#: COLLECT_EVERY_S after it; otherwise it only freezes (no walk).
+SKIP_SCRIPT = """
+import gc, json, weakref
+from gateway import heap
+
+heap.settle()
+now = [0.0]
+keeper = heap.Keeper(thaw_every_s=1e9, clock=lambda: now[0])
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+
+def garbage(n):
+    # n objects in cycles that outlived young collections (as a session's would)
+    alive = [Cycle() for _ in range(n)]
+    gc.collect(1)  # survivors: old now
+    ref = weakref.ref(alive[0])
+    del alive
+    return ref
+
+out = {}
+keeper.step(0)  # the first step collects
+out["first"] = keeper.collections
+little = garbage(10)
+now[0] += 5
+keeper.step(0)
+out["little: collections"] = keeper.collections
+out["little: frozen, not freed"] = little() is not None
+now[0] = heap.COLLECT_EVERY_S + 0.1
+keeper.step(0)
+out["after COLLECT_EVERY_S"] = keeper.collections
+lots = garbage(heap.LITTLE_GARBAGE + 10)
+now[0] = 2 * heap.COLLECT_EVERY_S + 1
+keeper.step(0)
+out["lots: collected"] = [keeper.collections, lots() is None,
+                          keeper.last_garbage >= heap.LITTLE_GARBAGE]
+now[0] += 5
+keeper.step(0)
+out["after lots: collections"] = keeper.collections
+print(json.dumps(out))
+"""
+
+
+def test_steps_only_freeze_while_collections_find_little_garbage():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", SKIP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    got = json.loads(out.splitlines()[-1])
+    assert got["first"] == 1
+    assert got["little: collections"] == 1  # the first found nothing: freeze only
+    assert got["little: frozen, not freed"]  # waits for a thaw
+    assert got["after COLLECT_EVERY_S"] == 2
+    assert got["lots: collected"] == [3, True, True]
+    assert got["after lots: collections"] == 4  # garbage enough: collect at every step
