@@ -113,7 +113,7 @@ class Keeper:
         self.collections = 0
         self.collected_at = -math.inf
         self.last_garbage = 0  # objects in cycles the last step's collection found
-        self.last_step_cpu_s = 0.0
+        self.last_collection_cpu_s = 0.0
         self._scheduled = False
 
     def ended(self, started: float) -> None:
@@ -121,14 +121,19 @@ class Keeper:
         if started < self.frozen_at:
             self.ended_frozen += 1
 
+    def _due(self, now: float, live_sessions: int) -> tuple[bool, bool]:
+        """Whether the step thaws, and whether it collects."""
+        thaw = (self.ended_frozen >= max(self.thaw_after_sessions,
+                                         self.thaw_after_share * live_sessions)
+                or now - self.thawed_at >= self.thaw_every_s)
+        return thaw, (thaw or self.last_garbage >= LITTLE_GARBAGE
+                      or now - self.collected_at >= COLLECT_EVERY_S)
+
     def step(self, live_sessions: int) -> None:
         """Freeze the unfrozen objects, after a collection when one is due; thaw when
         due."""
         now = self.clock()
-        began = time.thread_time()
-        thaw = (self.ended_frozen >= max(self.thaw_after_sessions,
-                                         self.thaw_after_share * live_sessions)
-                or now - self.thawed_at >= self.thaw_every_s)
+        thaw, collect = self._due(now, live_sessions)
         if thaw:
             log.info("heap: thawing for a full collection (%d frozen sessions ended)",
                      self.ended_frozen)
@@ -136,22 +141,23 @@ class Keeper:
             self.thaws += 1
             self.thawed_at = now
             self.ended_frozen = 0
-        if (thaw or self.last_garbage >= LITTLE_GARBAGE
-                or now - self.collected_at >= COLLECT_EVERY_S):
+        if collect:
+            began = time.thread_time()
             self.last_garbage = gc.collect()
+            self.last_collection_cpu_s = time.thread_time() - began
             self.collected_at = now
             self.collections += 1
         gc.freeze()
         self.frozen_at = self.clock()
         self.freezes += 1
-        self.last_step_cpu_s = time.thread_time() - began
 
     def tick_hook(self, live_sessions: Callable[[], int],
                   has_room: Callable[[float], bool] = lambda _cpu_s: True,
                   ) -> Callable[[object], None]:
         """A media-clock tick hook (``registry.on_tick``) that runs the step when due,
         ``AFTER_TICK_S`` after the tick, once ``has_room`` says the step's CPU fits
-        (``CpuBudget.has_room``) or it is ``MAX_DELAY_S`` overdue."""
+        (``CpuBudget.has_room``: a collection's as long as the last one, a freeze none) or
+        it is ``MAX_DELAY_S`` overdue."""
         loop = asyncio.get_running_loop()
 
         def run_step() -> None:
@@ -161,8 +167,12 @@ class Keeper:
         def on_tick(_fed: object) -> None:
             if self._scheduled:
                 return
-            late = self.clock() - self.frozen_at - self.freeze_every_s
-            if late >= 0 and (late >= MAX_DELAY_S or has_room(self.last_step_cpu_s)):
+            now = self.clock()
+            late = now - self.frozen_at - self.freeze_every_s
+            if late < 0:
+                return
+            cpu_s = self.last_collection_cpu_s if self._due(now, live_sessions())[1] else 0.0
+            if late >= MAX_DELAY_S or has_room(cpu_s):
                 self._scheduled = True
                 loop.call_later(AFTER_TICK_S, run_step)
 

@@ -160,7 +160,8 @@ async def main():
     hook([])
     await asyncio.sleep(0.01)
     out["room: steps"] = keeper.freezes
-    out["asked for the last step's cpu"] = asked[-1] == 0.0 and keeper.last_step_cpu_s > 0
+    out["asked for the last collection's cpu"] = (asked[-1] == 0.0
+                                                  and keeper.last_collection_cpu_s > 0)
     room[0] = False
     now[0] = keeper.frozen_at + 5.0 + heap.MAX_DELAY_S - 0.1
     hook([])
@@ -182,7 +183,7 @@ def test_a_due_step_waits_for_a_calm_moment_but_not_forever():
                          text=True, timeout=60, check=True).stdout
     got = json.loads(out.splitlines()[-1])
     assert got == {"not due: asked": 0, "busy: steps": 0, "room: steps": 1,
-                   "asked for the last step's cpu": True,
+                   "asked for the last collection's cpu": True,
                    "busy, not overdue: steps": 1, "overdue: steps": 2}
 
 

@@ -110,6 +110,27 @@ def test_fec_flag_and_lbrr_detection_agree_with_libopus():
         assert libopus._has_lbrr(lib, packet) == libopus.has_lbrr(packet)
 
 
+def test_a_packet_leaves_nothing_for_the_cycle_collector():
+    """Encoding, decoding and reading the FEC flag run per packet of every stream: a
+    reference cycle each (ndarray.ctypes.data_as and ctypes.cast make one) kept the
+    collector busy and grew what gateway/heap.py's steps must walk."""
+    import gc
+
+    pcm = voiced(1.0)
+    encoder, decoder, lib = libopus.OpusEncoder(), libopus.OpusDecoder(), libopus.library()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(0, len(pcm), FRAME):
+            packet = encoder.encode(pcm[i : i + FRAME])
+            decoder.decode(packet)
+            libopus.has_lbrr(packet)
+            libopus._has_lbrr(lib, packet)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     ref = reference.astype(np.float64)
     noise = test.astype(np.float64) - ref

@@ -81,7 +81,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
                                         ctypes.POINTER(ctypes.c_int)]
     lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
     lib.opus_encode.restype = ctypes.c_int32
-    lib.opus_encode.argtypes = [ctypes.c_void_p, _i16p, ctypes.c_int, ctypes.c_char_p,
+    # the samples by address (ndarray.ctypes.data): ndarray.ctypes.data_as goes through
+    # ctypes.cast, whose source keeps itself in its _objects: a reference cycle per packet
+    lib.opus_encode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
                                 ctypes.c_int32]
     # opus_encoder_ctl is variadic: every request used here takes one opus_int32, which
     # the C calling conventions pass as they pass an int
@@ -152,6 +154,12 @@ def _native_has_lbrr():  # type: ignore[no-untyped-def]
     return getattr(library(), "opus_packet_has_lbrr", None)
 
 
+#: opus_packet_parse's outputs: made once (a ctypes array type made per call is a class
+#: the cycle collector must free).
+_FRAMES = ctypes.c_void_p * 48
+_SIZES = ctypes.c_int16 * 48
+
+
 def _has_lbrr(lib: ctypes.CDLL, packet: bytes) -> bool:
     """opus_packet_has_lbrr of libopus 1.5 for older libraries: SILK's first frame header
     starts with one VAD bit per 20 ms SILK frame, then the LBRR flag, as plain bits."""
@@ -160,11 +168,11 @@ def _has_lbrr(lib: ctypes.CDLL, packet: bytes) -> bool:
         return False
     per_frame = _frame_samples(toc)
     silk_frames = per_frame // 960 if per_frame > 960 else 1
-    frames = (ctypes.c_void_p * 48)()
-    sizes = (ctypes.c_int16 * 48)()
+    frames = _FRAMES()
+    sizes = _SIZES()
     if lib.opus_packet_parse(packet, len(packet), None, frames, sizes, None) <= 0 or sizes[0] < 1:
         return False
-    first = ctypes.cast(frames[0], _u8p)[0]
+    first = ctypes.string_at(frames[0], 1)[0]  # not ctypes.cast: it leaves a reference cycle
     lbrr = (first >> (7 - silk_frames)) & 1
     if toc & 0x04:  # stereo: the side channel's flag follows its VAD bits
         lbrr |= (first >> (6 - 2 * silk_frames)) & 1
@@ -272,6 +280,6 @@ class OpusEncoder:
     def encode(self, pcm: np.ndarray) -> bytes:
         """One packet from 2.5–60 ms of int16 samples."""
         pcm = np.ascontiguousarray(pcm, dtype=np.int16)
-        n = self._lib.opus_encode(self._st, pcm.ctypes.data_as(_i16p), len(pcm), self._out,
+        n = self._lib.opus_encode(self._st, pcm.ctypes.data, len(pcm), self._out,
                                   MAX_PACKET)
         return ctypes.string_at(self._out, _check(n))
