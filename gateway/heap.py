@@ -3,37 +3,36 @@
 1. Freeze the start-up heap. Everything imported and built before serving (aiortc, av,
    numpy, scipy: ~110k objects) lives for the whole process; frozen, a full collection
    no longer walks it, and the event loop no longer pauses ~50 ms each time one runs.
-2. Keep the sessions' objects out of full collections too (Keeper): every few seconds
-   collect what was made since the last freeze (cheap: only that is walked) and freeze
-   the survivors. A closed session no longer needs the collector (gateway/webrtc/
+2. Keep the sessions' objects out of full collections too (Keeper): every second
+   freeze what was made since the last freeze, collecting it first when a collection is
+   due (point 4). A closed session no longer needs the collector (gateway/webrtc/
    session.py drops the event handlers that made its cycles); a thaw bounds whatever
    else ends up as garbage while frozen.
 3. Full collections only at the Keeper's steps, just after a media tick's fan-out. A
    full collection holds the event loop for as long as it walks; CPython starts one
    after enough allocations, at whatever moment that is: during a burst of SIP or API
    work, with that work's objects alive, 10-60 ms (throttling included) in the middle
-   of a tick's period (docs/benchmarks.md, "Timing under load"). The Keeper's step
-   collects every few seconds anyway, so the collector's own full collections are
-   switched off (young collections stay as they are: they walk only the young
-   objects), and the Keeper's step waits for a tick and runs ``AFTER_TICK_S`` after
-   it, when the tick's packets are out and the next tick is ~15 ms away. Garbage in
-   reference cycles waits at most ``FREEZE_EVERY_S`` for it (closed sessions leave
-   little: point 2).
-4. Collect only when there is garbage to find. A step's collection walks every object
-   made since the last freeze that is still alive: with 500 WebRTC listeners ~20 ms
-   (aiortc's timers, RTCP and consent tasks in flight), and at 80 % of a core the media
-   clock needs ~6 ticks to catch up after such a pause (docs/benchmarks.md, "Timing
-   under load"). Listeners alone leave a few hundred objects in cycles per step, so when
-   a collection found fewer than ``LITTLE_GARBAGE`` the next steps only freeze (no walk)
-   until ``COLLECT_EVERY_S`` has passed; a churn of calls or requests that leaves more
-   is collected at every step as before. What a step freezes unwalked waits for the next
-   thaw.
-5. Not during a burst. A step walks what was made since the last one: 2-3 ms with 220
-   listeners, 5-11 ms while bursts of SIP and API work have their objects alive, and,
-   under a container CPU quota, a step on top of a burst throttles the process. So a
-   due step waits until the gateway's CPU budget (gateway/core/cpu_budget.py) says no
-   burst is waiting and, under a quota, the step's CPU (as long as the last step's)
-   fits; after ``MAX_DELAY_S`` it runs anyway.
+   of a tick's period (docs/benchmarks.md, "Timing under load"). So the collector's own
+   full collections are switched off (young collections stay: they walk only the
+   objects not yet frozen), and the Keeper's step waits for a tick and runs
+   ``AFTER_TICK_S`` after it, when the tick's packets are out and the next tick is
+   ~15 ms away.
+4. Collect only when there is garbage to find. A collection walks every object made
+   since the last freeze that is still alive: with 500 WebRTC listeners, 5 s of them
+   (aiortc's timers, RTCP and consent tasks in flight) took 8-21 ms, and at 80 % of a
+   core the media clock needs several ticks to catch up after such a pause. Listeners
+   leave no garbage in cycles (the last source was Opus encoding: gateway/codecs/
+   libopus.py), so when a collection found fewer than ``LITTLE_GARBAGE`` objects the
+   next steps only freeze (no walk) until ``COLLECT_EVERY_S`` has passed; a churn of
+   calls or requests that leaves more is collected at every step. What a step freezes
+   unwalked waits for the next thaw. A freeze is cheap, and frequent ones keep the
+   young generations small: a young collection walks what is not frozen yet, ~10 ms
+   at 500 listeners after 5 s of them.
+5. Not during a burst. A collection during a burst walks the burst's live objects too
+   (5-11 ms with 220 listeners), and under a container CPU quota it throttles the
+   process. So a due collection waits until the gateway's CPU budget (gateway/core/
+   cpu_budget.py) says no burst is waiting and, under a quota, that its CPU (as long as
+   the last collection's) fits; after ``MAX_DELAY_S`` it runs anyway.
 """
 
 from __future__ import annotations
@@ -60,9 +59,9 @@ def settle() -> None:
     gc.set_threshold(young, middle, NO_FULL_COLLECTIONS)
 
 
-#: How often the objects made since the last freeze are collected (only they are walked)
-#: and the survivors frozen: sessions that connected meanwhile leave full collections.
-FREEZE_EVERY_S = 5.0
+#: How often the objects made since the last freeze are frozen (point 2 above): sessions
+#: that connected meanwhile leave full collections, and young collections.
+FREEZE_EVERY_S = 1.0
 #: A step runs this long after the media tick that found it due: the tick's fan-out
 #: (shared encoders, then the packets to every listener) has run, the next tick is
 #: ~15 ms away.
@@ -92,7 +91,7 @@ class Keeper:
     A connected WebRTC listener holds ~380 objects the collector tracks (aiortc's ICE,
     DTLS, RTCP tasks and state); with 400 listeners every full collection walked 150k
     objects: ~100 ms on an idle core, 100-300 ms under a 0.5-core quota, 5-15 late media
-    ticks (bench/gc_listeners.py). Frozen every few seconds, the steady ones are never
+    ticks (bench/gc_listeners.py). Frozen every second, the steady ones are never
     walked again; what ends is freed by reference counting, or at the next thaw."""
 
     def __init__(self, freeze_every_s: float = FREEZE_EVERY_S,
@@ -155,9 +154,9 @@ class Keeper:
                   has_room: Callable[[float], bool] = lambda _cpu_s: True,
                   ) -> Callable[[object], None]:
         """A media-clock tick hook (``registry.on_tick``) that runs the step when due,
-        ``AFTER_TICK_S`` after the tick, once ``has_room`` says the step's CPU fits
-        (``CpuBudget.has_room``: a collection's as long as the last one, a freeze none) or
-        it is ``MAX_DELAY_S`` overdue."""
+        ``AFTER_TICK_S`` after the tick; a step that collects waits until ``has_room``
+        says a collection as long as the last one fits (``CpuBudget.has_room``) or it is
+        ``MAX_DELAY_S`` overdue."""
         loop = asyncio.get_running_loop()
 
         def run_step() -> None:
@@ -171,8 +170,8 @@ class Keeper:
             late = now - self.frozen_at - self.freeze_every_s
             if late < 0:
                 return
-            cpu_s = self.last_collection_cpu_s if self._due(now, live_sessions())[1] else 0.0
-            if late >= MAX_DELAY_S or has_room(cpu_s):
+            collects = self._due(now, live_sessions())[1]
+            if not collects or late >= MAX_DELAY_S or has_room(self.last_collection_cpu_s):
                 self._scheduled = True
                 loop.call_later(AFTER_TICK_S, run_step)
 

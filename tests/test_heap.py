@@ -163,6 +163,7 @@ async def main():
     out["asked for the last collection's cpu"] = (asked[-1] == 0.0
                                                   and keeper.last_collection_cpu_s > 0)
     room[0] = False
+    keeper.last_garbage = heap.LITTLE_GARBAGE  # the next step collects
     now[0] = keeper.frozen_at + 5.0 + heap.MAX_DELAY_S - 0.1
     hook([])
     await asyncio.sleep(0.01)
@@ -171,6 +172,11 @@ async def main():
     hook([])
     await asyncio.sleep(0.01)
     out["overdue: steps"] = keeper.freezes
+    keeper.last_garbage = 0  # a step that only freezes does not wait
+    now[0] = keeper.frozen_at + 5.0
+    hook([])
+    await asyncio.sleep(0.01)
+    out["freeze only, busy: steps"] = keeper.freezes
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -184,7 +190,8 @@ def test_a_due_step_waits_for_a_calm_moment_but_not_forever():
     got = json.loads(out.splitlines()[-1])
     assert got == {"not due: asked": 0, "busy: steps": 0, "room: steps": 1,
                    "asked for the last collection's cpu": True,
-                   "busy, not overdue: steps": 1, "overdue: steps": 2}
+                   "busy, not overdue: steps": 1, "overdue: steps": 2,
+                   "freeze only, busy: steps": 3}
 
 
 #: A step collects only when the last collection found garbage enough, or
