@@ -24,10 +24,11 @@
    leave no garbage in cycles (the last source was Opus encoding: gateway/codecs/
    libopus.py), so when a collection found fewer than ``LITTLE_GARBAGE`` objects the
    next steps only freeze (no walk) until ``COLLECT_EVERY_S`` has passed; a churn of
-   calls or requests that leaves more is collected at every step. What a step freezes
-   unwalked waits for the next thaw. A freeze is cheap, and frequent ones keep the
-   young generations small: a young collection walks what is not frozen yet, ~10 ms
-   at 500 listeners after 5 s of them.
+   calls or requests that leaves more is collected at every step, and so is a session
+   that ended before it was frozen. What a step freezes unwalked waits for the next
+   thaw: below ``LITTLE_GARBAGE`` a second, at most ~60,000 objects in 5 minutes. A
+   freeze is cheap, and frequent ones keep the young generations small: a young
+   collection walks what is not frozen yet, ~10 ms at 500 listeners after 5 s of them.
 5. Not during a burst. A collection during a burst walks the burst's live objects too
    (5-11 ms with 220 listeners), and under a container CPU quota it throttles the
    process. So a due collection waits until the gateway's CPU budget (gateway/core/
@@ -68,7 +69,7 @@ FREEZE_EVERY_S = 1.0
 AFTER_TICK_S = 0.004
 #: A collection that found fewer objects in cycles than this lets the next steps only
 #: freeze ...
-LITTLE_GARBAGE = 2000
+LITTLE_GARBAGE = 200
 #: ... until this long after it (point 4 above).
 COLLECT_EVERY_S = 30.0
 #: A due step waits at most this long for a calm moment (point 5 above).
@@ -107,6 +108,7 @@ class Keeper:
         self.frozen_at = clock()  # settle() froze the start-up heap
         self.thawed_at = self.frozen_at
         self.ended_frozen = 0  # sessions frozen, then ended, since the last thaw
+        self.ended_unfrozen = 0  # sessions ended before a freeze, since the last collection
         self.freezes = 0
         self.thaws = 0
         self.collections = 0
@@ -119,13 +121,15 @@ class Keeper:
         """A session that began at ``started`` (this clock) has ended."""
         if started < self.frozen_at:
             self.ended_frozen += 1
+        else:  # its cycles are among the unfrozen objects: collect before freezing them
+            self.ended_unfrozen += 1
 
     def _due(self, now: float, live_sessions: int) -> tuple[bool, bool]:
         """Whether the step thaws, and whether it collects."""
         thaw = (self.ended_frozen >= max(self.thaw_after_sessions,
                                          self.thaw_after_share * live_sessions)
                 or now - self.thawed_at >= self.thaw_every_s)
-        return thaw, (thaw or self.last_garbage >= LITTLE_GARBAGE
+        return thaw, (thaw or self.ended_unfrozen > 0 or self.last_garbage >= LITTLE_GARBAGE
                       or now - self.collected_at >= COLLECT_EVERY_S)
 
     def step(self, live_sessions: int) -> None:
@@ -146,6 +150,7 @@ class Keeper:
             self.last_collection_cpu_s = time.thread_time() - began
             self.collected_at = now
             self.collections += 1
+            self.ended_unfrozen = 0
         gc.freeze()
         self.frozen_at = self.clock()
         self.freezes += 1

@@ -235,6 +235,13 @@ out["lots: collected"] = [keeper.collections, lots() is None,
 now[0] += 5
 keeper.step(0)
 out["after lots: collections"] = keeper.collections
+keeper.last_garbage = 0
+now[0] += 1
+keeper.step(0)  # freeze only
+keeper.ended(now[0] + 0.5)  # a session that began after that freeze ended before the next
+now[0] += 1
+keeper.step(0)
+out["a session ended unfrozen: collections"] = keeper.collections
 print(json.dumps(out))
 """
 
@@ -250,3 +257,4 @@ def test_steps_only_freeze_while_collections_find_little_garbage():
     assert got["after COLLECT_EVERY_S"] == 2
     assert got["lots: collected"] == [3, True, True]
     assert got["after lots: collections"] == 4  # garbage enough: collect at every step
+    assert got["a session ended unfrozen: collections"] == 5  # its cycles: collected
