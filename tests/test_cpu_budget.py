@@ -173,6 +173,45 @@ async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(mon
     assert budget.waits > 0
 
 
+class Rationing(CpuBudget):
+    """A full quota: one slice granted every other ask (as MAX_WAIT_S grants one)."""
+
+    def __init__(self) -> None:
+        super().__init__(turn_s=None, cores=lambda: 0.5)
+        self.asks = 0
+
+    def wait_s(self) -> float:
+        self.asks += 1
+        return 0.0 if self.asks % 2 else 0.001
+
+
+async def test_a_granted_slice_handles_a_millisecond_of_datagrams_not_one():
+    """Under a full quota the budget grants a slice only now and then: each must handle
+    about a millisecond's worth, or SIP throughput collapses to one datagram per grant
+    (requests pile up, clients retransmit into the backlog)."""
+    handled: list[bytes] = []
+
+    def quick(data: bytes, _addr: tuple) -> None:  # ~0.1 ms a datagram
+        end = time.perf_counter() + 0.0001
+        while time.perf_counter() < end:
+            pass
+        handled.append(data)
+
+    budget = Rationing()
+    udp = await BatchedUdp.open("127.0.0.1", 0, False, quick, budget)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for i in range(60):
+            client.sendto(b"%d" % i, udp.sockname)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if len(handled) == 60:
+                break
+    udp.close()
+    assert handled == [b"%d" % i for i in range(60)]
+    grants = (budget.asks + 1) // 2
+    assert grants <= 60 // 5  # ~10 datagrams a slice: 6-7 slices, not 60
+
+
 async def test_waiters_queue_and_only_the_first_one_looks_at_the_budget():
     """Many waiting coroutines (call set-ups, API reads) must not each poll the budget
     every half millisecond: they wait in line, in order, and one polls."""

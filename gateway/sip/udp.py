@@ -7,11 +7,11 @@ wake-up handles a burst in one go: the overload gate refuses the excess of a bur
 once, and requests that arrive together are handled together (a CANCEL right behind its
 INVITE is seen in the same turn, before the INVITE's answering task has run).
 
-Handling is paced a datagram at a time by the gateway's CPU budget
-(gateway/core/cpu_budget.py): all the work that can wait starts within ~1 ms of each
-other per turn of the loop, the rest waits for a later turn, so a flood costs the media
-clock at most about a millisecond of lateness per tick, not the whole batch (64 requests
-of 50-150 us each, an INVITE up to ~1 ms; slices of 8 took up to 9 ms); under a
+Handling is cut into slices of ``SLICE_S`` (whole datagrams; slices of 8 datagrams took
+up to 9 ms), each paced by the gateway's CPU budget (gateway/core/cpu_budget.py): all
+the work that can wait starts within ~1 ms of each other per turn of the loop, the rest
+waits for a later turn, so a flood costs the media clock at most about a millisecond of
+lateness per tick, not the whole batch (64 requests of 50-150 us each); under a
 container CPU quota handling also waits for room in the quota's period, so that a flood
 does not use it up and throttle the media clock.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 BATCH = 64
 #: Larger than any SIP message we accept (sip.max_message_bytes is checked after).
 MAX_DATAGRAM = 65535
+#: A slice of handling: as many datagrams as fit in this much time (one at least). A
+#: slice is what the CPU budget grants, also when it grants only one every 50 ms.
+SLICE_S = 0.001
 #: Datagrams waiting to be handled at most (a flood of 200 OPTIONS fits four times over).
 MAX_BACKLOG = 1024
 
@@ -109,16 +113,21 @@ class BatchedUdp:
             self._drain()
 
     def _drain(self) -> None:
-        """Handle the backlog a datagram at a time until it is empty or the CPU budget
+        """Handle the backlog in slices of ``SLICE_S`` until it is empty or the CPU budget
         says wait (for a later turn of the loop, or for room in the quota)."""
         self._draining = None
         backlog, budget, handle = self._backlog, self._budget, self._on_datagram
+        clock = time.perf_counter
         while backlog:
             wait = budget.wait_s()
             if wait > 0:
                 self._draining = self._loop.call_later(wait, self._drain)
                 return
-            handle(*backlog.popleft())
+            end = clock() + SLICE_S
+            while backlog:
+                handle(*backlog.popleft())
+                if clock() >= end:
+                    break
 
     @property
     def backlog(self) -> int:
