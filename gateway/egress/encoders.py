@@ -22,6 +22,7 @@ from ..codecs.transcode import Packetizer
 from ..core.audio import FRAME_MS
 from ..core.ring import Ring, RingClosed, RingReader
 from ..core.stream import Stream
+from ..core.tasks import cancel_and_drop
 from ..models.info import EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class SharedEncoder:
         self.fec = FecPolicy()
         self.fec_changes = 0
         self._reader = stream.ring.reader(kind="encoder")
-        self._task = asyncio.create_task(self._run(), name=f"encode-{stream.name}-{spec.name}")
+        self._task: asyncio.Task[None] | None = asyncio.create_task(
+            self._run(), name=f"encode-{stream.name}-{spec.name}")
         stream.counters.encoders_created += 1
 
     async def _run(self) -> None:
@@ -121,7 +123,7 @@ class SharedEncoder:
             self.stop()
 
     def stop(self) -> None:
-        self._task.cancel()
+        cancel_and_drop(self, "_task")
         self._reader.close()
         self.packets.close()
         if self.stream.egress.get(self.key) is self:

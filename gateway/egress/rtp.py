@@ -24,6 +24,7 @@ from ..codecs.spec import CodecSpec
 from ..core.counters import OutputCounters
 from ..core.ring import RingClosed
 from ..core.stream import Stream
+from ..core.tasks import cancel_and_drop
 from ..models.info import RtpOutputInfo
 from ..rtp import rtcp
 from ..rtp.packet import build_header
@@ -262,7 +263,8 @@ class RtpFanout:
         self.sockets = sockets
         self.outputs: dict[str, RtpOutput] = {}
         self._reader = encoder.subscribe(kind="rtp")
-        self._task = asyncio.create_task(self._run(), name=f"rtp-fanout-{encoder.key}")
+        self._task: asyncio.Task[None] | None = asyncio.create_task(
+            self._run(), name=f"rtp-fanout-{encoder.key}")
         self._report_cursor = 0
         self._report_credit = 1.0  # the first output reports at once
 
@@ -277,7 +279,7 @@ class RtpFanout:
             send(output.rtcp_sock or output.sock, output, output.bye(), output.rtcp_sockaddr)
         output.group = None
         if not self.outputs:
-            self._task.cancel()
+            cancel_and_drop(self, "_task")
             self.encoder.unsubscribe(self._reader)
 
     async def _run(self) -> None:

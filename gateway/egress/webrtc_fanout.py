@@ -30,6 +30,7 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.sdp import SessionDescription
 
 from ..core.ring import RingClosed
+from ..core.tasks import cancel_and_drop
 from ..rtp.red import red_with_previous
 from ..rtp.rtcp import ntp_from_unix
 from ..webrtc import aiortc_patches
@@ -165,7 +166,8 @@ class WebRTCFanout:
         self.paths: list[ListenerPath] = []  # connected ones, in sending order
         self._reader = encoder.subscribe(kind="webrtc")
         self.previous: EncodedPacket | None = None  # for RED listeners' redundant block
-        self._task = asyncio.create_task(self._run(), name=f"webrtc-fanout-{encoder.key}")
+        self._task: asyncio.Task[None] | None = asyncio.create_task(
+            self._run(), name=f"webrtc-fanout-{encoder.key}")
 
     @classmethod
     def join(cls, encoder: SharedEncoder) -> WebRTCFanout:
@@ -188,7 +190,7 @@ class WebRTCFanout:
         if self.members > 0:
             self.encoder.subscribers -= 1
             return
-        self._task.cancel()
+        cancel_and_drop(self, "_task")
         self.encoder.unsubscribe(self._reader)
         if self._by_encoder.get(self.encoder) is self:
             del self._by_encoder[self.encoder]
