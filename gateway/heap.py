@@ -21,10 +21,11 @@
    since the last freeze that is still alive: with 500 WebRTC listeners, 5 s of them
    (aiortc's timers, RTCP and consent tasks in flight) took 8-21 ms, and at 80 % of a
    core the media clock needs several ticks to catch up after such a pause. Listeners
-   leave no garbage in cycles (the last source was Opus encoding: gateway/codecs/
-   libopus.py), so when a collection found fewer than ``LITTLE_GARBAGE`` objects the
-   next steps only freeze (no walk) until ``COLLECT_EVERY_S`` has passed; a churn of
-   calls or requests that leaves more is collected at every step, and so is a session
+   and SIP calls leave no garbage in cycles (the last sources: Opus encoding, gateway/
+   codecs/libopus.py; cancelled egress tasks, gateway/core/tasks.py), so when a
+   collection found fewer than ``LITTLE_GARBAGE`` objects the next steps only freeze (no
+   walk) until ``COLLECT_EVERY_S`` has passed; a churn that leaves more (requests,
+   sessions' leftovers) is collected at every step, and so is a session
    that ended before it was frozen. What a step freezes unwalked waits for the next
    thaw: below ``LITTLE_GARBAGE`` a second, at most ~60,000 objects in 5 minutes. A
    freeze is cheap, and frequent ones keep the young generations small: a young
