@@ -133,6 +133,21 @@ async def test_paced_work_of_all_kinds_shares_a_millisecond_per_turn_of_the_loop
     assert budget.waits == 0  # no quota: these are turns, not waits for the quota
 
 
+async def handled_all(handled: list, count: int, seconds: float = 1.0) -> None:
+    """Let the loop run until ``count`` datagrams were handled (or ``seconds`` passed)."""
+    for _ in range(round(seconds / 0.005)):
+        if len(handled) >= count:
+            return
+        await asyncio.sleep(0.005)
+
+
+async def send(udp: BatchedUdp, count: int) -> None:
+    """``count`` datagrams b"0", b"1", ... to ``udp``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for i in range(count):
+            client.sendto(b"%d" % i, udp.sockname)
+
+
 class Refusing(CpuBudget):
     """A budget with no room until the test opens it."""
 
@@ -164,10 +179,7 @@ async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(mon
         await asyncio.sleep(0.05)
         assert handled == [] and udp.backlog == 150 and udp.dropped == 50
         budget.open = True
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if len(handled) == 150:
-                break
+        await handled_all(handled, 150)
     udp.close()
     assert handled == [b"%d" % i for i in range(150)]
     assert budget.waits > 0
@@ -199,13 +211,8 @@ async def test_a_granted_slice_handles_a_millisecond_of_datagrams_not_one():
 
     budget = Rationing()
     udp = await BatchedUdp.open("127.0.0.1", 0, False, quick, budget)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        for i in range(60):
-            client.sendto(b"%d" % i, udp.sockname)
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            if len(handled) == 60:
-                break
+    await send(udp, 60)
+    await handled_all(handled, 60)
     udp.close()
     assert handled == [b"%d" % i for i in range(60)]
     grants = (budget.asks + 1) // 2

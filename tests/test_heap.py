@@ -8,7 +8,16 @@ import os
 import subprocess
 import sys
 
-#: Run in a process of its own: freezing would freeze the test runner's heap too.
+
+def run(script: str) -> dict:
+    """``script``'s last line of output, JSON, from a process of its own (freezing would
+    freeze the test runner's heap too)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 SCRIPT = """
 import gc, json, weakref
 from gateway import heap
@@ -56,10 +65,7 @@ print(json.dumps(out))
 
 
 def test_keeper_freezes_sessions_and_frees_the_ended_ones_at_a_thaw():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    got = json.loads(out.splitlines()[-1])
+    got = run(SCRIPT)
     assert got["walked before"] == 10
     assert got["walked after a step"] == 0  # frozen: no full collection walks them
     assert got["2 ended, alive"] == 2  # frozen garbage, below the thaw threshold
@@ -121,10 +127,7 @@ def test_full_collections_only_at_the_keepers_step_after_a_tick():
     threshold (during a burst of SIP or API work: 10-60 ms with the loop held); a served
     gateway collects only at the Keeper's steps, AFTER_TICK_S after a media tick, and
     those free what closed peer connections leave in cycles."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", POLICY_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    got = json.loads(out.splitlines()[-1])
+    got = run(POLICY_SCRIPT)
     assert got["full collections during the burst"] == 0
     assert got["closed, alive before a step"] == 6  # cycles: reference counting can't
     assert got["steps"] == 1
@@ -184,10 +187,7 @@ asyncio.run(main())
 
 
 def test_a_due_step_waits_for_a_calm_moment_but_not_forever():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", DEFER_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    got = json.loads(out.splitlines()[-1])
+    got = run(DEFER_SCRIPT)
     assert got == {"not due: asked": 0, "busy: steps": 0, "room: steps": 1,
                    "asked for the last collection's cpu": True,
                    "busy, not overdue: steps": 1, "overdue: steps": 2,
@@ -247,10 +247,7 @@ print(json.dumps(out))
 
 
 def test_steps_only_freeze_while_collections_find_little_garbage():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", SKIP_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    got = json.loads(out.splitlines()[-1])
+    got = run(SKIP_SCRIPT)
     assert got["first"] == 1
     assert got["little: collections"] == 1  # the first found nothing: freeze only
     assert got["little: frozen, not freed"]  # waits for a thaw

@@ -23,6 +23,7 @@ from loop_turns import LoopTurns
 from peers.sipp import run_sipp
 from sip_phone import Phone, decode, sdp_offer
 from stepping import send_tone
+from test_cpu_budget import handled_all, send
 from test_metrics import scrape, value
 
 from gateway.core.headroom import Admission, AdmissionConfig, Refusal
@@ -268,13 +269,8 @@ async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between
         handled.append((data, loop.turn))
 
     udp = await BatchedUdp.open("127.0.0.1", 0, False, slow)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        for i in range(64):
-            client.sendto(b"%d" % i, udp.sockname)
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            if len(handled) == 64:
-                break
+    await send(udp, 64)
+    await handled_all(handled, 64)
     loop.stop()
     udp.close()
     assert [d for d, _ in handled] == [b"%d" % i for i in range(64)]
