@@ -23,7 +23,6 @@ from loop_turns import LoopTurns
 from peers.sipp import run_sipp
 from sip_phone import Phone, decode, sdp_offer
 from stepping import send_tone
-from test_cpu_budget import handled_all, send
 from test_metrics import scrape, value
 
 from gateway.core.headroom import Admission, AdmissionConfig, Refusal
@@ -37,7 +36,7 @@ from gateway.sip.transaction import (
     Timers,
     TransactionLayer,
 )
-from gateway.sip.udp import BATCH, BatchedUdp
+from gateway.sip.udp import BATCH, SLICE, BatchedUdp
 
 ROOT = Path(__file__).resolve().parent.parent
 CALL_OR_503 = ROOT / "bench" / "sipp" / "uac_call_or_503.xml"
@@ -238,9 +237,9 @@ def test_admission_refusals_at_datagram_read_are_counted_as_sip():
 
 
 # -- the endpoint's UDP socket ---------------------------------------------------------
-async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_order():
-    got: list[bytes] = []
-    udp = await BatchedUdp.open("127.0.0.1", 0, False, lambda data, _addr: got.append(data))
+async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_slices():
+    batches: list[list] = []
+    udp = await BatchedUdp.open("127.0.0.1", 0, False, batches.append)
     loop = asyncio.get_running_loop()
     loop.remove_reader(udp._sock.fileno())  # the test wakes it itself
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -248,35 +247,40 @@ async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_ord
             client.sendto(b"%d" % i, udp.sockname)
         await asyncio.sleep(0.05)
         udp._read_ready()
-        assert len(got) == BATCH  # one wake-up reads 64 at most
+        assert sum(len(b) for b in batches) == BATCH  # one wake-up reads 64 at most
         udp._read_ready()
         udp._read_ready()
-    assert got == [b"%d" % i for i in range(100)]
+    assert [len(b) for b in batches] == [SLICE] * 12 + [100 - 12 * SLICE]
+    assert [d for b in batches for d, _ in b] == [b"%d" % i for i in range(100)]
     loop.add_reader(udp._sock.fileno(), udp._read_ready)
     udp.close()
 
 
 async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between():
     """A flood whose handling outlasts the turn's budget: the rest waits a turn, so the
-    media clock's timer runs between datagrams."""
+    media clock's timer runs between slices."""
     loop = LoopTurns()
     handled: list[tuple[bytes, int]] = []
 
-    def slow(data: bytes, _addr: tuple) -> None:  # ~0.3 ms a datagram: 4-5 a turn
-        end = time.perf_counter() + 0.0003
+    def slow(batch: list) -> None:  # ~0.6 ms a slice: two slices spend a turn's budget
+        end = time.perf_counter() + 0.0006
         while time.perf_counter() < end:
             pass
-        handled.append((data, loop.turn))
+        handled.extend((d, loop.turn) for d, _ in batch)
 
     udp = await BatchedUdp.open("127.0.0.1", 0, False, slow)
-    await send(udp, 64)
-    await handled_all(handled, 64)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for i in range(64):
+            client.sendto(b"%d" % i, udp.sockname)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if len(handled) == 64:
+                break
     loop.stop()
     udp.close()
     assert [d for d, _ in handled] == [b"%d" % i for i in range(64)]
     turns = sorted({t for _, t in handled})
-    per_turn = max(sum(t == turn for _, t in handled) for turn in turns)
-    assert per_turn <= 5  # the turn's millisecond, and the one that crossed it
+    assert len(turns) >= 64 // SLICE // 2  # at most two slices (one budget) a turn
     loop.assert_timer_ran_between(turns)
 
 

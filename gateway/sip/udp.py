@@ -7,13 +7,13 @@ wake-up handles a burst in one go: the overload gate refuses the excess of a bur
 once, and requests that arrive together are handled together (a CANCEL right behind its
 INVITE is seen in the same turn, before the INVITE's answering task has run).
 
-Handling is cut into slices of ``SLICE_S`` (whole datagrams; slices of 8 datagrams took
-up to 9 ms), each paced by the gateway's CPU budget (gateway/core/cpu_budget.py): all
-the work that can wait starts within ~1 ms of each other per turn of the loop, the rest
-waits for a later turn, so a flood costs the media clock at most about a millisecond of
-lateness per tick, not the whole batch (64 requests of 50-150 us each); under a
-container CPU quota handling also waits for room in the quota's period, so that a flood
-does not use it up and throttle the media clock.
+Handling a batch is cut into slices of ``SLICE`` datagrams, each paced by the gateway's
+CPU budget (gateway/core/cpu_budget.py): slices of all the work that can wait start
+within ~1 ms of each other per turn of the loop, the rest waits for a later turn, so a
+flood of OPTIONS costs the media clock at most about a millisecond of lateness per tick,
+not the whole batch (64 requests of 50-150 us each); under a container CPU quota the
+slices also wait for room in the quota's period, so that a flood does not use it up and
+throttle the media clock.
 
 Reading goes on meanwhile, into a backlog of at most ``MAX_BACKLOG`` datagrams: a
 datagram waits there for its turn (a few hundred bytes each) rather than in the kernel's
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -42,9 +41,8 @@ log = logging.getLogger(__name__)
 BATCH = 64
 #: Larger than any SIP message we accept (sip.max_message_bytes is checked after).
 MAX_DATAGRAM = 65535
-#: A slice of handling: as many datagrams as fit in this much time (one at least). A
-#: slice is what the CPU budget grants, also when it grants only one every 50 ms.
-SLICE_S = 0.001
+#: Datagrams handled between two looks at the clock.
+SLICE = 8
 #: Datagrams waiting to be handled at most (a flood of 200 OPTIONS fits four times over).
 MAX_BACKLOG = 1024
 
@@ -52,14 +50,14 @@ Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 
 
 class BatchedUdp:
-    """One bound, non-blocking UDP socket on the loop's selector; ``on_datagram`` gets
-    each datagram, in arrival order, when the CPU budget lets it."""
+    """One bound, non-blocking UDP socket on the loop's selector; ``on_batch`` gets the
+    datagrams of one wake-up, in arrival order."""
 
     def __init__(self, sock: socket.socket,
-                 on_datagram: Callable[[bytes, Address], None],
+                 on_batch: Callable[[list[tuple[bytes, Address]]], None],
                  budget: CpuBudget | None = None) -> None:
         self._sock: socket.socket | None = sock
-        self._on_datagram = on_datagram
+        self._on_batch = on_batch
         self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
         self._backlog: deque[tuple[bytes, Address]] = deque()
@@ -70,7 +68,7 @@ class BatchedUdp:
 
     @classmethod
     async def open(cls, host: str, port: int, reuse_port: bool,
-                   on_datagram: Callable[[bytes, Address], None],
+                   on_batch: Callable[[list[tuple[bytes, Address]]], None],
                    budget: CpuBudget | None = None) -> BatchedUdp:
         """Bind ``host:port`` (0: any free port); OSError as bind() raises it."""
         loop = asyncio.get_running_loop()
@@ -82,7 +80,7 @@ class BatchedUdp:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
-            return cls(sock, on_datagram, budget)
+            return cls(sock, on_batch, budget)
         except BaseException:
             sock.close()
             raise
@@ -113,21 +111,16 @@ class BatchedUdp:
             self._drain()
 
     def _drain(self) -> None:
-        """Handle the backlog in slices of ``SLICE_S`` until it is empty or the CPU budget
-        says wait (for a later turn of the loop, or for room in the quota)."""
+        """Handle the backlog a slice at a time until it is empty or the CPU budget says
+        wait (for a later turn of the loop, or for room in the quota)."""
         self._draining = None
-        backlog, budget, handle = self._backlog, self._budget, self._on_datagram
-        clock = time.perf_counter
+        backlog, budget = self._backlog, self._budget
         while backlog:
             wait = budget.wait_s()
             if wait > 0:
                 self._draining = self._loop.call_later(wait, self._drain)
                 return
-            end = clock() + SLICE_S
-            while backlog:
-                handle(*backlog.popleft())
-                if clock() >= end:
-                    break
+            self._on_batch([backlog.popleft() for _ in range(min(SLICE, len(backlog)))])
 
     @property
     def backlog(self) -> int:
