@@ -86,7 +86,8 @@ def reference_resampler(rate_in: int, rate_out: int):
     from gateway.codecs.resample import _design, _plan
 
     r = Resampler(rate_in, rate_out)
-    bank, history = _design(r.up, r.down), np.zeros(_design(r.up, r.down).shape[1] - 1)
+    bank = _design(r.up, r.down)
+    history = np.zeros(bank.shape[1] - 1)
 
     def process(pcm: np.ndarray) -> np.ndarray:
         nonlocal history

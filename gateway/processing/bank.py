@@ -10,7 +10,7 @@ back before anything reads or changes its objects (snapshot, idle silence).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -208,23 +208,26 @@ class AnalysisBank:
         stream whose state cannot be loaded is handed to it and its result is None."""
         out: list[Events | None] = [[] for _ in items]
         rows = [a._row if a._bank is self else -1 for a, _, _ in items]
-        keep = range(len(items))
+        keep: Sequence[int] = range(len(items))
         if -1 in rows:  # newcomers: load them (a failure drops that stream only)
-            rows, kept = [], []
+            loaded = []
             for i, (a, _, _) in enumerate(items):
-                try:
-                    rows.append(a._row if a._bank is self else self.load(a))
-                    kept.append(i)
-                except Exception as exc:
-                    if failed is None:
-                        raise
-                    failed(i, exc)
-                    out[i] = None
-            if not kept:
+                if rows[i] < 0:
+                    try:
+                        rows[i] = self.load(a)
+                    except Exception as exc:
+                        if failed is None:
+                            raise
+                        failed(i, exc)
+                        out[i] = None
+                        continue
+                loaded.append(i)
+            if not loaded:
                 return out
-            if len(kept) < len(items):
-                items = [items[i] for i in kept]
-            keep = kept  # type: ignore[assignment]
+            if len(loaded) < len(items):
+                items = [items[i] for i in loaded]
+                rows = [rows[i] for i in loaded]
+            keep = loaded
         frames = np.array([frame for _, _, frame in items], dtype=np.int16)
         row_array = np.array(rows, dtype=np.int64)
         index = np.array([index for _, index, _ in items], dtype=np.int64)
