@@ -37,7 +37,9 @@ histogram in 0.1 ms bins since start); two readings, at a phase's start and end,
 that phase's distribution exactly: p50, p99, max (to 0.1 ms). Per phase also: the
 gateway's CPU (cores), the share of CFS periods in which the quota throttled it, and the
 longest generation-2 collection (the gateway runs with a ``gc.callbacks`` hook that times
-every collection).
+every collection). With ``TICK_SLOW_MS=2`` (and ``TICK_SLOW_FILE``) the gateway lists
+every event-loop callback that took longer (wall and own CPU ms, when, what) and every
+tick later than that: what each late tick waited behind.
 
 With ``--previous REV`` the whole sequence runs first on the gateway of commit REV
 (exported with ``git archive``, no worktree; it must have the ``clock_lateness``
@@ -103,6 +105,13 @@ if os.environ.get("TICK_SLOW_MS"):
             slow.append((round(took * 1000, 2), time.time(), repr(what)[:300] + path,
                          round((time.thread_time() - c0) * 1000, 2)))
     asyncio.events.Handle._run = timed
+    from gateway.core import lateness
+    record = lateness.Lateness.record
+    def noted(self, late):  # late ticks beside the slow callbacks: what they waited for
+        record(self, late)
+        if late > limit:
+            slow.append((round(late * 1000, 2), time.time(), "tick late", 0.0))
+    lateness.Lateness.record = noted
 def dump(*_):
     path = os.environ["TICK_GC_FILE"]
     with open(path + ".part", "w") as f:

@@ -114,8 +114,10 @@ class Gateway:
             lateness=lambda: list(self.registry.clock.lateness.recent),
             load=self._admitted_load,
         )
-        #: Paces SIP request batches and API listings under a container CPU quota.
-        self.cpu_budget = CpuBudget(cores=lambda: self.admission.cores_available)
+        #: Paces SIP request batches and API listings into the media clock's spare time
+        #: and under a container CPU quota.
+        self.cpu_budget = CpuBudget(cores=lambda: self.admission.cores_available,
+                                    until_tick=lambda: self.registry.clock.until_tick())
         self.sip: SipService | None = None
         if config.sip.enabled:
             base = config.sip.worker_port_base
@@ -534,6 +536,7 @@ class Gateway:
             self.recordings.once = self.cluster.once
             self.processing.leads = self._leads
             self.registry.on_removed.append(self._forget)
+        self.registry.on_tick.append(self.cpu_budget.ticked)
         self.registry.start()
         self._spawn(self._sample_headroom())
         if self.heap is not None:

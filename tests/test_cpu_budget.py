@@ -4,6 +4,7 @@ fake clocks, and the SIP UDP socket that keeps reading while its handling is pac
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 
@@ -13,8 +14,10 @@ from gateway.core.cpu_budget import (
     CALM_S,
     LIMIT,
     MAX_WAIT_S,
+    MEDIA_TURNS,
     NEXT_TURN_S,
     RETRY_S,
+    TICK_GUARD_S,
     TURN_S,
     WINDOW_S,
     CpuBudget,
@@ -155,7 +158,7 @@ async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(mon
     handled: list[bytes] = []
     budget = Refusing()
     udp = await BatchedUdp.open("127.0.0.1", 0, False,
-                                lambda batch: handled.extend(d for d, _ in batch), budget)
+                                lambda data, _: handled.append(data), budget)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for i in range(200):
             client.sendto(b"%d" % i, udp.sockname)
@@ -236,3 +239,55 @@ async def test_api_reads_wait_for_a_turn_and_health_checks_and_writes_do_not():
         assert not any(t.done() for t in held)  # waiting for a turn
         budget.open = True
         assert await asyncio.gather(*held) == [200, 200]
+
+
+async def test_paced_work_waits_for_the_ticks_own_work_and_not_just_before_a_tick():
+    """At 80 % load a 20 ms period has ~4 ms to spare: paced work run while a tick's work
+    (encoders, fan-outs) is queued, or across the next tick, delays every listener's
+    packet. So it waits MEDIA_TURNS turns of the loop after a tick, and does not start
+    within TICK_GUARD_S of the next one."""
+    until = [0.010]
+    budget = CpuBudget(turn_s=None, until_tick=lambda: until[0])
+    assert budget.wait_s() == 0.0
+    until[0] = TICK_GUARD_S / 2
+    assert budget.wait_s() == pytest.approx(TICK_GUARD_S / 2 + NEXT_TURN_S)  # past the tick
+    until[0] = 0.019
+    budget.ticked()
+    for _ in range(MEDIA_TURNS):
+        assert budget.wait_s() == NEXT_TURN_S  # the tick's work is queued
+        await asyncio.sleep(0)
+    assert budget.wait_s() == 0.0
+    assert budget.waits == 0  # nothing waited for the quota
+    assert budget.has_room(0.004)  # heap.Keeper's step is timed after a tick on its own
+
+
+async def test_a_sip_flood_is_handled_in_the_media_clocks_spare_time():
+    """A flood stops before the datagram that would start just before the next tick,
+    even within one turn of the budget, and goes on after the tick's work."""
+    until = [math.inf]
+    handled: list[bytes] = []
+
+    def on_datagram(data: bytes, _: tuple) -> None:
+        handled.append(data)
+        if len(handled) == 3:
+            until[0] = TICK_GUARD_S / 2  # the next tick is due soon
+
+    budget = CpuBudget(turn_s=None, until_tick=lambda: until[0])
+    udp = await BatchedUdp.open("127.0.0.1", 0, False, on_datagram, budget)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for i in range(6):
+            client.sendto(b"%d" % i, udp.sockname)
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if udp.backlog == 3:
+                break
+        await asyncio.sleep(0.02)
+        assert handled == [b"0", b"1", b"2"] and udp.backlog == 3
+        until[0] = 0.019
+        budget.ticked()
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if len(handled) == 6:
+                break
+    udp.close()
+    assert handled == [b"%d" % i for i in range(6)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
@@ -60,6 +61,10 @@ class MediaClock(Protocol):
     async def run(self, target: Ticked) -> None:
         """Tick ``target`` until cancelled."""
 
+    def until_tick(self) -> float:
+        """Seconds until the next period starts (inf if unknown): work that can wait
+        does not start just before it (gateway/core/cpu_budget.py)."""
+
 
 class RealTimeClock:
     """One period every 20 ms of the event loop's time; a stall is skipped, not burst.
@@ -81,6 +86,13 @@ class RealTimeClock:
         #: How late the ticks ran (seconds after their deadline): the last 50 for
         #: admission control, a histogram since start for /metrics and the benchmarks.
         self.lateness = Lateness()
+        self._next: float | None = None  # the next period's start, event-loop time
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def until_tick(self) -> float:
+        if self._next is None or self._loop is None:
+            return math.inf
+        return self._next - self._loop.time()
 
     def grid_error(self, deadline: float, now: float) -> float:
         """How far the wall-clock time at ``deadline`` (event-loop time) is from the
@@ -89,13 +101,14 @@ class RealTimeClock:
         return phase - FRAME_SECONDS if phase > FRAME_SECONDS / 2 else phase
 
     async def run(self, target: Ticked) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now - self.grid_error(now, now)
         if deadline < now:
             deadline += FRAME_SECONDS
         periods = 0
         while True:
+            self._next = deadline
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             self.lateness.record(max(0.0, loop.time() - deadline))
             behind = int((loop.time() - deadline) / FRAME_SECONDS)
@@ -104,6 +117,7 @@ class RealTimeClock:
                 log.warning("media clock %d ticks late; jumping ahead", behind)
                 deadline += behind * FRAME_SECONDS
                 target.skip(behind)
+            self._next = deadline + FRAME_SECONDS
             target.tick(Phase.LOCAL)
             await asyncio.sleep(max(0.0, deadline + self.remote_phase - loop.time()))
             target.tick(Phase.REMOTE)
@@ -124,6 +138,9 @@ class SteppedClock:
         self.lateness = Lateness()
         self.ticks = 0
         self._target: Ticked | None = None
+
+    def until_tick(self) -> float:
+        return math.inf  # ticks come when a test steps, not at a time
 
     async def run(self, target: Ticked) -> None:
         self._target = target

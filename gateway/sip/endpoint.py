@@ -198,7 +198,7 @@ class SipEndpoint:
                 local: tuple[str, ...] = (OWN,) if own else ()  # a flow's fourth item
                 udp = await BatchedUdp.open(
                     host, port, bool(reuse_port),
-                    lambda batch: self.received_batch(batch, local), self.budget)
+                    lambda data, addr: self.received_datagram(data, addr, local), self.budget)
                 port = udp.sockname[1]
             if "tcp" in self.settings.transports:
                 tcp = await loop.create_server(
@@ -317,12 +317,9 @@ class SipEndpoint:
         self._flush()
 
     # -- incoming ------------------------------------------------------------------
-    def received_batch(self, batch: list[tuple[bytes, tuple]], local: tuple[str, ...]
-                       ) -> None:
-        """The datagrams one wake-up of the loop read from a UDP socket, in order."""
-        for data, addr in batch:
-            if data.strip(b"\r\n") == b"":
-                continue  # keep-alive (RFC 5626 §4.4.1)
+    def received_datagram(self, data: bytes, addr: tuple, local: tuple[str, ...]) -> None:
+        """One datagram from a UDP socket."""
+        if data.strip(b"\r\n") != b"":  # else a keep-alive (RFC 5626 §4.4.1)
             self.received(data, ("UDP", addr[0], addr[1], *local))
 
     def received(self, data: bytes, flow: Flow) -> None:

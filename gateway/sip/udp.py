@@ -3,17 +3,19 @@
 asyncio's datagram transport reads one datagram per wake-up of the event loop, so under
 a burst the loop goes round once per INVITE, and everything else it runs (the media
 clock, HTTP, timers) waits behind that many turns. Reading up to ``BATCH`` datagrams per
-wake-up handles a burst in one go: the overload gate refuses the excess of a burst at
-once, and requests that arrive together are handled together (a CANCEL right behind its
-INVITE is seen in the same turn, before the INVITE's answering task has run).
+wake-up takes a burst in one go; requests that arrive together are mostly handled in
+the same turn too (a CANCEL right behind its INVITE is then seen before the INVITE's
+answering task has run; either order ends the call with 487).
 
-Handling a batch is cut into slices of ``SLICE`` datagrams, each paced by the gateway's
-CPU budget (gateway/core/cpu_budget.py): slices of all the work that can wait start
-within ~1 ms of each other per turn of the loop, the rest waits for a later turn, so a
-flood of OPTIONS costs the media clock at most about a millisecond of lateness per tick,
-not the whole batch (64 requests of 50-150 us each); under a container CPU quota the
-slices also wait for room in the quota's period, so that a flood does not use it up and
-throttle the media clock.
+Handling a batch is paced by the gateway's CPU budget (gateway/core/cpu_budget.py). A
+turn of it covers up to ``SLICE`` datagrams: turns of all the work that can wait start
+within ~1 ms of each other per turn of the loop, the rest waits for a later turn, and
+under a container CPU quota they also wait for room in the quota's period, so that a
+flood does not use it up and throttle the media clock. Each datagram of a turn starts
+only in the media clock's spare time (not while a tick's work is queued, nor just
+before the next tick): a flood of OPTIONS (64 requests of 50-150 us each per read) or
+INVITEs (0.5-1 ms each) fills the spare time of as many 20 ms periods as it needs
+instead of delaying the ticks.
 
 Reading goes on meanwhile, into a backlog of at most ``MAX_BACKLOG`` datagrams: a
 datagram waits there for its turn (a few hundred bytes each) rather than in the kernel's
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 BATCH = 64
 #: Larger than any SIP message we accept (sip.max_message_bytes is checked after).
 MAX_DATAGRAM = 65535
-#: Datagrams handled between two looks at the clock.
+#: Datagrams handled per turn the CPU budget gives.
 SLICE = 8
 #: Datagrams waiting to be handled at most (a flood of 200 OPTIONS fits four times over).
 MAX_BACKLOG = 1024
@@ -50,25 +52,26 @@ Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 
 
 class BatchedUdp:
-    """One bound, non-blocking UDP socket on the loop's selector; ``on_batch`` gets the
-    datagrams of one wake-up, in arrival order."""
+    """One bound, non-blocking UDP socket on the loop's selector; ``on_datagram`` gets
+    each datagram and its source, in arrival order, when the CPU budget says."""
 
     def __init__(self, sock: socket.socket,
-                 on_batch: Callable[[list[tuple[bytes, Address]]], None],
+                 on_datagram: Callable[[bytes, Address], None],
                  budget: CpuBudget | None = None) -> None:
         self._sock: socket.socket | None = sock
-        self._on_batch = on_batch
+        self._on_datagram = on_datagram
         self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
         self._backlog: deque[tuple[bytes, Address]] = deque()
         self._draining: asyncio.TimerHandle | None = None  # the next slice, when one waits
+        self._granted = 0  # datagrams left of the budget's last turn
         self.dropped = 0  # datagrams that found the backlog full
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._read_ready)
 
     @classmethod
     async def open(cls, host: str, port: int, reuse_port: bool,
-                   on_batch: Callable[[list[tuple[bytes, Address]]], None],
+                   on_datagram: Callable[[bytes, Address], None],
                    budget: CpuBudget | None = None) -> BatchedUdp:
         """Bind ``host:port`` (0: any free port); OSError as bind() raises it."""
         loop = asyncio.get_running_loop()
@@ -80,7 +83,7 @@ class BatchedUdp:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
-            return cls(sock, on_batch, budget)
+            return cls(sock, on_datagram, budget)
         except BaseException:
             sock.close()
             raise
@@ -111,16 +114,18 @@ class BatchedUdp:
             self._drain()
 
     def _drain(self) -> None:
-        """Handle the backlog a slice at a time until it is empty or the CPU budget says
-        wait (for a later turn of the loop, or for room in the quota)."""
+        """Handle the backlog until it is empty or the CPU budget says wait: for the
+        media clock's spare time (before each datagram), for a later turn of the loop or
+        for room in the quota (every ``SLICE`` datagrams)."""
         self._draining = None
         backlog, budget = self._backlog, self._budget
         while backlog:
-            wait = budget.wait_s()
+            wait = budget.media_wait_s() if self._granted else budget.wait_s()
             if wait > 0:
                 self._draining = self._loop.call_later(wait, self._drain)
                 return
-            self._on_batch([backlog.popleft() for _ in range(min(SLICE, len(backlog)))])
+            self._granted = (self._granted or SLICE) - 1
+            self._on_datagram(*backlog.popleft())
 
     @property
     def backlog(self) -> int:
