@@ -14,6 +14,8 @@ from gateway.core.cpu_budget import (
     CALM_S,
     LIMIT,
     MAX_WAIT_S,
+    MEDIA_MAX_WAIT_S,
+    MEDIA_SLICE_S,
     MEDIA_TURNS,
     NEXT_TURN_S,
     RETRY_S,
@@ -291,3 +293,21 @@ async def test_a_sip_flood_is_handled_in_the_media_clocks_spare_time():
                 break
     udp.close()
     assert handled == [b"%d" % i for i in range(6)]
+
+
+def test_when_the_media_leave_no_spare_time_paced_work_still_gets_a_slice():
+    """An overloaded gateway whose ticks' work always ends just before the next tick: SIP
+    and the API still progress, a MEDIA_SLICE_S slice every MEDIA_MAX_WAIT_S."""
+    clocks = Clocks()
+    budget = CpuBudget(now=lambda: clocks.t, turn_s=None, until_tick=lambda: 0.001)
+    assert budget.wait_s() > 0
+    clocks.t += MEDIA_MAX_WAIT_S * 0.9
+    assert budget.wait_s() > 0
+    clocks.t += MEDIA_MAX_WAIT_S * 0.11
+    assert budget.wait_s() == 0.0  # waited long enough: a slice
+    clocks.t += MEDIA_SLICE_S * 0.9
+    assert budget.media_wait_s() == 0.0  # still within it
+    clocks.t += MEDIA_SLICE_S * 0.2
+    assert budget.media_wait_s() > 0  # then it waits again, from now
+    clocks.t += MEDIA_MAX_WAIT_S * 0.9
+    assert budget.media_wait_s() > 0

@@ -27,7 +27,9 @@ Work that can wait: SIP requests (a datagram batch, a call's set-up), API listin
   twenty INVITEs) delays tick after tick. So paced work waits while the work a tick set
   off (shared encoders, fan-outs: ``MEDIA_TURNS`` turns of the loop) is queued, and does
   not start within ``TICK_GUARD_S`` of the next tick: a burst fills the spare time of as
-  many periods as it needs.
+  many periods as it needs. When the media leave no such time (the gateway is
+  overloaded), paced work still runs for ``MEDIA_SLICE_S`` after waiting
+  ``MEDIA_MAX_WAIT_S``.
 
 The media's own work is never paced.
 """
@@ -63,6 +65,9 @@ TICK_GUARD_S = 0.003
 #: Turns of the event loop the work a tick sets off takes: the tick wakes the shared
 #: encoders, an encoder wakes its fan-outs, and one more.
 MEDIA_TURNS = 3
+#: Paced work that found no spare time for this long runs anyway, for this long.
+MEDIA_MAX_WAIT_S = 0.05
+MEDIA_SLICE_S = 0.001
 
 
 class CpuBudget:
@@ -78,6 +83,8 @@ class CpuBudget:
         #: Seconds until the media clock's next tick (the gateway sets its clock's).
         self.until_tick = until_tick
         self._media_turns = 0  # turns of the loop left for the last tick's work
+        self._media_waiting: float | None = None  # since when paced work found no time
+        self._media_forced_until = -math.inf
         self._cpu = cpu
         #: Cores the process may use (the gateway's admission control reads its quota).
         self.cores = cores
@@ -122,12 +129,20 @@ class CpuBudget:
         """0 if paced work may start as far as the media clock is concerned (the last
         tick's work is done and the next tick is ``TICK_GUARD_S`` away or more), else how
         long to wait first."""
-        if self._media_turns:
-            return NEXT_TURN_S
         until = self.until_tick()
-        if until < TICK_GUARD_S:
-            return max(until, 0.0) + NEXT_TURN_S
-        return 0.0
+        if not self._media_turns and until >= TICK_GUARD_S:
+            self._media_waiting = None
+            return 0.0
+        now = self._now()
+        if now < self._media_forced_until:
+            return 0.0
+        if self._media_waiting is None:
+            self._media_waiting = now
+        elif now - self._media_waiting >= MEDIA_MAX_WAIT_S:  # no spare time: overloaded
+            self._media_waiting = None
+            self._media_forced_until = now + MEDIA_SLICE_S
+            return 0.0
+        return NEXT_TURN_S if self._media_turns else max(until, 0.0) + NEXT_TURN_S
 
     def wait_s(self) -> float:
         """0 if a slice of paced work may run now, else how long to wait first."""
