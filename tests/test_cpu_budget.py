@@ -160,7 +160,7 @@ async def test_udp_keeps_reading_while_paced_and_drops_only_past_its_backlog(mon
     handled: list[bytes] = []
     budget = Refusing()
     udp = await BatchedUdp.open("127.0.0.1", 0, False,
-                                lambda data, _: handled.append(data), budget)
+                                lambda data, *_: handled.append(data), budget)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for i in range(200):
             client.sendto(b"%d" % i, udp.sockname)
@@ -269,7 +269,7 @@ async def test_a_sip_flood_is_handled_in_the_media_clocks_spare_time():
     until = [math.inf]
     handled: list[bytes] = []
 
-    def on_datagram(data: bytes, _: tuple) -> None:
+    def on_datagram(data: bytes, *_: object) -> None:
         handled.append(data)
         if len(handled) == 3:
             until[0] = TICK_GUARD_S / 2  # the next tick is due soon

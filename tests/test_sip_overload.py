@@ -106,6 +106,19 @@ def test_gate_asks_admission_control_first_and_spends_no_token_on_its_refusals()
     assert [gate.check(0.0) for _ in range(3)] == [None, None, Verdict(SETUP_RATE, 1)]
 
 
+def test_the_setup_rate_counts_invites_as_they_arrive_not_as_their_handling_is_paced():
+    """Twenty INVITEs read at once whose handling the CPU budget spreads over 200 ms: the
+    bucket (12 at 120/s) judges them at their arrival, so the burst's excess is refused
+    however slowly it is handled (judged at handling time, all 20 would pass)."""
+    layer = TransactionLayer(gate=SetupGate(120))
+    admitted = 0
+    for i in range(20):
+        events = layer.receive(invite(100 + i), FLOW, 1.0 + i * 0.01, arrived=1.0)
+        admitted += bool(events)
+        layer.take_outgoing()
+    assert admitted == 12 and layer.gate.refused[SETUP_RATE] == 8
+
+
 def test_rate_zero_turns_the_rate_limit_off():
     gate = SetupGate(0)
     assert all(gate.check(0.0) is None for _ in range(10000))
@@ -239,7 +252,7 @@ def test_admission_refusals_at_datagram_read_are_counted_as_sip():
 # -- the endpoint's UDP socket ---------------------------------------------------------
 async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_order():
     handled: list[bytes] = []
-    udp = await BatchedUdp.open("127.0.0.1", 0, False, lambda data, _: handled.append(data))
+    udp = await BatchedUdp.open("127.0.0.1", 0, False, lambda data, *_: handled.append(data))
     loop = asyncio.get_running_loop()
     loop.remove_reader(udp._sock.fileno())  # the test wakes it itself
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -261,7 +274,7 @@ async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between
     loop = LoopTurns()
     handled: list[tuple[bytes, int]] = []
 
-    def slow(data: bytes, _: tuple) -> None:  # ~0.6 ms a slice: two spend a turn's budget
+    def slow(data: bytes, *_: object) -> None:  # ~0.6 ms a slice: two spend a turn's budget
         end = time.perf_counter() + 0.0006 / SLICE
         while time.perf_counter() < end:
             pass

@@ -198,7 +198,8 @@ class SipEndpoint:
                 local: tuple[str, ...] = (OWN,) if own else ()  # a flow's fourth item
                 udp = await BatchedUdp.open(
                     host, port, bool(reuse_port),
-                    lambda data, addr: self.received_datagram(data, addr, local), self.budget)
+                    lambda data, addr, arrived: self.received_datagram(data, addr, arrived, local),
+                    self.budget)
                 port = udp.sockname[1]
             if "tcp" in self.settings.transports:
                 tcp = await loop.create_server(
@@ -317,13 +318,16 @@ class SipEndpoint:
         self._flush()
 
     # -- incoming ------------------------------------------------------------------
-    def received_datagram(self, data: bytes, addr: tuple, local: tuple[str, ...]) -> None:
-        """One datagram from a UDP socket."""
+    def received_datagram(self, data: bytes, addr: tuple, arrived: float,
+                          local: tuple[str, ...]) -> None:
+        """One datagram from a UDP socket, read at ``arrived`` (event-loop time)."""
         if data.strip(b"\r\n") != b"":  # else a keep-alive (RFC 5626 §4.4.1)
-            self.received(data, ("UDP", addr[0], addr[1], *local))
+            self.received(data, ("UDP", addr[0], addr[1], *local), arrived)
 
-    def received(self, data: bytes, flow: Flow) -> None:
-        """One datagram or one framed stream message from ``flow``."""
+    def received(self, data: bytes, flow: Flow, arrived: float | None = None) -> None:
+        """One datagram or one framed stream message from ``flow``; ``arrived``: when it
+        was read, if its handling waited (new INVITEs count against the setup rate as
+        they arrive)."""
         self.counters.received += 1
         transport, host, port = flow[:3]
         if self.allowed and not self._allowed(host):
@@ -354,7 +358,8 @@ class SipEndpoint:
                 self._alias(message, flow)
         token = request_id.set(f"sip:{message.call_id[:48]}")
         try:
-            self._dispatch(self.layer.receive(message, flow, self.now(), validated=True))
+            self._dispatch(self.layer.receive(message, flow, self.now(), validated=True,
+                                              arrived=arrived))
         finally:
             request_id.reset(token)
         if self.gate.episodes != self._episodes_seen:

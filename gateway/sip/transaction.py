@@ -558,13 +558,16 @@ class TransactionLayer:
 
     # -- I/O side -------------------------------------------------------------------
     def receive(self, message: Message, flow: Flow, now: float,
-                validated: bool = False) -> list[Event]:
+                validated: bool = False, arrived: float | None = None) -> list[Event]:
         """``validated``: the caller already ran ``message.validate()`` (the endpoint does,
-        to answer 400); checking every header again would cost as much as the parse."""
+        to answer 400); checking every header again would cost as much as the parse.
+        ``arrived``: when the message was read, if it waited to be handled: the setup
+        rate counts INVITEs as they arrive, however their handling was paced."""
         try:
             if isinstance(message, Response):
                 return self._receive_response(message, flow, now, validated)
-            return self._receive_request(message, flow, now, validated)
+            return self._receive_request(message, flow, now, validated,
+                                         now if arrived is None else arrived)
         except SipParseError:  # a header we need is missing or unreadable; keys come first
             self.malformed += 1
             return []
@@ -673,7 +676,7 @@ class TransactionLayer:
         return [] if tx.internal else events
 
     def _receive_request(self, request: Request, flow: Flow, now: float,
-                         validated: bool = False) -> list[Event]:
+                         validated: bool, arrived: float) -> list[Event]:
         if not validated:  # so nothing below fails half-way through a state change
             request.validate()
         key = _server_key(request)
@@ -698,7 +701,7 @@ class TransactionLayer:
             if verdict is not None:  # a retransmission: the same 503 again
                 self._send_busy(request, flow, verdict.retry_after_s, retransmission=True)
                 return []
-            verdict = gate.check(now)
+            verdict = gate.check(arrived)
             if verdict is not None:
                 self._refuse(request, key, flow, now, verdict)
                 return []

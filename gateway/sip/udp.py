@@ -53,16 +53,17 @@ Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 
 class BatchedUdp:
     """One bound, non-blocking UDP socket on the loop's selector; ``on_datagram`` gets
-    each datagram and its source, in arrival order, when the CPU budget says."""
+    each datagram, its source and when it was read (event-loop time), in arrival order,
+    when the CPU budget says."""
 
     def __init__(self, sock: socket.socket,
-                 on_datagram: Callable[[bytes, Address], None],
+                 on_datagram: Callable[[bytes, Address, float], None],
                  budget: CpuBudget | None = None) -> None:
         self._sock: socket.socket | None = sock
         self._on_datagram = on_datagram
         self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
-        self._backlog: deque[tuple[bytes, Address]] = deque()
+        self._backlog: deque[tuple[bytes, Address, float]] = deque()
         self._draining: asyncio.TimerHandle | None = None  # the next slice, when one waits
         self._granted = 0  # datagrams left of the budget's last turn
         self.dropped = 0  # datagrams that found the backlog full
@@ -71,7 +72,7 @@ class BatchedUdp:
 
     @classmethod
     async def open(cls, host: str, port: int, reuse_port: bool,
-                   on_datagram: Callable[[bytes, Address], None],
+                   on_datagram: Callable[[bytes, Address, float], None],
                    budget: CpuBudget | None = None) -> BatchedUdp:
         """Bind ``host:port`` (0: any free port); OSError as bind() raises it."""
         loop = asyncio.get_running_loop()
@@ -98,16 +99,17 @@ class BatchedUdp:
         if sock is None:
             return
         backlog = self._backlog
+        now = self._loop.time()
         for _ in range(BATCH):
             try:
-                datagram = sock.recvfrom(MAX_DATAGRAM)
+                data, address = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # an ICMP error queued on the socket: skip it
                 log.debug("sip udp: %s", exc)
                 continue
             if len(backlog) < MAX_BACKLOG:
-                backlog.append(datagram)
+                backlog.append((data, address, now))
             else:
                 self.dropped += 1
         if self._draining is None:
