@@ -1,7 +1,7 @@
-"""Work that can wait takes turns with the media clock, and is paced to a CPU quota.
+"""Work that can wait takes the event loop's spare time, paced to a CPU quota too.
 
-Work that can wait: SIP requests (a datagram batch, a call's set-up), API listings and
-/metrics. Two limits keep it from making the media clock's ticks late:
+Work that can wait: SIP requests (datagrams, a call's set-up), API listings and
+/metrics. Three limits keep it from making the media clock's ticks late:
 
 * **Per turn of the event loop.** A tick that falls due waits for every callback the
   loop already runs in its current turn. Each kind of work cut into ~1 ms slices is not
@@ -9,27 +9,25 @@ Work that can wait: SIP requests (a datagram batch, a call's set-up), API listin
   INVITEs: each kind's slice, plus twenty call set-ups, in the same turn: 12 ms). So
   paced work starts only within ``TURN_S`` of the first paced slice of the turn; the
   rest waits for a later turn.
-* **Per period of a container CPU quota.** A CFS quota is e.g. 50 ms of CPU in every
-  100 ms period. Work that needs more than what is left of the period throttles the
-  whole process until the next one, and the ticks due meanwhile run tens of
-  milliseconds late. So paced work starts only while the process's own CPU over the last
-  ``WINDOW_S`` (the period Docker and Kubernetes use) stays under ``LIMIT`` of the quota:
-  if no 100 ms window exceeds the quota, no period does, and a burst is spread over as
-  many periods as it needs. It still progresses while the media alone fills the quota
-  (a slice every ``MAX_WAIT_S``): the gateway is then overloaded, and admission control
-  refuses newcomers. Without a quota below one core this limit is off (one event loop
-  cannot use more than a core: the kernel has nothing to throttle it for).
-
 * **Per period of the media clock.** At 80 % load a 20 ms period has ~4 ms to spare.
-  Paced work that runs in a period's spare time costs the media nothing; paced work that
-  runs while the tick's own work is queued, or across the next tick's deadline, delays
-  the tick and every listener's packet by its length, and a burst of it (200 OPTIONS,
-  twenty INVITEs) delays tick after tick. So paced work waits while the work a tick set
-  off (shared encoders, fan-outs: ``MEDIA_TURNS`` turns of the loop) is queued, and does
-  not start within ``TICK_GUARD_S`` of the next tick: a burst fills the spare time of as
-  many periods as it needs. When the media leave no such time (the gateway is
-  overloaded), paced work still runs for ``MEDIA_SLICE_S`` after waiting
-  ``MEDIA_MAX_WAIT_S``.
+  Paced work run while the work a tick set off is queued, or across the next tick's
+  deadline, delays the tick and every listener's packet by its length, and a burst of
+  it (200 OPTIONS, twenty INVITEs) delays tick after tick. So paced work waits while the
+  tick's work (shared encoders, then fan-outs: ``MEDIA_TURNS`` turns of the loop) is
+  queued, and does not start within ``TICK_GUARD_S`` of the next tick. When the media
+  leave no such time for ``MEDIA_MAX_WAIT_S`` (overload), it runs for ``MEDIA_SLICE_S``
+  anyway.
+* **Per 100 ms.** A loop busy all the time runs tick after tick late, whatever the
+  order of its callbacks. So paced work starts only while the event loop's thread used
+  under ``LIMIT`` of the last ``WINDOW_S``: a burst takes the loop's idle share, spread
+  over as many windows as it needs. Under a container CPU quota below one core, the
+  whole process's CPU is held under ``LIMIT`` of the quota instead: a CFS quota is e.g.
+  50 ms of CPU in every 100 ms period, and work that needs more than what is left of the
+  period throttles the whole process until the next one, the ticks due meanwhile tens
+  of milliseconds late (if no 100 ms window exceeds the quota, no period does: Docker
+  and Kubernetes use 100 ms periods). Paced work still progresses while the media alone
+  fill the loop or the quota (a slice every ``MAX_WAIT_S``): the gateway is then
+  overloaded, and admission control refuses newcomers.
 
 The media's own work is never paced.
 """
@@ -76,6 +74,7 @@ class CpuBudget:
 
     def __init__(self, now: Callable[[], float] = time.perf_counter,
                  cpu: Callable[[], float] = time.process_time,
+                 loop_cpu: Callable[[], float] = time.thread_time,
                  turn_s: float | None = TURN_S,
                  cores: Callable[[], float] = lambda: 1.0,
                  until_tick: Callable[[], float] = lambda: math.inf) -> None:
@@ -86,12 +85,14 @@ class CpuBudget:
         self._media_waiting: float | None = None  # since when paced work found no time
         self._media_forced_until = -math.inf
         self._cpu = cpu
+        self._loop_cpu = loop_cpu  # the event loop's thread: wait_s runs in it
         #: Cores the process may use (the gateway's admission control reads its quota).
         self.cores = cores
         self.turn_s = turn_s  # None: no limit per loop turn (tests on fake clocks)
         self._turn_began: float | None = None
         self._queue = asyncio.Lock()  # FIFO: waiters park; only the first one polls
         self._samples: deque[tuple[float, float]] = deque()
+        self._loop_samples: deque[tuple[float, float]] = deque()
         self._last_slice = -MAX_WAIT_S
         self._waited_at = -CALM_S
         self.waits = 0  # times paced work was told to wait
@@ -103,8 +104,14 @@ class CpuBudget:
     def used_s(self) -> float:
         """CPU the process used over the last WINDOW_S (over the span since the newest
         sample at least that old: a longer gap is averaged, a shorter history scaled)."""
-        now, cpu = self._now(), self._cpu()
-        samples = self._samples
+        return self._window_s(self._samples, self._cpu())
+
+    def loop_used_s(self) -> float:
+        """CPU the event loop's thread used over the last WINDOW_S (as ``used_s``)."""
+        return self._window_s(self._loop_samples, self._loop_cpu())
+
+    def _window_s(self, samples: deque[tuple[float, float]], cpu: float) -> float:
+        now = self._now()
         if not samples or now - samples[-1][0] >= SAMPLE_GAP_S:
             samples.append((now, cpu))
         while len(samples) > 2 and samples[1][0] <= now - WINDOW_S:
@@ -158,9 +165,10 @@ class CpuBudget:
                 self._waited_at = now
                 return NEXT_TURN_S
         cores = self.cores()
-        if cores >= 1.0:
-            return 0.0
-        full = self.used_s() >= LIMIT * cores * WINDOW_S
+        if cores < 1.0:  # the quota throttles the whole process
+            full = self.used_s() >= LIMIT * cores * WINDOW_S
+        else:
+            full = self.loop_used_s() >= LIMIT * WINDOW_S
         now = self._now()
         if full and now - self._last_slice < MAX_WAIT_S:
             self.waits += 1
