@@ -25,7 +25,6 @@ from sip_phone import Phone, decode, sdp_offer
 from stepping import send_tone
 from test_metrics import scrape, value
 
-from gateway.core.cpu_budget import CpuBudget
 from gateway.core.headroom import Admission, AdmissionConfig, Refusal
 from gateway.sip.message import Headers, Request, Response, Uri
 from gateway.sip.overload import ADMISSION, SETUP_RATE, TRANSACTIONS, SetupGate, Verdict
@@ -253,9 +252,7 @@ def test_admission_refusals_at_datagram_read_are_counted_as_sip():
 # -- the endpoint's UDP socket ---------------------------------------------------------
 async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_order():
     handled: list[bytes] = []
-    idle = CpuBudget(turn_s=None, loop_cpu=lambda: 0.0)  # this test's loop is busy: not here
-    udp = await BatchedUdp.open("127.0.0.1", 0, False, lambda data, *_: handled.append(data),
-                                idle)
+    udp = await BatchedUdp.open("127.0.0.1", 0, False, lambda data, *_: handled.append(data))
     loop = asyncio.get_running_loop()
     loop.remove_reader(udp._sock.fileno())  # the test wakes it itself
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:

@@ -471,9 +471,8 @@ class GatewayCollector:
             value=adm.cores_available)
         yield CounterMetricFamily(
             "gateway_cpu_paced_waits_total",
-            "Times SIP request handling or API listings waited for room in the event "
-            "loop's or the container CPU quota's last 100 ms (so that the media clock "
-            "keeps time).",
+            "Times SIP request handling or API listings waited for room in the container "
+            "CPU quota's period (so that the media clock is not throttled).",
             value=self.gw.cpu_budget.waits)
         yield GaugeMetricFamily(
             "gateway_clock_lateness_p99_seconds",
