@@ -128,6 +128,7 @@ class Gateway:
             self.sip.take_sender = self.take_sender
             self.sip.admit = self.admission.admit
             self.sip.refuse_early = self.admission.refuse_while_refusing
+            self.sip.endpoint.gate.busy = self.admission.refusing_cheaply
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Freezes long-lived session objects out of full collections (`gateway serve`
         #: sets it, after heap.settle(); tests and embedders leave the collector alone).

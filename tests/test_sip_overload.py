@@ -23,6 +23,7 @@ from loop_turns import LoopTurns
 from peers.sipp import run_sipp
 from sip_phone import Phone, decode, sdp_offer
 from stepping import send_tone
+from test_cpu_budget import Refusing
 from test_metrics import scrape, value
 
 from gateway.core.headroom import Admission, AdmissionConfig, Refusal
@@ -117,6 +118,18 @@ def test_the_setup_rate_counts_invites_as_they_arrive_not_as_their_handling_is_p
         admitted += bool(events)
         layer.take_outgoing()
     assert admitted == 12 and layer.gate.refused[SETUP_RATE] == 8
+
+
+def test_gate_says_whether_it_would_refuse_without_spending_anything():
+    """The UDP reader asks before an INVITE waits for the CPU budget: with the INVITEs
+    already waiting counted as claims on the bucket, and admission control's episode."""
+    gate = SetupGate(120)
+    assert not gate.refusing(5.0, claims=11) and gate.refusing(5.0, claims=12)
+    assert [gate.check(5.0) is None for _ in range(12)] == [True] * 12  # nothing was spent
+    assert gate.refusing(5.0) and not gate.refusing(5.0 + 1 / 120)
+    gate.busy = lambda: True
+    assert gate.refusing(9.0)
+    assert not SetupGate(0).refusing(0.0, claims=100)
 
 
 def test_rate_zero_turns_the_rate_limit_off():
@@ -266,6 +279,34 @@ async def test_udp_reads_up_to_64_datagrams_per_wake_up_and_hands_them_on_in_ord
     assert handled == [b"%d" % i for i in range(100)]
     loop.add_reader(udp._sock.fileno(), udp._read_ready)
     udp.close()
+
+
+async def test_invites_the_gate_refuses_are_answered_as_they_are_read_not_paced():
+    """While the CPU budget holds request handling back, an INVITE the gate would refuse
+    (its bucket empty, counting the INVITEs already waiting) is handled at once: its 503
+    must come before the phone retransmits. Other requests keep waiting, in order."""
+    handled: list[bytes] = []
+    budget = Refusing()
+    refusing_from = [2]  # the bucket holds two INVITEs
+    udp = await BatchedUdp.open(
+        "127.0.0.1", 0, False, lambda data, *_: handled.append(data), budget,
+        urgent=lambda _now, waiting: waiting >= refusing_from[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for data in (b"OPTIONS 1", b"INVITE 1", b"INVITE 2", b"INVITE 3", b"OPTIONS 2"):
+            client.sendto(data, udp.sockname)
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if handled:
+                break
+        assert handled == [b"INVITE 3"] and udp.backlog == 4 and udp.invites_waiting == 2
+        budget.open = True
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if len(handled) == 5:
+                break
+    assert udp.invites_waiting == 0
+    udp.close()
+    assert handled == [b"INVITE 3", b"OPTIONS 1", b"INVITE 1", b"INVITE 2", b"OPTIONS 2"]
 
 
 async def test_a_slow_batch_is_handled_over_several_turns_and_timers_run_between():

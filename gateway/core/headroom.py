@@ -267,6 +267,11 @@ class Admission:
         """New work would be refused now (whether or not any has been offered)."""
         return self.check() is not None
 
+    def refusing_cheaply(self) -> bool:
+        """``refusing`` within an episode; outside one, False at the cost of one attribute
+        test (SIP reads every INVITE through it) and nothing counted."""
+        return self._refusing is not None and self.check() is not None
+
     @property
     def cores_available(self) -> float:
         """Cores this process may use, as last read (one, or less under a quota)."""

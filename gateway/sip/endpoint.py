@@ -199,7 +199,7 @@ class SipEndpoint:
                 udp = await BatchedUdp.open(
                     host, port, bool(reuse_port),
                     lambda data, addr, arrived: self.received_datagram(data, addr, arrived, local),
-                    self.budget)
+                    self.budget, self.gate.refusing)
                 port = udp.sockname[1]
             if "tcp" in self.settings.transports:
                 tcp = await loop.create_server(

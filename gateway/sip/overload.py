@@ -74,6 +74,8 @@ class SetupGate:
         self.max_remembered = max_remembered
         self.quiet_s = quiet_s
         self.admission: Callable[[], int | None] = _admit_all
+        #: Whether admission control is refusing, without counting a refusal.
+        self.busy: Callable[[], bool] = bool
         self.refused: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.retransmissions = 0  # retransmitted refused INVITEs, answered 503 again
         self.acks_absorbed = 0  # ACKs of our 503s
@@ -105,6 +107,18 @@ class SetupGate:
             return Verdict(SETUP_RATE, 1)  # the bucket refills within a second
         self._tokens = max(0.0, self._tokens - 1)
         return None
+
+    def refusing(self, now: float, claims: int = 0) -> bool:
+        """Whether a new INVITE arriving at ``now`` would be refused, with ``claims``
+        earlier INVITEs still to be judged (spends nothing): the UDP reader answers
+        those at once instead of letting their 503 wait for the CPU budget."""
+        if self.busy():
+            return True
+        if self.rate <= 0:
+            return False
+        tokens = float(self.burst) if self._filled_at is None else min(
+            self.burst, self._tokens + max(0.0, now - self._filled_at) * self.rate)
+        return tokens - claims < 1 - _EPSILON
 
     def refuse(self, key: tuple, verdict: Verdict, now: float) -> None:
         """Count a refusal and remember it, so retransmissions and the ACK are recognised."""

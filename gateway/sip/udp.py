@@ -17,6 +17,10 @@ before the next tick): a flood of OPTIONS (64 requests of 50-150 us each per rea
 INVITEs (0.5-1 ms each) fills the spare time of as many 20 ms periods as it needs
 instead of delaying the ticks.
 
+New INVITEs that the overload gate will refuse (``urgent``: its bucket is empty, counting
+the INVITEs still waiting) are handled as they are read, not paced: a refusal is cheap,
+and RFC 3261 §21.5.4's 503 is only useful if it comes before the phone retransmits.
+
 Reading goes on meanwhile, into a backlog of at most ``MAX_BACKLOG`` datagrams: a
 datagram waits there for its turn (a few hundred bytes each) rather than in the kernel's
 socket buffer, which holds far fewer (each takes a page or more of it). What arrives
@@ -58,9 +62,14 @@ class BatchedUdp:
 
     def __init__(self, sock: socket.socket,
                  on_datagram: Callable[[bytes, Address, float], None],
-                 budget: CpuBudget | None = None) -> None:
+                 budget: CpuBudget | None = None,
+                 urgent: Callable[[float, int], bool] | None = None) -> None:
         self._sock: socket.socket | None = sock
         self._on_datagram = on_datagram
+        #: Whether an INVITE read at a time, with this many INVITEs waiting, is handled
+        #: at once (the gate refuses it).
+        self._urgent = urgent
+        self.invites_waiting = 0
         self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
         self._backlog: deque[tuple[bytes, Address, float]] = deque()
@@ -73,7 +82,8 @@ class BatchedUdp:
     @classmethod
     async def open(cls, host: str, port: int, reuse_port: bool,
                    on_datagram: Callable[[bytes, Address, float], None],
-                   budget: CpuBudget | None = None) -> BatchedUdp:
+                   budget: CpuBudget | None = None,
+                   urgent: Callable[[float, int], bool] | None = None) -> BatchedUdp:
         """Bind ``host:port`` (0: any free port); OSError as bind() raises it."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
@@ -84,7 +94,7 @@ class BatchedUdp:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
-            return cls(sock, on_datagram, budget)
+            return cls(sock, on_datagram, budget, urgent)
         except BaseException:
             sock.close()
             raise
@@ -108,8 +118,12 @@ class BatchedUdp:
             except OSError as exc:  # an ICMP error queued on the socket: skip it
                 log.debug("sip udp: %s", exc)
                 continue
-            if len(backlog) < MAX_BACKLOG:
+            invite = data.startswith(b"INVITE ")
+            if invite and self._urgent is not None and self._urgent(now, self.invites_waiting):
+                self._on_datagram(data, address, now)
+            elif len(backlog) < MAX_BACKLOG:
                 backlog.append((data, address, now))
+                self.invites_waiting += invite
             else:
                 self.dropped += 1
         if self._draining is None:
@@ -127,7 +141,9 @@ class BatchedUdp:
                 self._draining = self._loop.call_later(wait, self._drain)
                 return
             self._granted = (self._granted or SLICE) - 1
-            self._on_datagram(*backlog.popleft())
+            data, address, arrived = backlog.popleft()
+            self.invites_waiting -= data.startswith(b"INVITE ")
+            self._on_datagram(data, address, arrived)
 
     @property
     def backlog(self) -> int:
@@ -146,6 +162,7 @@ class BatchedUdp:
             self._sock.close()
             self._sock = None
             self._backlog.clear()
+            self.invites_waiting = 0
             if self._draining is not None:
                 self._draining.cancel()
                 self._draining = None
