@@ -311,3 +311,21 @@ def test_when_the_media_leave_no_spare_time_paced_work_still_gets_a_slice():
     assert budget.media_wait_s() > 0  # then it waits again, from now
     clocks.t += MEDIA_MAX_WAIT_S * 0.9
     assert budget.media_wait_s() > 0
+
+
+def test_an_overload_slice_does_not_start_while_a_tick_is_due():
+    """A slice forced by overload runs after a tick's work, not while the tick is due
+    and waiting to run (that would delay it by the whole slice), unless no such moment
+    came for twice MEDIA_MAX_WAIT_S."""
+    clocks = Clocks()
+    until = [-0.002]  # the tick is due: the loop has not run it yet
+    budget = CpuBudget(now=lambda: clocks.t, turn_s=None, until_tick=lambda: until[0])
+    assert budget.wait_s() > 0
+    clocks.t += MEDIA_MAX_WAIT_S * 1.1
+    assert budget.wait_s() > 0  # starved, but the tick is due
+    until[0] = 0.001  # the tick ran; its work is done; the next one is near
+    assert budget.wait_s() == 0.0
+    until[0] = -0.001
+    assert budget.media_wait_s() > 0  # the slice stops for the next due tick
+    clocks.t += MEDIA_MAX_WAIT_S * 2.2
+    assert budget.media_wait_s() == 0.0  # no moment came for twice as long: run anyway

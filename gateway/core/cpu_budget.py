@@ -16,7 +16,7 @@ Work that can wait: SIP requests (datagrams, a call's set-up), API listings and
   tick's work (shared encoders, then fan-outs: ``MEDIA_TURNS`` turns of the loop) is
   queued, and does not start within ``TICK_GUARD_S`` of the next tick. When the media
   leave no such time for ``MEDIA_MAX_WAIT_S`` (overload), it runs for ``MEDIA_SLICE_S``
-  anyway.
+  anyway, after a tick's work and before the next tick falls due.
 * **Per period of a container CPU quota.** A CFS quota is e.g. 50 ms of CPU in every
   100 ms period. Work that needs more than what is left of the period throttles the
   whole process until the next one, and the ticks due meanwhile run tens of
@@ -128,22 +128,32 @@ class CpuBudget:
 
     def media_wait_s(self) -> float:
         """0 if paced work may start as far as the media clock is concerned (the last
-        tick's work is done and the next tick is ``TICK_GUARD_S`` away or more), else how
-        long to wait first."""
+        tick's work is done and the next tick is ``TICK_GUARD_S`` away or more, or the
+        gateway is overloaded: ``_starved``), else how long to wait first."""
         until = self.until_tick()
-        if not self._media_turns and until >= TICK_GUARD_S:
-            self._media_waiting = None
-            return 0.0
-        now = self._now()
-        if now < self._media_forced_until:
-            return 0.0
+        if not self._media_turns:
+            if until >= TICK_GUARD_S:
+                self._media_waiting = None
+                return 0.0
+            if self._starved(due=until <= 0.0):
+                return 0.0
         if self._media_waiting is None:
-            self._media_waiting = now
-        elif now - self._media_waiting >= MEDIA_MAX_WAIT_S:  # no spare time: overloaded
+            self._media_waiting = self._now()
+        return NEXT_TURN_S if self._media_turns else max(until, 0.0) + NEXT_TURN_S
+
+    def _starved(self, due: bool) -> bool:
+        """Overload: paced work that found no spare time for ``MEDIA_MAX_WAIT_S`` runs for
+        ``MEDIA_SLICE_S``, though still not during a tick's work nor while a tick is due
+        (``due``), unless it found no such moment either for twice as long."""
+        now = self._now()
+        if now < self._media_forced_until and not due:
+            return True
+        waited = now - self._media_waiting if self._media_waiting is not None else 0.0
+        if waited >= (2 * MEDIA_MAX_WAIT_S if due else MEDIA_MAX_WAIT_S):
             self._media_waiting = None
             self._media_forced_until = now + MEDIA_SLICE_S
-            return 0.0
-        return NEXT_TURN_S if self._media_turns else max(until, 0.0) + NEXT_TURN_S
+            return True
+        return False
 
     def wait_s(self) -> float:
         """0 if a slice of paced work may run now, else how long to wait first."""
