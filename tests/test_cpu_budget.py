@@ -313,19 +313,19 @@ def test_when_the_media_leave_no_spare_time_paced_work_still_gets_a_slice():
     assert budget.media_wait_s() > 0
 
 
-def test_an_overload_slice_does_not_start_while_a_tick_is_due():
-    """A slice forced by overload runs after a tick's work, not while the tick is due
-    and waiting to run (that would delay it by the whole slice), unless no such moment
-    came for twice MEDIA_MAX_WAIT_S."""
+def test_an_overload_slice_ends_when_a_tick_falls_due():
+    """A slice forced by overload stops when a tick falls due (running on would delay it
+    by the rest of the slice); the next one comes after another MEDIA_MAX_WAIT_S, due
+    tick or not: a loop a period behind always has one due."""
     clocks = Clocks()
-    until = [-0.002]  # the tick is due: the loop has not run it yet
+    until = [0.001]  # the tick's work is done; the next one is near
     budget = CpuBudget(now=lambda: clocks.t, turn_s=None, until_tick=lambda: until[0])
     assert budget.wait_s() > 0
     clocks.t += MEDIA_MAX_WAIT_S * 1.1
-    assert budget.wait_s() > 0  # starved, but the tick is due
-    until[0] = 0.001  # the tick ran; its work is done; the next one is near
-    assert budget.wait_s() == 0.0
+    assert budget.wait_s() == 0.0  # starved: a slice
     until[0] = -0.001
-    assert budget.media_wait_s() > 0  # the slice stops for the next due tick
-    clocks.t += MEDIA_MAX_WAIT_S * 2.2
-    assert budget.media_wait_s() == 0.0  # no moment came for twice as long: run anyway
+    assert budget.media_wait_s() > 0  # a tick is due: the slice ends
+    clocks.t += MEDIA_MAX_WAIT_S * 0.9
+    assert budget.media_wait_s() > 0
+    clocks.t += MEDIA_MAX_WAIT_S * 0.2
+    assert budget.media_wait_s() == 0.0  # starved again, the tick still due: run anyway
