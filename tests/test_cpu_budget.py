@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from stepping import until as wait_for
 
 from gateway.core.cpu_budget import (
     CALM_S,
@@ -279,18 +280,12 @@ async def test_a_sip_flood_is_handled_in_the_media_clocks_spare_time():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for i in range(6):
             client.sendto(b"%d" % i, udp.sockname)
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            if udp.backlog == 3:
-                break
+        await wait_for(lambda: udp.backlog == 3)
         await asyncio.sleep(0.02)
         assert handled == [b"0", b"1", b"2"] and udp.backlog == 3
         until[0] = 0.019
         budget.ticked()
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            if len(handled) == 6:
-                break
+        await wait_for(lambda: len(handled) == 6)
     udp.close()
     assert handled == [b"%d" % i for i in range(6)]
 

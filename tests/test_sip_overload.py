@@ -22,7 +22,7 @@ from conftest import need_program
 from loop_turns import LoopTurns
 from peers.sipp import run_sipp
 from sip_phone import Phone, decode, sdp_offer
-from stepping import send_tone
+from stepping import send_tone, until
 from test_cpu_budget import Refusing
 from test_metrics import scrape, value
 
@@ -294,16 +294,10 @@ async def test_invites_the_gate_refuses_are_answered_as_they_are_read_not_paced(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for data in (b"OPTIONS 1", b"INVITE 1", b"INVITE 2", b"INVITE 3", b"OPTIONS 2"):
             client.sendto(data, udp.sockname)
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            if handled:
-                break
-        assert handled == [b"INVITE 3"] and udp.backlog == 4 and udp.invites_waiting == 2
+        await until(lambda: udp.backlog == 4)
+        assert handled == [b"INVITE 3"] and udp.invites_waiting == 2
         budget.open = True
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            if len(handled) == 5:
-                break
+        await until(lambda: len(handled) == 5)
     assert udp.invites_waiting == 0
     udp.close()
     assert handled == [b"INVITE 3", b"OPTIONS 1", b"INVITE 1", b"INVITE 2", b"OPTIONS 2"]
