@@ -55,6 +55,10 @@ def _admit_all() -> int | None:
     return None
 
 
+def _never_busy() -> bool:
+    return False
+
+
 class SetupGate:
     """Admits new INVITEs at most ``rate`` per second, and not while admission control
     refuses; remembers what it refused; tells overload episodes apart.
@@ -75,7 +79,7 @@ class SetupGate:
         self.quiet_s = quiet_s
         self.admission: Callable[[], int | None] = _admit_all
         #: Whether admission control is refusing, without counting a refusal.
-        self.busy: Callable[[], bool] = bool
+        self.busy: Callable[[], bool] = _never_busy
         self.refused: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.retransmissions = 0  # retransmitted refused INVITEs, answered 503 again
         self.acks_absorbed = 0  # ACKs of our 503s
