@@ -117,7 +117,7 @@ class Gateway:
         #: Paces SIP request batches and API listings into the media clock's spare time
         #: and under a container CPU quota.
         self.cpu_budget = CpuBudget(cores=lambda: self.admission.cores_available,
-                                    until_tick=lambda: self.registry.clock.until_tick())
+                                    until_tick=self.registry.clock.until_tick)
         self.sip: SipService | None = None
         if config.sip.enabled:
             base = config.sip.worker_port_base

@@ -210,7 +210,7 @@ class AnalysisBank:
         rows = [a._row if a._bank is self else -1 for a, _, _ in items]
         keep: Sequence[int] = range(len(items))
         if -1 in rows:  # newcomers: load them (a failure drops that stream only)
-            loaded = []
+            kept = []
             for i, (a, _, _) in enumerate(items):
                 if rows[i] < 0:
                     try:
@@ -221,13 +221,13 @@ class AnalysisBank:
                         failed(i, exc)
                         out[i] = None
                         continue
-                loaded.append(i)
-            if not loaded:
+                kept.append(i)
+            if not kept:
                 return out
-            if len(loaded) < len(items):
-                items = [items[i] for i in loaded]
-                rows = [rows[i] for i in loaded]
-            keep = loaded
+            if len(kept) < len(items):
+                items = [items[i] for i in kept]
+                rows = [rows[i] for i in kept]
+            keep = kept
         frames = np.array([frame for _, _, frame in items], dtype=np.int16)
         row_array = np.array(rows, dtype=np.int64)
         index = np.array([index for _, index, _ in items], dtype=np.int64)

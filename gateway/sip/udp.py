@@ -72,7 +72,8 @@ class BatchedUdp:
         self.invites_waiting = 0
         self._budget = budget or CpuBudget()
         self._loop = asyncio.get_running_loop()
-        self._backlog: deque[tuple[bytes, Address, float]] = deque()
+        #: (datagram, source, read at, is an INVITE)
+        self._backlog: deque[tuple[bytes, Address, float, bool]] = deque()
         self._draining: asyncio.TimerHandle | None = None  # the next slice, when one waits
         self._granted = 0  # datagrams left of the budget's last turn
         self.dropped = 0  # datagrams that found the backlog full
@@ -122,7 +123,7 @@ class BatchedUdp:
             if invite and self._urgent is not None and self._urgent(now, self.invites_waiting):
                 self._on_datagram(data, address, now)
             elif len(backlog) < MAX_BACKLOG:
-                backlog.append((data, address, now))
+                backlog.append((data, address, now, invite))
                 self.invites_waiting += invite
             else:
                 self.dropped += 1
@@ -141,8 +142,8 @@ class BatchedUdp:
                 self._draining = self._loop.call_later(wait, self._drain)
                 return
             self._granted = (self._granted or SLICE) - 1
-            data, address, arrived = backlog.popleft()
-            self.invites_waiting -= data.startswith(b"INVITE ")
+            data, address, arrived, invite = backlog.popleft()
+            self.invites_waiting -= invite
             self._on_datagram(data, address, arrived)
 
     @property
