@@ -246,7 +246,7 @@ async def test_api_reads_wait_for_a_turn_and_health_checks_and_writes_do_not():
 
 async def test_paced_work_waits_for_the_ticks_own_work_and_not_just_before_a_tick():
     """At 80 % load a 20 ms period has ~4 ms to spare: paced work run while a tick's work
-    (encoders, fan-outs) is queued, or across the next tick, delays every listener's
+    (recorders, cluster links) is queued, or across the next tick, delays every listener's
     packet. So it waits MEDIA_TURNS turns of the loop after a tick, and does not start
     within TICK_GUARD_S of the next one."""
     until = [0.010]

@@ -41,6 +41,21 @@ async def l16_listener(gw, stream: str) -> RtpSink:
     return sink
 
 
+async def test_the_tick_that_writes_a_frame_sends_its_packets(stepped_gateway):
+    """Encoder and fan-out are driven by the rings' writes: the packet is on the
+    listener's socket when the tick's call returns, with no loop turn for a task."""
+    gw = stepped_gateway
+    send_tone(gw, "a", TONE_A)
+    sink = await l16_listener(gw, "a")
+    await gw.step(1)
+    before = len(sink.drain())
+    for n in range(1, 4):
+        gw.gateway.registry.tick()  # the clock's own call, no await after it
+        assert len(sink.drain()) == before + n
+    assert np.array_equal(l16(sink.packets), frames(TONE_A, 0, before + 3))
+    sink.close()
+
+
 async def test_two_streams_reach_their_own_listeners_including_a_late_joiner(stepped_gateway):
     gw = stepped_gateway
     send_tone(gw, "a", TONE_A)

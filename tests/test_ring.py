@@ -148,3 +148,49 @@ def test_advance_moves_readers_at_the_head_along_and_keeps_the_lag_of_the_others
     ring.advance(100, -1)  # longer than the ring: every slot is the filler
     assert ring.head == 108 and current.lag == 0
     assert ring.write(7) == 108 and current.read_nowait() == (108, 7)
+
+
+def test_a_driven_reader_reads_each_item_in_the_writers_call_and_sees_the_end():
+    ring: Ring[int] = Ring(4)
+    reader = ring.reader()
+    got: list[int] = []
+    ended = []
+
+    def pump() -> None:
+        try:
+            while (item := reader.read_nowait()) is not None:
+                got.append(item[1])
+        except RingClosed:
+            ended.append(True)
+
+    ring.drive(pump)
+    for i in range(10):
+        ring.write(i)
+        assert got == list(range(i + 1))  # no loop turn: read before write() returned
+    assert reader.skipped == 0 and ring.behind() == 0
+    ring.close()
+    assert ended == [True]
+
+
+def test_a_failing_driven_reader_costs_the_writer_and_the_others_nothing(caplog):
+    ring: Ring[int] = Ring(4)
+    good = ring.reader()
+    got: list[int] = []
+
+    def broken() -> None:
+        raise ValueError("consumer bug")
+
+    def pump() -> None:
+        while (item := good.read_nowait()) is not None:
+            got.append(item[1])
+
+    ring.drive(broken)
+    ring.drive(pump)
+    assert ring.write(0) == 0 and ring.write(1) == 1
+    assert got == [0, 1]
+    assert "consumer bug" in caplog.text
+    ring.undrive(broken)
+    ring.undrive(pump)
+    ring.write(2)
+    assert got == [0, 1]  # undriven: no longer called
+    assert good.lag == 1

@@ -164,7 +164,8 @@ class SteppedClock:
         for _ in range(frames):
             target.tick()
             self.ticks += 1
-            await self._settle(target, stalled)
+            await asyncio.sleep(0)  # a turn of the loop per tick, as in real time (the
+            await self._settle(target, stalled)  # ring-driven readers are never behind)
 
     async def _settle(self, target: Ticked, stalled: Collection[Any]) -> None:
         loop = asyncio.get_running_loop()

@@ -13,8 +13,9 @@ Work that can wait: SIP requests (datagrams, a call's set-up), API listings and
   Paced work run while the work a tick set off is queued, or across the next tick's
   deadline, delays the tick and every listener's packet by its length, and a burst of
   it (200 OPTIONS, twenty INVITEs) delays tick after tick. So paced work waits while the
-  tick's work (shared encoders, then fan-outs: ``MEDIA_TURNS`` turns of the loop) is
-  queued, and does not start within ``TICK_GUARD_S`` of the next tick. When the media
+  tick's work is queued (the shared encoders and fan-outs run in the tick's own call;
+  the ring readers it wakes, recorders and cluster links, take ``MEDIA_TURNS`` turns of
+  the loop), and does not start within ``TICK_GUARD_S`` of the next tick. When the media
   leave no such time for ``MEDIA_MAX_WAIT_S`` (overload), it runs for ``MEDIA_SLICE_S``
   anyway (after a tick's work; a slice ends when a tick falls due).
 * **Per period of a container CPU quota.** A CFS quota is e.g. 50 ms of CPU in every
@@ -61,9 +62,10 @@ CALM_S = 0.2
 #: Paced work does not start this close to the media clock's next tick (a SIP request
 #: costs 0.1-1 ms, an API slice 1 ms).
 TICK_GUARD_S = 0.003
-#: Turns of the event loop the work a tick sets off takes: the tick wakes the shared
-#: encoders, an encoder wakes its fan-outs, and one more.
-MEDIA_TURNS = 3
+#: Turns of the event loop the work a tick sets off takes: the encoders and fan-outs
+#: run in the tick's call (the rings drive them); the readers that are tasks (recorders,
+#: cluster links) run in the next turn.
+MEDIA_TURNS = 1
 #: Paced work that found no spare time for this long runs anyway, for this long (about
 #: what a turn of SIP handling, 8 datagrams, takes: 10 % of the loop, as a quota's turn
 #: every MAX_WAIT_S gives; less, and the two limits together starve SIP under overload).

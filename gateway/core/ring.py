@@ -5,15 +5,23 @@ A reader that falls more than ``capacity`` items behind is moved to the live hea
 and the items it missed are counted, so one slow reader never slows the writer or
 any other reader. Readers waiting for data share one future per ring, resolved on
 each write: no polling, and the cost of a write does not grow with the reader count.
+
+A reader may instead be *driven*: the writer calls it right after each write (the media
+clock's tick hands a frame to the shared encoders, and their packets to the fan-outs, in
+the tick's own callback, with no task wake-up in between). It reads with
+``read_nowait`` like any reader, so cursors, skips and lag mean the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class RingClosed(Exception):
@@ -24,7 +32,7 @@ class Ring(Generic[T]):
     """Fixed-capacity ring of items numbered by a monotonically growing index."""
 
     __slots__ = ("capacity", "_slots", "_head", "_waiter", "_closed", "readers", "_cursors",
-                 "_skipped_closed", "on_demand")
+                 "_skipped_closed", "on_demand", "_driven")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -39,6 +47,7 @@ class Ring(Generic[T]):
         self._skipped_closed: dict[str, int] = {}  # what closed readers skipped, by kind
         #: Called when the count of (non-passive) readers goes from 0 to 1 or from 1 to 0.
         self.on_demand: Callable[[], None] | None = None
+        self._driven: tuple[Callable[[], None], ...] = ()  # called after each write
 
     @property
     def head(self) -> int:
@@ -57,6 +66,8 @@ class Ring(Generic[T]):
         self._slots[index % self.capacity] = item
         self._head = index + 1
         self._wake()
+        if self._driven:
+            self._drive()
         return index
 
     def advance(self, count: int, filler: T) -> None:
@@ -76,6 +87,8 @@ class Ring(Generic[T]):
         """Tell readers the stream of items has ended."""
         self._closed = True
         self._wake()
+        if self._driven:
+            self._drive()  # they read RingClosed, as a waiting reader does
 
     def reader(self, passive: bool = False, kind: str = "reader") -> RingReader[T]:
         """A new reader positioned at the live head (late joiners hear what comes next).
@@ -85,6 +98,21 @@ class Ring(Generic[T]):
         rtp, recording, analysis) labels its skips in ``skipped_by_kind``.
         """
         return RingReader(self, passive, kind)
+
+    def drive(self, pump: Callable[[], None]) -> None:
+        """Call ``pump`` after every write and on close (it reads its own cursor with
+        ``read_nowait``). It runs in the writer's call: it must be quick and not wait."""
+        self._driven = (*self._driven, pump)
+
+    def undrive(self, pump: Callable[[], None]) -> None:
+        self._driven = tuple(p for p in self._driven if p != pump)
+
+    def _drive(self) -> None:
+        for pump in self._driven:  # a tuple: a pump may drive or undrive meanwhile
+            try:
+                pump()
+            except Exception:  # noqa: BLE001 - one broken consumer, not the writer
+                log.exception("ring consumer %r failed", pump)
 
     def skipped_by_kind(self) -> dict[str, int]:
         """Items readers lost by being moved to the live head, by reader kind: the open

@@ -1,8 +1,10 @@
 """Encode once per (stream, codec, bitrate) and fan the packets out through a ring.
 
 Listeners never own an encoder: they read the shared encoder's packet ring (WHEP
-listeners and RTP outputs through one fan-out task per encoder, which reads each packet
-once), so ten or a thousand listeners on one stream cost one encode per 20 ms.
+listeners and RTP outputs through one fan-out per encoder, which reads each packet
+once), so ten or a thousand listeners on one stream cost one encode per 20 ms. The
+stream's ring drives the encoder and the packet ring drives the fan-outs
+(``Ring.drive``): a frame is encoded and sent in the media clock's tick that wrote it.
 
 An Opus encoder's in-band FEC follows the loss its listeners report in RTCP (the worst
 of them, with hysteresis: ``codecs/fec_policy.py``); other codecs have none.
@@ -10,11 +12,12 @@ of them, with hysteresis: ``codecs/fec_policy.py``); other codecs have none.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..codecs.fec_policy import FecPolicy
 from ..codecs.spec import CodecSpec
@@ -22,7 +25,6 @@ from ..codecs.transcode import Packetizer
 from ..core.audio import FRAME_MS
 from ..core.ring import Ring, RingClosed, RingReader
 from ..core.stream import Stream
-from ..core.tasks import cancel_and_drop
 from ..models.info import EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ def encoder_key(spec: CodecSpec, bitrate: int | None, ptime: int) -> tuple:
 
 
 class SharedEncoder:
-    """Reads the stream's ring with its own cursor and writes encoded packets."""
+    """Reads the stream's ring with its own cursor, as the ring's writes drive it, and
+    writes encoded packets."""
 
     def __init__(
         self, stream: Stream, spec: CodecSpec, bitrate: int | None, ptime: int = 20
@@ -63,35 +66,46 @@ class SharedEncoder:
         self.fec = FecPolicy()
         self.fec_changes = 0
         self._reader = stream.ring.reader(kind="encoder")
-        self._task: asyncio.Task[None] | None = asyncio.create_task(
-            self._run(), name=f"encode-{stream.name}-{spec.name}")
+        self._next_ts: int | None = None  # the next packet's RTP timestamp
+        self._expected = 0  # the frame index that follows the last one read
+        self._running = True
+        stream.ring.drive(self._pump)
         stream.counters.encoders_created += 1
 
-    async def _run(self) -> None:
+    def _pump(self) -> None:
+        """Encode every frame written since the last call: the stream's ring calls it as
+        each frame is written, so the packets leave in the media clock's tick."""
         try:
-            step = self._packetizer.timestamp_step
-            per_frame = self.spec.timestamp_step(FRAME_MS)
-            next_ts: int | None = None
-            expected = 0  # the frame index that follows the last one read
-            while True:
-                index, frame = await self._reader.read()
-                if next_ts is None:
-                    next_ts = index * per_frame
-                elif index != expected:  # media time passed unread (a clock jump, a skip):
-                    next_ts += (index - expected) * per_frame  # timestamps follow it
-                expected = index + 1
-                for payload in self._packetizer.encode(frame):
-                    self.packets.write(EncodedPacket(next_ts, payload))
-                    next_ts += step
-                self.frames_encoded += 1
-                if self.frames_encoded % FEC_CHECK_FRAMES == 0 and self.fec.percent:
-                    self._apply_fec(self.fec.decide(time.monotonic()))
+            while (got := self._reader.read_nowait()) is not None:
+                self._encode(*got)
         except RingClosed:
-            self.packets.close()
-        except asyncio.CancelledError:
-            raise
+            self._halt()
         except Exception:
             log.exception("encoder %s for stream %s failed", self.spec.name, self.stream.name)
+            self._halt()
+
+    def _encode(self, index: int, frame: np.ndarray) -> None:
+        per_frame = self.spec.timestamp_step(FRAME_MS)
+        next_ts = self._next_ts
+        if next_ts is None:
+            next_ts = index * per_frame
+        elif index != self._expected:  # media time passed unread (a clock jump, a skip):
+            next_ts += (index - self._expected) * per_frame  # timestamps follow it
+        self._expected = index + 1
+        step = self._packetizer.timestamp_step
+        for payload in self._packetizer.encode(frame):
+            self.packets.write(EncodedPacket(next_ts, payload))
+            next_ts += step
+        self._next_ts = next_ts
+        self.frames_encoded += 1
+        if self.frames_encoded % FEC_CHECK_FRAMES == 0 and self.fec.percent:
+            self._apply_fec(self.fec.decide(time.monotonic()))
+
+    def _halt(self) -> None:
+        """The stream ended, or encoding failed: no more packets; readers see the end."""
+        if self._running:
+            self._running = False
+            self.stream.ring.undrive(self._pump)
             self.packets.close()
 
     def report_loss(self, listener: Hashable, loss: float, now: float | None = None) -> None:
@@ -123,7 +137,8 @@ class SharedEncoder:
             self.stop()
 
     def stop(self) -> None:
-        cancel_and_drop(self, "_task")
+        self._running = False
+        self.stream.ring.undrive(self._pump)
         self._reader.close()
         self.packets.close()
         if self.stream.egress.get(self.key) is self:

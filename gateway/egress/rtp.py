@@ -1,7 +1,8 @@
 """Plain RTP out: one stream to UDP destinations (unicast or multicast, IPv4 or IPv6).
 
 All destinations on the same shared encoder (codec + packet time) are served by one
-fan-out task that reads the encoder's packet ring once and writes each destination's
+fan-out that reads the encoder's packet ring once (as its writes drive it, in the media
+clock's tick) and writes each destination's
 header (own SSRC, sequence numbers, timestamp offset) in front of the shared payload.
 Sending never waits: a full socket buffer drops the packet and counts it.
 """
@@ -24,7 +25,6 @@ from ..codecs.spec import CodecSpec
 from ..core.counters import OutputCounters
 from ..core.ring import RingClosed
 from ..core.stream import Stream
-from ..core.tasks import cancel_and_drop
 from ..models.info import RtpOutputInfo
 from ..rtp import rtcp
 from ..rtp.packet import build_header
@@ -256,15 +256,15 @@ def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) ->
 
 
 class RtpFanout:
-    """Every RTP destination of one shared encoder, served by a single task."""
+    """Every RTP destination of one shared encoder, served by a single fan-out (driven
+    by the encoder's packet ring: packets leave in the media clock's tick)."""
 
     def __init__(self, encoder: SharedEncoder, sockets: SocketPool) -> None:
         self.encoder = encoder
         self.sockets = sockets
         self.outputs: dict[str, RtpOutput] = {}
         self._reader = encoder.subscribe(kind="rtp")
-        self._task: asyncio.Task[None] | None = asyncio.create_task(
-            self._run(), name=f"rtp-fanout-{encoder.key}")
+        encoder.packets.drive(self._pump)
         self._report_cursor = 0
         self._report_credit = 1.0  # the first output reports at once
 
@@ -279,13 +279,14 @@ class RtpFanout:
             send(output.rtcp_sock or output.sock, output, output.bye(), output.rtcp_sockaddr)
         output.group = None
         if not self.outputs:
-            cancel_and_drop(self, "_task")
+            self.encoder.packets.undrive(self._pump)
             self.encoder.unsubscribe(self._reader)
 
-    async def _run(self) -> None:
+    def _pump(self) -> None:
+        """Send every packet the encoder wrote since the last call."""
         try:
-            while True:
-                _, packet = await self._reader.read()
+            while (got := self._reader.read_nowait()) is not None:
+                packet = got[1]
                 payload = packet.payload
                 size = len(payload)
                 outputs = list(self.outputs.values())
@@ -301,6 +302,7 @@ class RtpFanout:
                         output.last_sent = time.time()
                 self._send_some_reports(outputs, self.encoder.ptime)
         except RingClosed:
+            self.encoder.packets.undrive(self._pump)
             log.info("rtp fan-out for %s ended: stream closed", self.encoder.stream.name)
 
 

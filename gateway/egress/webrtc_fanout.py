@@ -1,8 +1,9 @@
-"""WHEP listeners of one shared encoder, served by a single task.
+"""WHEP listeners of one shared encoder, served by a single fan-out.
 
 aiortc gives every listener its own RTCRtpSender coroutine: one ``await track.recv()``,
 one header build, one SRTP protect and one ``await`` chain down to ``sendto`` per
-packet and listener. Here one task reads each packet from the encoder's ring once and,
+packet and listener. Here one fan-out reads each packet from the encoder's ring once
+(driven by the ring's writes, in the media clock's tick) and,
 for every connected listener in turn, writes that listener's header (its SSRC,
 sequence, timestamp offset, payload type and ``mid`` extension), protects it with the
 listener's SRTP session and hands it to the listener's ICE socket without waiting.
@@ -17,7 +18,6 @@ receiver reports (routed to its RTCRtpSender, so getStats() still has them).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import random
@@ -30,7 +30,6 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.sdp import SessionDescription
 
 from ..core.ring import RingClosed
-from ..core.tasks import cancel_and_drop
 from ..rtp.red import red_with_previous
 from ..rtp.rtcp import ntp_from_unix
 from ..webrtc import aiortc_patches
@@ -166,8 +165,7 @@ class WebRTCFanout:
         self.paths: list[ListenerPath] = []  # connected ones, in sending order
         self._reader = encoder.subscribe(kind="webrtc")
         self.previous: EncodedPacket | None = None  # for RED listeners' redundant block
-        self._task: asyncio.Task[None] | None = asyncio.create_task(
-            self._run(), name=f"webrtc-fanout-{encoder.key}")
+        encoder.packets.drive(self._pump)
 
     @classmethod
     def join(cls, encoder: SharedEncoder) -> WebRTCFanout:
@@ -190,7 +188,7 @@ class WebRTCFanout:
         if self.members > 0:
             self.encoder.subscribers -= 1
             return
-        cancel_and_drop(self, "_task")
+        self.encoder.packets.undrive(self._pump)
         self.encoder.unsubscribe(self._reader)
         if self._by_encoder.get(self.encoder) is self:
             del self._by_encoder[self.encoder]
@@ -208,13 +206,16 @@ class WebRTCFanout:
         """Packets the fan-out missed (it fell a whole ring behind) since ``path`` joined."""
         return self._reader.skipped - path.skipped_at_join
 
-    async def _run(self) -> None:
+    def _pump(self) -> None:
+        """Send every packet the encoder wrote since the last call (the packet ring calls
+        it as each is written: in the media clock's tick)."""
         try:
-            while True:
-                _, packet = await self._reader.read()
+            while (got := self._reader.read_nowait()) is not None:
+                packet = got[1]
                 send(self.paths, packet, self.previous)
                 self.previous = packet
         except RingClosed:
+            self.encoder.packets.undrive(self._pump)
             log.info("webrtc fan-out for %s ended: stream closed", self.encoder.stream.name)
 
 
