@@ -14,9 +14,10 @@
    work, with that work's objects alive, 10-60 ms (throttling included) in the middle
    of a tick's period (docs/benchmarks.md, "Timing under load"). So the collector's own
    full collections are switched off (young collections stay: they walk only the
-   objects not yet frozen), and the Keeper's step waits for a tick and runs
-   ``AFTER_TICK_S`` after it, when the tick's packets are out and the next tick is
-   ~15 ms away.
+   objects not yet frozen), and the Keeper's step waits for a tick and runs right after
+   the tick's call, whose shared encoders and fan-outs have sent its packets by then;
+   a collection waits for a tick after which the last one's length fits before the
+   next (point 5).
 4. Collect only when there is garbage to find. A collection walks every object made
    since the last freeze that is still alive: with 500 WebRTC listeners, 5 s of them
    (aiortc's timers, RTCP and consent tasks in flight) took 8-21 ms, and at 80 % of a
@@ -33,8 +34,9 @@
 5. Not during a burst. A collection during a burst walks the burst's live objects too
    (5-11 ms with 220 listeners), and under a container CPU quota it throttles the
    process. So a due collection waits until the gateway's CPU budget (gateway/core/
-   cpu_budget.py) says no burst is waiting and, under a quota, that its CPU (as long as
-   the last collection's) fits; after ``MAX_DELAY_S`` it runs anyway.
+   cpu_budget.py) says no burst is waiting, that its CPU (as long as the last
+   collection's) fits before the next tick and, under a quota, in the quota; after
+   ``MAX_DELAY_S`` it runs anyway.
 """
 
 from __future__ import annotations
@@ -64,10 +66,6 @@ def settle() -> None:
 #: How often the objects made since the last freeze are frozen (point 2 above): sessions
 #: that connected meanwhile leave full collections, and young collections.
 FREEZE_EVERY_S = 1.0
-#: A step runs this long after the media tick that found it due: the tick's fan-out
-#: (shared encoders, then the packets to every listener) has run, the next tick is
-#: ~15 ms away.
-AFTER_TICK_S = 0.004
 #: A collection that found fewer objects in cycles than this lets the next steps only
 #: freeze ...
 LITTLE_GARBAGE = 200
@@ -160,7 +158,7 @@ class Keeper:
                   has_room: Callable[[float], bool] = lambda _cpu_s: True,
                   ) -> Callable[[object], None]:
         """A media-clock tick hook (``registry.on_tick``) that runs the step when due,
-        ``AFTER_TICK_S`` after the tick; a step that collects waits until ``has_room``
+        right after the tick's call; a step that collects waits until ``has_room``
         says a collection as long as the last one fits (``CpuBudget.has_room``) or it is
         ``MAX_DELAY_S`` overdue."""
         loop = asyncio.get_running_loop()
@@ -179,6 +177,6 @@ class Keeper:
             collects = self._due(now, live_sessions())[1]
             if not collects or late >= MAX_DELAY_S or has_room(self.last_collection_cpu_s):
                 self._scheduled = True
-                loop.call_later(AFTER_TICK_S, run_step)
+                loop.call_soon(run_step)
 
         return on_tick

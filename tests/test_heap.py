@@ -125,13 +125,13 @@ asyncio.run(main())
 def test_full_collections_only_at_the_keepers_step_after_a_tick():
     """CPython would start a full collection at whatever moment allocations reach its
     threshold (during a burst of SIP or API work: 10-60 ms with the loop held); a served
-    gateway collects only at the Keeper's steps, AFTER_TICK_S after a media tick, and
+    gateway collects only at the Keeper's steps, right after a media tick, and
     those free what closed peer connections leave in cycles."""
     got = run(POLICY_SCRIPT)
     assert got["full collections during the burst"] == 0
     assert got["closed, alive before a step"] == 6  # cycles: reference counting can't
     assert got["steps"] == 1
-    assert 0.003 <= got["step after the tick, s"] < 0.5
+    assert got["step after the tick, s"] < 0.5
     assert got["closed, alive after a step"] == 0
 
 

@@ -186,9 +186,11 @@ class CpuBudget:
 
     def has_room(self, cpu_s: float) -> bool:
         """Whether ``cpu_s`` of work in one piece fits now: no burst of paced work is
-        waiting its turn (none waited in the last ``CALM_S``) and, under a quota, the last
-        window's CPU plus this stays under ``LIMIT`` of it."""
-        if self._now() - self._waited_at < CALM_S:
+        waiting its turn (none waited in the last ``CALM_S``), it ends ``TICK_GUARD_S``
+        before the media clock's next tick and, under a quota, the last window's CPU plus
+        this stays under ``LIMIT`` of it."""
+        if self._now() - self._waited_at < CALM_S \
+                or self.until_tick() < cpu_s + TICK_GUARD_S:
             return False
         cores = self.cores()
         return cores >= 1.0 or self.used_s() + cpu_s < LIMIT * cores * WINDOW_S
