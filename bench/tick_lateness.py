@@ -47,7 +47,9 @@ histogram, i.e. be from this benchmark's branch), then on this tree, with the sa
 number of listeners: before and after in one run (``--current REV``: the "after" tree is
 that commit, exported too, so the worktree may change while the run waits). Needs root
 and cgroup v1's cpu controller; hold ``/work/notes/bench.lock`` (or run on an idle
-machine). Results: docs/benchmarks.md ("Timing under load").
+machine). ``--pin``: the gateway runs alone on CPU 0 and the load generators (this
+process and its children) on the other CPUs, so the gateway is not preempted by them, as
+on a machine or container of its own. Results: docs/benchmarks.md ("Timing under load").
 """
 
 from __future__ import annotations
@@ -137,8 +139,9 @@ sys.exit(main(sys.argv[1:]))
 class Confined:
     """The gateway process in its own CPU cgroup; CFS settings changed while it runs."""
 
-    def __init__(self, src: Path, quota: float, gc_burst: str = "garbage") -> None:
-        self.src, self.quota, self.gc_burst = src, quota, gc_burst
+    def __init__(self, src: Path, quota: float, gc_burst: str = "garbage",
+                 pin: bool = False) -> None:
+        self.src, self.quota, self.gc_burst, self.pin = src, quota, gc_burst, pin
         self.port = fanout.free_port()
         self.sip_port = fanout.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -183,6 +186,8 @@ class Confined:
              "--ice-host", "127.0.0.1", "--log-level", "warning"],
             cwd=self.src, env=env, stdout=subprocess.DEVNULL)
         (self.group / "cgroup.procs").write_text(str(self.proc.pid))
+        if self.pin:  # before its first thread: the threads it starts inherit the set
+            os.sched_setaffinity(self.proc.pid, {0})
 
     def stat(self) -> dict[str, int]:
         out = {}
@@ -402,7 +407,7 @@ async def run_server(label: str, src: Path, args: argparse.Namespace,
 
     from gateway.webrtc.client import Publisher, ToneTrack
 
-    gw = Confined(src, args.quota, args.gc_burst)
+    gw = Confined(src, args.quota, args.gc_burst, args.pin)
     period, burst = args.cfs[0]
     gw.set_cfs(period, burst)
     gw.start()
@@ -483,6 +488,8 @@ async def main(args: argparse.Namespace) -> int:
     (load_group / "cpu.cfs_quota_us").write_text("-1")
     (load_group / "cpu.shares").write_text("4096")
     (load_group / "cgroup.procs").write_text(str(os.getpid()))  # children follow
+    if args.pin:  # the gateway gets CPU 0 alone; this process and its children the rest
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
     info = fanout.machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}; Python "
           f"{info['python']}; quota {args.quota} core; load {fanout.load_average()}",
@@ -535,6 +542,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--verify-every", type=int, default=50)
     p.add_argument("--poll-ms", type=float, default=10.0)
     p.add_argument("--gc-burst", choices=("garbage", "collect"), default="garbage")
+    p.add_argument("--pin", action="store_true",
+                   help="the gateway alone on CPU 0, the load generators on the others")
     p.add_argument("--json")
     return p.parse_args()
 
