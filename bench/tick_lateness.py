@@ -109,10 +109,15 @@ if os.environ.get("TICK_SLOW_MS"):
     asyncio.events.Handle._run = timed
     from gateway.core import lateness
     record = lateness.Lateness.record
+    last = [time.perf_counter(), time.thread_time()]  # at the previous tick
     def noted(self, late):  # late ticks beside the slow callbacks: what they waited for
         record(self, late)
-        if late > limit:
-            slow.append((round(late * 1000, 2), time.time(), "tick late", 0.0))
+        wall, cpu = time.perf_counter(), time.thread_time()
+        if late > limit:  # and the loop thread's CPU and wall time since the last tick:
+            slow.append((round(late * 1000, 2), time.time(), "tick late",  # less CPU
+                         round((cpu - last[1]) * 1000, 2),  # than wall: it was not
+                         round((wall - last[0]) * 1000, 2)))  # running (preempted)
+        last[0], last[1] = wall, cpu
     lateness.Lateness.record = noted
 def dump(*_):
     path = os.environ["TICK_GC_FILE"]

@@ -100,6 +100,47 @@ async def test_real_time_clock_ticks_every_20_ms_and_skips_a_stall():
     task.cancel()
 
 
+async def test_a_tick_that_falls_due_runs_ahead_of_the_callbacks_already_queued():
+    """asyncio runs every callback queued when its turn began before a timer that fell
+    due meanwhile: forty 1 ms callbacks queued at once would hold a tick ~40 ms. The
+    clock's tick waits only for the callback that is running."""
+    loop = asyncio.get_running_loop()
+    ticked: list[float] = []
+
+    class Target:
+        def tick(self, phase=Phase.ALL) -> None:
+            if phase is not Phase.REMOTE:
+                ticked.append(loop.time())
+
+        def skip(self, frames: int) -> None:
+            pass
+
+        def behind(self, ignore=()) -> list[str]:
+            return []
+
+    def busy() -> None:
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:
+            pass
+
+    clock = RealTimeClock()
+    task = asyncio.create_task(clock.run(Target()))
+    lateness: list[float] = []
+    for _ in range(5):
+        await asyncio.sleep(0.001)
+        while clock.until_tick() > 0.005:  # 5 ms before a tick ...
+            await asyncio.sleep(0.001)
+        due = loop.time() + clock.until_tick()
+        for _ in range(40):  # ... a queue of 40 ms of callbacks, all ready at once
+            loop.call_soon(busy)
+        seen = len(ticked)
+        while len(ticked) == seen:
+            await asyncio.sleep(0.001)
+        lateness.append(ticked[seen] - due)
+    task.cancel()
+    assert max(lateness) < 0.010, lateness  # a 1 ms callback, not the 40 ms queue
+
+
 async def test_periods_start_on_the_wall_clock_grid_and_remote_streams_are_written_later():
     """Two nodes' clocks tick at the same wall-clock moments, and a stream fed by another
     node is written REMOTE_PHASE_S into the period: the other node's frame of the same

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from .audio import FRAME_SECONDS
+from .first_in_line import wait_until
 from .lateness import Lateness
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,10 @@ class RealTimeClock:
     moments. Each period has two phases: local streams are written at its start, and
     streams fed by another node REMOTE_PHASE_S later, when the frame that node wrote at
     the same start has arrived. Without the grid, a remote frame would wait for this
-    node's next tick at a random phase: 0 to 20 ms on every hop."""
+    node's next tick at a random phase: 0 to 20 ms on every hop.
+
+    A tick that falls due runs after the callback that is running, ahead of the others
+    the event loop has queued (``first_in_line``)."""
 
     def __init__(self, max_catch_up: int = MAX_CATCH_UP_FRAMES,
                  remote_phase: float = REMOTE_PHASE_S, wall: Callable[[], float] = time.time
@@ -109,7 +113,7 @@ class RealTimeClock:
         periods = 0
         while True:
             self._next = deadline
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            await wait_until(deadline)
             self.lateness.record(max(0.0, loop.time() - deadline))
             behind = int((loop.time() - deadline) / FRAME_SECONDS)
             if behind > self.max_catch_up:
@@ -119,7 +123,7 @@ class RealTimeClock:
                 target.skip(behind)
             self._next = deadline + FRAME_SECONDS
             target.tick(Phase.LOCAL)
-            await asyncio.sleep(max(0.0, deadline + self.remote_phase - loop.time()))
+            await wait_until(deadline + self.remote_phase)
             target.tick(Phase.REMOTE)
             deadline += FRAME_SECONDS
             periods += 1
