@@ -170,6 +170,10 @@ def test_a_driven_reader_reads_each_item_in_the_writers_call_and_sees_the_end():
     assert reader.skipped == 0 and ring.behind() == 0
     ring.close()
     assert ended == [True]
+    ring.undrive(pump)
+    reader = ring.reader()  # a consumer driven after the end hears of it at once
+    ring.drive(pump)
+    assert ended == [True, True]
 
 
 def test_a_failing_driven_reader_costs_the_writer_and_the_others_nothing(caplog):

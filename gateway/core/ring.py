@@ -101,8 +101,11 @@ class Ring(Generic[T]):
 
     def drive(self, pump: Callable[[], None]) -> None:
         """Call ``pump`` after every write and on close (it reads its own cursor with
-        ``read_nowait``). It runs in the writer's call: it must be quick and not wait."""
+        ``read_nowait``). It runs in the writer's call: it must be quick and not wait.
+        On a ring already closed it is called at once, to read the end."""
         self._driven = (*self._driven, pump)
+        if self._closed:
+            self._drive()
 
     def undrive(self, pump: Callable[[], None]) -> None:
         self._driven = tuple(p for p in self._driven if p != pump)
