@@ -68,24 +68,29 @@ async def test_step_before_start_is_a_clear_error():
         await SteppedClock().step(1)
 
 
+class Recorded:
+    """A clock's target that notes when each period's local tick ran, and the skips."""
+
+    def __init__(self) -> None:
+        self.ticks: list[float] = []
+        self.skips: list[int] = []
+
+    def tick(self, phase=Phase.ALL) -> None:
+        if phase is not Phase.REMOTE:
+            self.ticks.append(asyncio.get_running_loop().time())
+
+    def skip(self, frames: int) -> None:
+        self.skips.append(frames)
+
+    def behind(self, ignore=()) -> list[str]:
+        return []
+
+
 async def test_real_time_clock_ticks_every_20_ms_and_skips_a_stall():
-    loop = asyncio.get_running_loop()
-    ticks: list[float] = []
-    skips: list[int] = []
-
-    class Target:
-        def tick(self, phase=Phase.ALL) -> None:
-            if phase is not Phase.REMOTE:
-                ticks.append(loop.time())
-
-        def skip(self, frames: int) -> None:
-            skips.append(frames)
-
-        def behind(self, ignore=()) -> list[str]:
-            return []
-
+    target = Recorded()
+    ticks, skips = target.ticks, target.skips
     clock = RealTimeClock()
-    task = asyncio.create_task(clock.run(Target()))
+    task = asyncio.create_task(clock.run(target))
     await asyncio.sleep(0.3)
     before, late = len(ticks), clock.late_ticks
     assert before + late >= 12
@@ -105,18 +110,8 @@ async def test_a_tick_that_falls_due_runs_ahead_of_the_callbacks_already_queued(
     due meanwhile: forty 1 ms callbacks queued at once would hold a tick ~40 ms. The
     clock's tick waits only for the callback that is running."""
     loop = asyncio.get_running_loop()
-    ticked: list[float] = []
-
-    class Target:
-        def tick(self, phase=Phase.ALL) -> None:
-            if phase is not Phase.REMOTE:
-                ticked.append(loop.time())
-
-        def skip(self, frames: int) -> None:
-            pass
-
-        def behind(self, ignore=()) -> list[str]:
-            return []
+    target = Recorded()
+    ticked = target.ticks
 
     def busy() -> None:
         end = time.perf_counter() + 0.001
@@ -124,7 +119,7 @@ async def test_a_tick_that_falls_due_runs_ahead_of_the_callbacks_already_queued(
             pass
 
     clock = RealTimeClock()
-    task = asyncio.create_task(clock.run(Target()))
+    task = asyncio.create_task(clock.run(target))
     lateness: list[float] = []
     for _ in range(5):
         await asyncio.sleep(0.001)
