@@ -38,9 +38,9 @@ class _ReadyQueue(deque):  # type: ignore[type-arg]
             woken = deadlines.pop(0)[2]
             if not woken.done():
                 queued = len(self)
-                woken.set_result(None)  # appends the clock task's wake-up on the right:
-                if len(self) > queued:
-                    return self.pop()  # it runs now, and the head of the queue next
+                woken.set_result(None)  # appends the clock task's wake-up on the right,
+                if len(self) > queued:  # which runs now, ahead of the queue (a thread's
+                    return self.pop()  # call_soon_threadsafe just then would go instead)
         return super().popleft()
 
 
