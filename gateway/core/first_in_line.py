@@ -9,9 +9,10 @@ over 2 ms. Here the loop's ready queue itself checks, each time the loop takes t
 callback, whether a clock's deadline has passed, and if so hands out that clock's
 wake-up first: the tick waits for the callback that is running, not for the queue.
 
-It reaches into asyncio's ``BaseEventLoop._ready`` (a deque, the same from Python 3.11
-to 3.14). On a loop without one (uvloop, a future asyncio), ``wait_until`` is a plain
-timer, as before.
+It reaches into asyncio's ``BaseEventLoop._ready``: a deque that ``_run_once`` empties
+with ``popleft``, the same in Python 3.11, 3.12 and 3.13 (behind forty 1 ms callbacks a
+wake-up ran 0.4-0.6 ms after its deadline on each). On a loop without one (uvloop, a
+future asyncio), ``wait_until`` is a plain timer, as before.
 """
 
 from __future__ import annotations
