@@ -67,7 +67,7 @@ class Ring(Generic[T]):
         self._head = index + 1
         self._wake()
         if self._driven:
-            self._drive()
+            self._drive(self._driven)
         return index
 
     def advance(self, count: int, filler: T) -> None:
@@ -87,8 +87,8 @@ class Ring(Generic[T]):
         """Tell readers the stream of items has ended."""
         self._closed = True
         self._wake()
-        if self._driven:
-            self._drive()  # they read RingClosed, as a waiting reader does
+        driven, self._driven = self._driven, ()  # nothing is written after the end
+        self._drive(driven)  # they read RingClosed, as a waiting reader does
 
     def reader(self, passive: bool = False, kind: str = "reader") -> RingReader[T]:
         """A new reader positioned at the live head (late joiners hear what comes next).
@@ -102,16 +102,18 @@ class Ring(Generic[T]):
     def drive(self, pump: Callable[[], None]) -> None:
         """Call ``pump`` after every write and on close (it reads its own cursor with
         ``read_nowait``). It runs in the writer's call: it must be quick and not wait.
-        On a ring already closed it is called at once, to read the end."""
-        self._driven = (*self._driven, pump)
+        On a ring already closed it is called once, at once, to read the end."""
         if self._closed:
-            self._drive()
+            self._drive((pump,))
+        else:
+            self._driven = (*self._driven, pump)
 
     def undrive(self, pump: Callable[[], None]) -> None:
         self._driven = tuple(p for p in self._driven if p != pump)
 
-    def _drive(self) -> None:
-        for pump in self._driven:  # a tuple: a pump may drive or undrive meanwhile
+    @staticmethod
+    def _drive(pumps: tuple[Callable[[], None], ...]) -> None:
+        for pump in pumps:  # a tuple: a pump may drive or undrive meanwhile
             try:
                 pump()
             except Exception:  # noqa: BLE001 - one broken consumer, not the writer

@@ -66,9 +66,9 @@ class SharedEncoder:
         self.fec = FecPolicy()
         self.fec_changes = 0
         self._reader = stream.ring.reader(kind="encoder")
+        self._per_frame = spec.timestamp_step(FRAME_MS)  # RTP clock ticks per frame
         self._next_ts: int | None = None  # the next packet's RTP timestamp
         self._expected = 0  # the frame index that follows the last one read
-        self._running = True
         stream.ring.drive(self._pump)
         stream.counters.encoders_created += 1
 
@@ -85,12 +85,11 @@ class SharedEncoder:
             self._halt()
 
     def _encode(self, index: int, frame: np.ndarray) -> None:
-        per_frame = self.spec.timestamp_step(FRAME_MS)
         next_ts = self._next_ts
         if next_ts is None:
-            next_ts = index * per_frame
+            next_ts = index * self._per_frame
         elif index != self._expected:  # media time passed unread (a clock jump, a skip):
-            next_ts += (index - self._expected) * per_frame  # timestamps follow it
+            next_ts += (index - self._expected) * self._per_frame  # timestamps follow it
         self._expected = index + 1
         step = self._packetizer.timestamp_step
         for payload in self._packetizer.encode(frame):
@@ -103,10 +102,8 @@ class SharedEncoder:
 
     def _halt(self) -> None:
         """The stream ended, or encoding failed: no more packets; readers see the end."""
-        if self._running:
-            self._running = False
-            self.stream.ring.undrive(self._pump)
-            self.packets.close()
+        self.stream.ring.undrive(self._pump)
+        self.packets.close()
 
     def report_loss(self, listener: Hashable, loss: float, now: float | None = None) -> None:
         """A listener's smoothed reported loss (0-1, from its RTCP receiver reports)."""
@@ -137,10 +134,8 @@ class SharedEncoder:
             self.stop()
 
     def stop(self) -> None:
-        self._running = False
-        self.stream.ring.undrive(self._pump)
+        self._halt()
         self._reader.close()
-        self.packets.close()
         if self.stream.egress.get(self.key) is self:
             del self.stream.egress[self.key]
             self.stream.end_packet_ring(self.packets)

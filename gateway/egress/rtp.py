@@ -302,7 +302,6 @@ class RtpFanout:
                         output.last_sent = time.time()
                 self._send_some_reports(outputs, self.encoder.ptime)
         except RingClosed:
-            self.encoder.packets.undrive(self._pump)
             log.info("rtp fan-out for %s ended: stream closed", self.encoder.stream.name)
 
 

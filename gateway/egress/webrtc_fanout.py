@@ -215,7 +215,6 @@ class WebRTCFanout:
                 send(self.paths, packet, self.previous)
                 self.previous = packet
         except RingClosed:
-            self.encoder.packets.undrive(self._pump)
             log.info("webrtc fan-out for %s ended: stream closed", self.encoder.stream.name)
 
 

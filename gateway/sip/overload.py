@@ -102,11 +102,9 @@ class SetupGate:
             return Verdict(ADMISSION, retry_after)
         if self.rate <= 0:
             return None
-        if self._filled_at is None:
-            self._filled_at = now
-        elif now > self._filled_at:  # a clock stepping back must not mint tokens later
-            self._tokens = min(self.burst, self._tokens + (now - self._filled_at) * self.rate)
-            self._filled_at = now
+        self._tokens = self._tokens_at(now)
+        if self._filled_at is None or now > self._filled_at:  # a clock stepping back
+            self._filled_at = now  # must not mint tokens later
         if self._tokens < 1 - _EPSILON:
             return Verdict(SETUP_RATE, 1)  # the bucket refills within a second
         self._tokens = max(0.0, self._tokens - 1)
@@ -120,9 +118,13 @@ class SetupGate:
             return True
         if self.rate <= 0:
             return False
-        tokens = float(self.burst) if self._filled_at is None else min(
-            self.burst, self._tokens + max(0.0, now - self._filled_at) * self.rate)
-        return tokens - claims < 1 - _EPSILON
+        return self._tokens_at(now) - claims < 1 - _EPSILON
+
+    def _tokens_at(self, now: float) -> float:
+        """The bucket at ``now``, refilled since it was last drawn from."""
+        if self._filled_at is None:
+            return self._tokens
+        return min(self.burst, self._tokens + max(0.0, now - self._filled_at) * self.rate)
 
     def refuse(self, key: tuple, verdict: Verdict, now: float) -> None:
         """Count a refusal and remember it, so retransmissions and the ACK are recognised."""
