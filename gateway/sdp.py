@@ -105,7 +105,7 @@ def parse_audio(sdp: str) -> AudioDescription:
                 profile = parts[2]
                 try:
                     port = int(parts[1].split("/")[0])
-                    formats = [int(f) for f in parts[3:]]
+                    formats = [_payload_type(f) for f in parts[3:]]
                 except ValueError:
                     raise SdpError(f"bad media line: {line!r}") from None
             else:
@@ -130,7 +130,7 @@ def parse_audio(sdp: str) -> AudioDescription:
                 try:
                     pt_text, encoding = arg.split(None, 1)
                     enc_name, rate = encoding.split("/")[:2]
-                    rtpmap[int(pt_text)] = (enc_name, int(rate))
+                    rtpmap[_payload_type(pt_text)] = (enc_name, int(rate))
                 except ValueError:
                     raise SdpError(f"bad rtpmap: {line!r}") from None
             elif section == "audio" and name == "crypto":
@@ -167,6 +167,14 @@ def parse_audio(sdp: str) -> AudioDescription:
         offered = ", ".join(rtpmap.get(pt, (STATIC.get(pt, str(pt)), 0))[0] for pt in formats)
         raise SdpError(f"no audio codec in common (offered: {offered or 'none'})")
     return desc
+
+
+def _payload_type(text: str) -> int:
+    """An RTP payload type: 7 bits (RFC 3550), else ValueError (a bad line)."""
+    pt = int(text)
+    if not 0 <= pt <= 127:
+        raise ValueError(f"payload type {pt} is not 0-127")
+    return pt
 
 
 def check_target(desc: AudioDescription, initial: bool) -> bool:

@@ -262,6 +262,25 @@ async def test_unreachable_destination_is_counted_not_fatal(stepped_gateway):
     sink.close()
 
 
+async def test_an_output_whose_packets_cannot_be_built_costs_the_others_nothing(
+        stepped_gateway, caplog):
+    gateway = stepped_gateway
+    send_tone(gateway, "poison", 440)
+    sinks = first, _, last = RtpSink(), RtpSink(), RtpSink()
+    outs = [await add_output(gateway, "poison", host="127.0.0.1", port=sink.port,
+                             codec="PCMU") for sink in sinks]
+    # a header that cannot be packed (how a payload type of 999 from an SDP once failed)
+    gateway.gateway.rtp_outputs.outputs[outs[1]["id"]].payload_type = 999
+    await gateway.step(60)
+    assert len(first.drain()) == 60 == len(last.drain())
+    _, broken = await api(gateway, "GET", f"/api/v1/streams/poison/outputs/{outs[1]['id']}")
+    assert broken["packets"] == 0 and broken["errors"] >= 60
+    errors = [r for r in caplog.records if "cannot build its packet" in r.getMessage()]
+    assert len(errors) == 1, errors  # logged once, counted every time
+    for sink in sinks:
+        sink.close()
+
+
 async def test_outputs_share_encoders_by_codec_and_ptime(gateway):
     ports = [free_port(socket.SOCK_DGRAM) for _ in range(4)]
     a = await add_output(gateway, "share", host="127.0.0.1", port=ports[0], codec="PCMU")

@@ -61,6 +61,11 @@ def test_opus_dynamic_payload_type_is_kept():
         ("v=0\r\nm=audio 4000 RTP/AVP 0\r\n", "no connection address"),
         ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio x RTP/AVP 0\r\n", "bad media line"),
         ("v=0\r\nc=IN\r\n", "bad connection line"),
+        ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 999\r\n"
+         "a=rtpmap:999 PCMU/8000\r\n", "bad media line"),  # payload types are 7 bits
+        ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP -1\r\n", "bad media line"),
+        ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n"
+         "a=rtpmap:128 PCMU/8000\r\n", "bad rtpmap"),
         ("v=0\r\n" + "a=x\r\n" * 5000, "larger than"),
     ],
 )

@@ -100,6 +100,21 @@ async def test_offers_naming_unusable_media_addresses_get_488_saying_why(
     await phone.close()
 
 
+async def test_an_offer_with_a_payload_type_over_127_gets_488(gateway_factory):
+    """RTP payload types are 7 bits: PCMU offered as 999 once got a 200 and then broke
+    the packets of every call and output on the stream."""
+    gw = await start(gateway_factory, stepped=True)
+    phone = Phone(gw.gateway.sip.port)
+    body = sdp_offer(phone.rtp_port, formats="0").replace("RTP/AVP 0", "RTP/AVP 999")
+    body = body.replace("a=rtpmap:0 ", "a=rtpmap:999 ")
+    await phone.send(phone.request("INVITE", "quiet", body))
+    response = await phone.final(timeout=3.0)
+    assert response.status == 488, response
+    await phone.send(phone.request("ACK", "quiet", cseq=1))
+    await assert_released(gw.gateway.sip)
+    await phone.close()
+
+
 async def test_an_unacked_invite_sends_nothing_to_the_address_it_names_and_ends_at_timer_h(
         gateway_factory, caplog):
     t1 = 0.01  # Timer H = 64*T1 = 0.64 s

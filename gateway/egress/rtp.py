@@ -255,6 +255,15 @@ def send(sock: socket.socket, output: RtpOutput, data: bytes, address: tuple) ->
     return False
 
 
+def _failed(output: RtpOutput, exc: Exception) -> None:
+    """An output whose packet or report could not be built: counted as an error and
+    logged (the first and every 500th); the fan-out's other outputs are not affected."""
+    output.errors += 1
+    if output.errors == 1 or output.errors % 500 == 0:
+        log.error("rtp output %s to %s: cannot build its packet (%d): %r", output.id,
+                  output.sockaddr, output.errors, exc)
+
+
 class RtpFanout:
     """Every RTP destination of one shared encoder, served by a single fan-out (driven
     by the encoder's packet ring: packets leave in the media clock's tick)."""
@@ -293,9 +302,13 @@ class RtpFanout:
                 for output in outputs:
                     if output.paused:
                         continue
-                    data = output.header(packet, output.packets == 0) + payload
-                    if output.srtp is not None:
-                        data = output.srtp.protect(data)
+                    try:
+                        data = output.header(packet, output.packets == 0) + payload
+                        if output.srtp is not None:
+                            data = output.srtp.protect(data)
+                    except Exception as exc:  # noqa: BLE001 - one broken output, not all
+                        _failed(output, exc)
+                        continue
                     if send(output.sock, output, data, output.sockaddr):  # type: ignore[arg-type]
                         output.packets += 1
                         output.octets += size
@@ -317,9 +330,14 @@ class RtpFanout:
             self._report_credit -= 1.0
             output = outputs[self._report_cursor % len(outputs)]
             self._report_cursor += 1
-            if not output.paused:
-                send(output.rtcp_sock or output.sock, output, output.sender_report(now),  # type: ignore[arg-type]
-                     output.rtcp_sockaddr)
+            if output.paused:
+                continue
+            try:
+                report = output.sender_report(now)
+            except Exception as exc:  # noqa: BLE001 - one broken output, not all
+                _failed(output, exc)
+                continue
+            send(output.rtcp_sock or output.sock, output, report, output.rtcp_sockaddr)  # type: ignore[arg-type]
 
 
 class RtpOutputs:
