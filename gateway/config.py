@@ -50,9 +50,10 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """A table of the configuration: TOML types as they are, no unknown key."""
+    """A table of the configuration: TOML types as they are, no unknown key, no nan or
+    inf (TOML has both; every comparison with nan is false, so it passes every bound)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 AtLeast1 = Annotated[int, Range(1)]

@@ -50,9 +50,9 @@ class FieldError(ValueError):
 
 
 class Request(BaseModel):
-    """JSON as sent: no unknown field, no type coerced ("5004" is not a port)."""
+    """JSON as sent: no unknown field, no type coerced ("5004" is not a port), no nan."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 CODEC_NAMES = [*(c.name for c in CODECS.values()), "L16"]

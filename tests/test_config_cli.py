@@ -57,6 +57,11 @@ def test_file_then_overrides(tmp_path):
         ('[recording]\nauto = ["a", {stream = "b", format = "mp3"}]\n',
          "'recording.auto[1].format' must be 'wav' or 'opus'"),
         ("[sip]\ndial_timeout_s = 0.5\n", "'sip.dial_timeout_s' must be 1-600"),
+        # TOML has nan and inf; nan passes every bound and crashed the start, or turned
+        # a limit off (a header timeout of nan never fired)
+        ("[http]\nheader_timeout_s = nan\n", "'http.header_timeout_s': input should be a finite"),
+        ("[recording]\nmax_total_mb = inf\n", "'recording.max_total_mb': input should be a fin"),
+        ("[processing]\nsilence_after_s = -nan\n", "'processing.silence_after_s': input should"),
         ('[http]\nport = 0\n[sip]\nroutes = [{match = "a"}]\n',
          "'http.port' must be 1-65535; configuration key 'sip.routes[0]' needs 'listen'"),
     ],

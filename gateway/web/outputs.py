@@ -36,7 +36,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise FieldError("body", "send JSON with Content-Type: application/json")
     try:
-        body = json.loads(await request.text())
+        body = json.loads(await request.text(), parse_constant=_not_json)
     except RecursionError:
         raise FieldError("body", "not valid JSON: nested too deeply") from None
     except (ValueError, LookupError) as exc:  # bad JSON or bytes (ValueErrors); Lookup: charset
@@ -44,6 +44,11 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise FieldError("body", "must be a JSON object")
     return body
+
+
+def _not_json(name: str) -> None:
+    """Python's reader takes NaN and Infinity; JSON (RFC 8259) has neither."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def bad_fields(exc: FieldError) -> web.Response:
