@@ -187,10 +187,21 @@ class Gateway:
                            owner: str | None) -> OpenedSession:
         """A WHIP publisher (``role`` publisher) or WHEP listener for stream ``name`` from
         a checked SDP offer; raises SessionRefused. Admission is the caller's to check."""
+        created = name not in self.registry.streams
         try:
             stream = self.registry.get_or_create(name)
         except UnknownStream:
             raise SessionRefused(404, "Not Found", f"no stream named {name!r}") from None
+        try:
+            return await self._open_session(stream, role, offer, owner)
+        except SessionRefused:
+            if created:
+                self.registry.discard_if_idle(stream)
+            raise
+
+    async def _open_session(self, stream: Stream, role: str, offer: str,
+                            owner: str | None) -> OpenedSession:
+        name = stream.name
         pc = self.peers.create()
         session: WebRTCSession
         if role == "publisher":

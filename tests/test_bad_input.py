@@ -25,6 +25,8 @@ ONLY_ISAC = (
     "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\na=mid:0\r\n"
     "a=sendonly\r\na=rtcp-mux\r\n"
 )
+# passes the gateway's own checks, fails inside aiortc (a clock rate of 0)
+ZERO_RATE = ONLY_ISAC.replace("103", "0").replace("ISAC/16000", "PCMU/0")
 
 CASES = [
     ("post", "/whip/x", "application/sdp", "", 400, "empty"),
@@ -33,6 +35,7 @@ CASES = [
     ("post", "/whep/x", "application/sdp", VIDEO_ONLY, 400, "no audio"),
     ("post", "/whip/x", "application/sdp", NO_ICE, 400, "ICE"),
     ("post", "/whip/x", "application/sdp", ONLY_ISAC, 400, "codec"),
+    ("post", "/whep/x", "application/sdp", ZERO_RATE, 400, "cannot use this offer"),
     ("post", "/whip/x", "application/json", '{"sdp": "v=0"}', 415, "application/sdp"),
     ("post", "/whep/x", "text/plain", "v=0", 415, "application/sdp"),
     ("post", "/whip/x", "application/sdp", "v=0\r\n" + "a=x\r\n" * 40000, 413, "larger"),
@@ -56,6 +59,7 @@ async def test_bad_request_gets_readable_problem(gateway, method, path, ctype, b
             problem = await r.json()
     assert problem["status"] == status
     assert words.lower() in (problem.get("detail", "") + problem["title"]).lower(), problem
+    assert "x" not in gateway.gateway.registry.streams  # a refused offer leaves no stream
 
 
 async def test_garbage_does_not_disturb_a_live_session(gateway):

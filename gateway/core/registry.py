@@ -168,6 +168,15 @@ class StreamRegistry:
                 stream.idle_since = now
             elif now - stream.idle_since > self.idle_timeout:
                 log.info("stream %s removed after %.0f s idle", name, self.idle_timeout)
-                del self.streams[name]
-                self._notify(self.on_removed, stream)
-                stream.close()
+                self._remove(stream)
+
+    def discard_if_idle(self, stream: Stream) -> None:
+        """Remove ``stream`` now if nothing uses it: the session that created it failed,
+        and offers that fail must not leave streams behind until the idle timeout."""
+        if not stream.persistent and stream.idle and self.streams.get(stream.name) is stream:
+            self._remove(stream)
+
+    def _remove(self, stream: Stream) -> None:
+        del self.streams[stream.name]
+        self._notify(self.on_removed, stream)
+        stream.close()
