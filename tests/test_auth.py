@@ -99,6 +99,12 @@ async def test_a_listen_token_listens_but_cannot_publish_or_dial(gateway_factory
     token("admin")[:-3] + "AAA",  # tampered signature
     token("admin", secret="another-secret-0123456789abcdef01234"),  # forged
     "not-a-key-0123456789",
+    # signed, but a scope that is not a string or a list of strings (an object's keys
+    # once read as scopes: {"admin": 1} was admin; 5 and null were a 500)
+    token({"admin": 1}),
+    token(5),
+    token(None),
+    token(["listen:*", 7]),
 ])
 async def test_expired_tampered_and_unknown_tokens_are_401(gateway_factory, bad):
     gw = await gateway_factory(auth=AUTH)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
+import struct
+
 import aiohttp
 import pytest
 from audio_checks import active, assert_tone
@@ -143,3 +148,24 @@ async def test_pathological_json_bodies_are_400(gateway, path, body):
             problem = await r.json()
     assert problem["errors"][0]["field"] == "body", problem
     assert not gateway.gateway.rtp_outputs.outputs and not gateway.gateway.rtp_inputs
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/streams/x/levels"])
+async def test_feeds_closed_at_once_by_their_clients_log_no_error(gateway, path, caplog):
+    """A client that resets its event feed before the first byte: nothing to log (each
+    was an ERROR with a traceback, so any token could fill the log)."""
+    gateway.gateway.registry.get_or_create("x")
+    port = int(gateway.url.rsplit(":", 1)[1])
+    for _ in range(30):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()  # linger 0: a reset
+    await asyncio.sleep(0.5)
+    async with aiohttp.ClientSession() as http:  # and the feed still serves
+        async with http.get(gateway.url + path) as r:
+            assert r.status == 200 and r.content_type == "text/event-stream"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

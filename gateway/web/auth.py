@@ -96,7 +96,12 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         scope = claims.get("scope", claims.get("scopes", ""))
-        scopes = tuple(scope.split() if isinstance(scope, str) else map(str, scope))
+        if isinstance(scope, str):
+            scopes = tuple(scope.split())
+        elif isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scopes = tuple(scope)
+        else:  # a number, null or an object (whose keys would have read as scopes)
+            raise AuthError("invalid token: scope must be a string or a list of strings")
         if "sub" in claims:
             return Principal(str(claims["sub"]), scopes, f"jwt:{claims['sub']}")
         digest = hashlib.sha256(token.encode()).hexdigest()[:32]

@@ -37,8 +37,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     stream = request.query.get("stream")
     subscription = gw.events.subscribe(stream)
-    resp = await _open(request)
+    resp = web.StreamResponse()
     try:
+        resp = await _open(request)
         for event in list(gw.events.recent):
             if stream is None or event.get("stream") == stream:
                 await _send(resp, event["type"], event)
@@ -68,8 +69,9 @@ async def levels(request: web.Request) -> web.StreamResponse:
     name = request.match_info["stream"]
     if name not in gw.registry.streams:
         return problem(404, "Not Found", f"no stream named {name!r}")
-    resp = await _open(request)
+    resp = web.StreamResponse()
     try:
+        resp = await _open(request)
         while not gw.stopping.is_set():
             stream = gw.registry.streams.get(name)
             if stream is None:
