@@ -395,15 +395,17 @@ class Gateway:
         self.cluster.forget(f"record.{stream.name}")
 
     async def _streams_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Streams this node holds, for another node's listing (no session ids: those are
-        capabilities, and the asking node cannot tell who may see them)."""
+        """Streams this node holds, for another node's listing (no WebRTC session ids:
+        those are capabilities, and the asking node cannot tell who may see them; RTP
+        inputs and calls keep theirs, as in this node's own listing)."""
         out = []
         for name in args.get("names", []):
             stream = self.registry.streams.get(str(name))
             if stream is not None:
                 info = stream.info().model_dump(mode="json")
-                if isinstance(info.get("sender"), dict):
-                    info["sender"].pop("id", None)
+                sender = info.get("sender")
+                if isinstance(sender, dict) and sender.get("kind") == "webrtc":
+                    sender.pop("id", None)
                 out.append(info)
         return {"streams": out}
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from ..core.stream import Stream
 from ..models.info import (
@@ -25,6 +27,7 @@ from .keys import HTTP_GUARD, gateway_of, turns_of
 from .problem import problem
 from .reply import reply
 
+log = logging.getLogger(__name__)
 
 def session_info(request: web.Request, session: WebRTCSession) -> SessionInfo:
     """A session as the caller may see it. Its id is a capability (DELETE on its WHIP/WHEP
@@ -61,30 +64,50 @@ async def _with_cluster(gw, streams: list[StreamInfo]) -> list[StreamInfo]:  # t
     streams this node does not hold come from their owner (without the sender's id)."""
     view = await gw.cluster_streams()
     here = {s.name for s in streams}
-    wanted: dict[str, list[str]] = {}
-    for name, entry in view.items():
-        if name not in here:
-            node = entry.owner or next(iter(entry.listeners_by_node), None)
-            if node is not None:
-                wanted.setdefault(node, []).append(name)
-    replies = await asyncio.gather(*(gw.cluster.request(node, "streams.info", names=names,
-                                                        timeout=1.0)
-                                      for node, names in wanted.items()),
-                                   return_exceptions=True)
-    for answer in replies:
-        if isinstance(answer, dict):
-            streams.extend(StreamInfo.model_validate(s) for s in answer.get("streams", []))
+    streams.extend(await _remote_streams(gw, view, [n for n in view if n not in here]))
     for info in streams:
         info.cluster = view.get(info.name) or ClusterStreamInfo(
             owner=None, sender_kind=None, listeners_by_node={}, listeners_total=0)
     return sorted(streams, key=lambda s: s.name)
 
 
+async def _remote_streams(gw, view: dict[str, ClusterStreamInfo],  # type: ignore[no-untyped-def]
+                          names: list[str]) -> list[StreamInfo]:
+    """``names`` as the nodes that hold them describe them (each asked from its owner,
+    else from a node with listeners); a node that does not answer in time, or answers
+    what this node cannot read (another version), leaves its streams out."""
+    wanted: dict[str, list[str]] = {}
+    for name in names:
+        entry = view.get(name)
+        node = entry and (entry.owner or next(iter(entry.listeners_by_node), None))
+        if node is not None and node != gw.node_name:
+            wanted.setdefault(node, []).append(name)
+    replies = await asyncio.gather(*(gw.cluster.request(node, "streams.info", names=names,
+                                                        timeout=1.0)
+                                      for node, names in wanted.items()),
+                                   return_exceptions=True)
+    out = []
+    for node, answer in zip(wanted, replies, strict=True):
+        for item in answer.get("streams", []) if isinstance(answer, dict) else []:
+            try:
+                out.append(StreamInfo.model_validate(item))
+            except ValidationError as exc:
+                log.warning("stream %r from node %s left out of the listing: %s",
+                            item.get("name"), node, exc)
+    return out
+
+
 async def get_stream(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
-    stream = gw.registry.streams.get(request.match_info["stream"])
+    name = request.match_info["stream"]
+    stream = gw.registry.streams.get(name)
+    if stream is None and gw.cluster is not None:  # held by another node: as it says
+        view = await gw.cluster_streams()
+        for info in await _remote_streams(gw, view, [name]):
+            info.cluster = view[name]
+            return reply(StreamDetail(**vars(info), sessions=[]))
     if stream is None:
-        return problem(404, "Not Found", f"no stream named {request.match_info['stream']!r}")
+        return problem(404, "Not Found", f"no stream named {name!r}")
     info = stream_info(request, stream)
     if gw.cluster is not None:
         info.cluster = (await gw.cluster_streams()).get(stream.name)
