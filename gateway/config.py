@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from pydantic_settings.sources.utils import parse_env_vars
 
 from .codecs.spec import codec_by_name
+from .core.registry import check_stream_name
 from .io_requests import RecordingOutputRequest, RtpInputRequest, RtpOutputRequest
 from .models.limits import (
     DialTimeout,
@@ -108,7 +109,7 @@ class StreamsConfig(Section):
     #: Remove a dynamic stream with no sender and no listener after this many seconds.
     idle_timeout_s: float = 60.0
     #: Streams that always exist.
-    declared: list[str] = []
+    declared: list[Annotated[str, AfterValidator(check_stream_name)]] = []
 
 
 def _one_or_more(value: Any) -> Any:
@@ -571,7 +572,8 @@ class Config(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
-    log_level: str = "info"
+    log_level: Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                         BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = "info"
     #: "json", "text", or "auto": JSON when stderr is not a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
 

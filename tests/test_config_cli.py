@@ -59,6 +59,10 @@ def test_file_then_overrides(tmp_path):
         ("[sip]\ndial_timeout_s = 0.5\n", "'sip.dial_timeout_s' must be 1-600"),
         # TOML has nan and inf; nan passes every bound and crashed the start, or turned
         # a limit off (a header timeout of nan never fired)
+        # passed the check, then stopped the start with a traceback
+        ('log_level = "verbose"\n', "'log_level' must be 'debug', 'info', 'warning', 'error'"),
+        ('[streams]\ndeclared = ["ok", "bad name"]\n',
+         "'streams.declared[1]': invalid stream name 'bad name'"),
         ("[http]\nheader_timeout_s = nan\n", "'http.header_timeout_s': input should be a finite"),
         ("[recording]\nmax_total_mb = inf\n", "'recording.max_total_mb': input should be a fin"),
         ("[processing]\nsilence_after_s = -nan\n", "'processing.silence_after_s': input should"),
