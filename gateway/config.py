@@ -299,11 +299,17 @@ class SipConfig(Section):
     max_transactions: int = 10000
     #: Largest SIP message accepted, bytes (larger: 413, or dropped if unreadable).
     max_message_bytes: int = 16384
-    #: Open TCP connections; beyond it new ones are closed at once (counted).
+    #: Accepted TCP/TLS connections; beyond it new ones are closed at once (counted). The
+    #: gateway's own connections (dial-out, upstream registrations) are not counted.
     max_tcp_connections: AtLeast1 = 1000
+    #: Accepted TCP/TLS connections from one address (phones behind one NAT share one).
+    max_tcp_connections_per_host: AtLeast1 = 100
     #: A TCP connection that does not complete a message within this time of accepting it
-    #: or of the message's first byte is closed (counted); idle between messages is fine.
+    #: or of the message's first byte is closed (counted).
     tcp_message_timeout_s: PositiveFloat = 30.0
+    #: An accepted TCP/TLS connection that has received nothing (not even a keep-alive)
+    #: this long is closed (counted), unless a call or a live registration uses it.
+    tcp_idle_timeout_s: PositiveFloat = 120.0
     #: SIP timer T1 (RFC 3261 §17), the round-trip estimate: retransmissions start at T1,
     #: and transactions give up after 64*T1 (a 200 never ACKed ends its call then, 32 s).
     t1_ms: Annotated[int, Range(1, 4000, why=" (T2 is 4 s)")] = 500

@@ -345,6 +345,46 @@ async def test_tcp_clients_that_say_nothing_or_dribble_are_closed_but_idle_dialo
         w.close()
 
 
+async def test_one_address_cannot_take_every_tcp_connection_and_unused_ones_are_closed(
+        gateway_factory):
+    """Connections from one address are capped below the total; an accepted connection
+    idle past tcp_idle_timeout_s is closed unless a call or a registration uses it."""
+    gw = await start(gateway_factory, max_tcp_connections=10, max_tcp_connections_per_host=2,
+                     tcp_idle_timeout_s=0.5)
+    port = gw.gateway.sip.port
+    sip = gw.gateway.sip
+
+    async def talk(host: str, n: int):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+        writer.write(tcp_options(port, writer.get_extra_info("sockname")[1], n))
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)).startswith(
+            b"SIP/2.0 200")
+        return reader, writer
+
+    idle_r, idle_w = await talk("127.0.0.1", 1)
+    used_r, used_w = await talk("127.0.0.1", 2)
+    refused_r, refused_w = await asyncio.open_connection("127.0.0.1", port)
+    assert await asyncio.wait_for(refused_r.read(), 2) == b""  # a third from 127.0.0.1
+    other_r, other_w = await talk("127.0.0.2", 3)  # another address still gets in
+    # as if a call or a registration used the second one
+    used = ("TCP", *used_w.get_extra_info("sockname")[:2])
+    service_in_use = sip.endpoint.in_use
+    sip.endpoint.in_use = lambda: service_in_use() | {used}
+    started = time.monotonic()
+    assert await asyncio.wait_for(idle_r.read(), 3) == b""  # closed by the gateway
+    assert 0.4 <= time.monotonic() - started <= 2.0
+    assert await asyncio.wait_for(other_r.read(), 3) == b""
+    await asyncio.sleep(1.0)
+    used_w.write(tcp_options(port, used[2], 4))  # idle four times the timeout: still open
+    assert (await asyncio.wait_for(used_r.readuntil(b"\r\n\r\n"), 3)).startswith(b"SIP/2.0 200")
+    info = sip.info()
+    assert (info.tcp_connections_refused, info.tcp_connections_idle_closed) == (1, 2), info
+    assert info.tcp_connections == 1, info
+    again_r, again_w = await talk("127.0.0.1", 5)  # a slot from 127.0.0.1 is free again
+    for w in (idle_w, used_w, refused_w, other_w, again_w):
+        w.close()
+
+
 async def test_media_latches_to_where_the_phones_rtp_comes_from(gateway_factory):
     gw = await start(gateway_factory, stepped=True)
     send_tone(gw, "room", 440)

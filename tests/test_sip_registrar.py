@@ -319,6 +319,18 @@ def test_lookup_is_most_recent_first_and_keeps_the_source() -> None:
     assert reg.lookup("alice", 9.5)[0].transport == "TLS"
 
 
+def test_connections_of_live_tcp_and_tls_bindings_are_in_use() -> None:
+    reg = make_registrar(min_expires=60)
+    Phone(reg, call_id="udp").send(0.0, contacts=("<sip:alice@10.0.0.1>;expires=60",))
+    Phone(reg, call_id="tcp").send(0.0, contacts=("<sip:alice@10.0.0.2>;expires=60",),
+                                   source=("203.0.113.1", 40000), transport="TCP")
+    Phone(reg, call_id="tls").send(0.0, contacts=("<sip:alice@10.0.0.3>;expires=120",),
+                                   source=("203.0.113.2", 40001), transport="TLS")
+    assert reg.stream_sources(59.0) == {("TCP", "203.0.113.1", 40000),
+                                        ("TLS", "203.0.113.2", 40001)}
+    assert reg.stream_sources(60.0) == {("TLS", "203.0.113.2", 40001)}  # expired: free
+
+
 def test_cseq_ordering_within_a_call_id() -> None:
     reg = make_registrar()
     phone = Phone(reg)

@@ -475,6 +475,7 @@ class SipInfo(Info):
     tcp_connections: Count
     tcp_connections_refused: Count
     tcp_connections_timed_out: Count
+    tcp_connections_idle_closed: Count
     registrations: list[RegistrationInfo]
     registered_users: Count
 

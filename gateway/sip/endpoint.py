@@ -74,7 +74,14 @@ class EndpointSettings:
     rate_per_s: float = 50.0
     rate_burst: int = 100
     max_transactions: int = 10000
-    max_connections: int = 1000  # TCP; beyond it new connections are closed at once
+    #: Accepted TCP/TLS connections; beyond it new ones are closed at once. The
+    #: gateway's own (dial-out, upstream registrations) are not counted.
+    max_connections: int = 1000
+    #: Accepted connections from one address; beyond it new ones from it are closed.
+    max_connections_per_host: int = 100
+    #: An accepted connection that has received nothing this long is closed, unless a
+    #: call or a registration uses it (RFC 3261 §18: the phone reopens one when needed).
+    tcp_idle_timeout_s: float = 120.0
     #: A TCP message must arrive whole within this time of its first byte (and an accepted
     #: connection must start one within it), else the connection is closed: clients that
     #: connect and say nothing, or dribble, would otherwise hold the connection cap.
@@ -106,6 +113,7 @@ class Counters:
     send_errors: int = 0
     connections_refused: int = 0
     connections_timed_out: int = 0  # closed for not completing a message in time
+    connections_idle_closed: int = 0  # idle past tcp_idle_timeout_s, used by no call
     forbidden: int = 0  # from sources outside allow_from
 
 
@@ -138,6 +146,12 @@ class SipEndpoint:
         #: requests to that phone go back over its connection (a phone rarely has a
         #: certificate the gateway could verify as a TLS server's).
         self._connections: dict[tuple[str, str, int], SipStream] = {}
+        self._accepted = 0  # inbound connections in _connections
+        self._accepted_by_host: dict[str, int] = {}
+        #: The connection keys a call or a registration uses (the service's): the idle
+        #: sweep never closes those.
+        self.in_use: Callable[[], set[tuple[str, str, int]]] = set
+        self._sweep: asyncio.TimerHandle | None = None
         self._aliases: dict[tuple[str, str, int], SipStream] = {}
         self._tls_names: dict[tuple[str, int], str] = {}  # the name a TLS peer is checked by
         self._timer: asyncio.TimerHandle | None = None
@@ -216,6 +230,9 @@ class SipEndpoint:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._episode_timer is not None:
             self._episode_timer.cancel()
             self._episode_timer = None
@@ -515,9 +532,60 @@ class SipEndpoint:
         if conn is not None:
             self._aliases[("TLS", flow[1], contact.uri.port or 5061)] = conn
 
+    # -- stream connections ---------------------------------------------------------
+    def _admit(self, conn: SipStream) -> bool:
+        """Keep ``conn`` (an accepted one: within the caps, else counted and refused)."""
+        if not conn.inbound:
+            self._connections[conn.key] = conn
+            return True
+        host = conn.peer[0]
+        from_host = self._accepted_by_host.get(host, 0)
+        if (self._accepted >= self.settings.max_connections
+                or from_host >= self.settings.max_connections_per_host):
+            self.counters.connections_refused += 1
+            if self.counters.connections_refused % 1000 == 1:
+                log.warning("sip %s: connection from %s refused (%d open, %d from it)",
+                            conn.transport_name.lower(), host, self._accepted, from_host)
+            return False
+        self._connections[conn.key] = conn
+        self._accepted += 1
+        self._accepted_by_host[host] = from_host + 1
+        if self._sweep is None and self._loop is not None:
+            self._sweep = self._loop.call_later(self._sweep_period(), self._close_idle)
+        return True
+
+    def _sweep_period(self) -> float:
+        return min(max(self.settings.tcp_idle_timeout_s / 4, 0.05), 15.0)
+
+    def _close_idle(self) -> None:
+        """Close accepted connections idle past ``tcp_idle_timeout_s`` that no call or
+        registration uses; runs while there are accepted connections."""
+        self._sweep = None
+        assert self._loop is not None
+        cutoff = self._loop.time() - self.settings.tcp_idle_timeout_s
+        idle = [c for c in self._connections.values() if c.inbound and c.last_active < cutoff]
+        if idle:
+            used = self.in_use()
+            by_alias = {id(c) for k, c in self._aliases.items() if k in used}
+            for conn in idle:
+                if conn.key not in used and id(conn) not in by_alias:
+                    self.counters.connections_idle_closed += 1
+                    log.info("sip %s %s:%d: idle for %g s and used by no call or "
+                             "registration; closing", conn.transport_name.lower(), *conn.peer,
+                             self.settings.tcp_idle_timeout_s)
+                    conn.close()
+        if self._accepted:
+            self._sweep = self._loop.call_later(self._sweep_period(), self._close_idle)
+
     def _forget(self, conn: SipStream) -> None:
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
+            if conn.inbound:
+                self._accepted -= 1
+                host = conn.peer[0]
+                left = self._accepted_by_host.pop(host, 1) - 1
+                if left > 0:
+                    self._accepted_by_host[host] = left
         for alias in [k for k, c in self._aliases.items() if c is conn]:
             del self._aliases[alias]
 
@@ -526,9 +594,10 @@ class SipStream(asyncio.Protocol):
     """One TCP connection, inbound or outbound; messages are framed by Content-Length.
 
     Each message must arrive whole within ``tcp_message_timeout_s`` of its first byte, and
-    an accepted connection must start one within that time. A connection that has carried
-    messages may then stay idle as long as it likes: a call's BYE can come over it hours
-    later (RFC 3261 §18 keeps the connection of an INVITE for the dialog)."""
+    an accepted connection must start one within that time. Between messages, an accepted
+    connection may stay idle for ``tcp_idle_timeout_s``, or as long as a call or a
+    registration uses it: a call's BYE can come over it hours later (RFC 3261 §18 keeps
+    the connection of an INVITE for the dialog)."""
 
     def __init__(self, endpoint: SipEndpoint, inbound: bool = False, own: bool = False,
                  transport: str = "TCP") -> None:
@@ -540,16 +609,17 @@ class SipStream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self._deadline: asyncio.TimerHandle | None = None
+        #: When it last received anything (a message, part of one, a keep-alive).
+        self.last_active = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
-        if len(self.endpoint._connections) >= self.endpoint.settings.max_connections:
-            self.endpoint.counters.connections_refused += 1
+        self.last_active = asyncio.get_running_loop().time()
+        if not self.endpoint._admit(self):
             transport.close()
             return
-        self.endpoint._connections[self.key] = self
         if self.inbound:
             self._start_deadline()
 
@@ -559,6 +629,7 @@ class SipStream(asyncio.Protocol):
         return (self.transport_name, *self.peer)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         try:
             messages = self.framer.feed(data)
         except SipParseError as exc:

@@ -148,6 +148,12 @@ class Registrar:
         """Bindings held, expired ones included until ``expire`` or a lookup drops them."""
         return sum(len(b) for b in self._bindings.values())
 
+    def stream_sources(self, now: float) -> set[tuple[str, str, int]]:
+        """(transport, host, port) of the TCP/TLS connections live bindings came over:
+        requests to those phones go back over them, so they must stay open."""
+        return {(b.transport, *b.source) for bindings in self._bindings.values()
+                for b in bindings if b.transport != "UDP" and b.expires_at > now}
+
     def lookup(self, user: str, now: float) -> list[Binding]:
         """The user's live bindings, most recently registered first."""
         live = self._live(user, now)

@@ -91,7 +91,9 @@ class SipService(DialIn, DialOut, Upstream):
                 max_transactions=config.max_transactions,
                 max_setup_rate=config.max_setup_rate,
                 max_connections=config.max_tcp_connections,
+                max_connections_per_host=config.max_tcp_connections_per_host,
                 tcp_message_timeout_s=config.tcp_message_timeout_s,
+                tcp_idle_timeout_s=config.tcp_idle_timeout_s,
                 reuse_port=reuse_port,
                 own_port=own_port,
             ),
@@ -99,6 +101,7 @@ class SipService(DialIn, DialOut, Upstream):
             Timers(t1=config.t1_ms / 1000),
         )
         self.endpoint.gate.admission = self._admission_retry_after
+        self.endpoint.in_use = self._connections_in_use
         self.ports = MediaPorts(config.bind_host, config.rtp_port_min, config.rtp_port_max)
         self.preference = tuple(config.codecs)
         self.calls: dict[str, SipCall] = {}
@@ -352,6 +355,13 @@ class SipService(DialIn, DialOut, Upstream):
 
     # -- dial-out ----------------------------------------------------------------------
     # -- API view ----------------------------------------------------------------------
+    def _connections_in_use(self) -> set[tuple[str, str, int]]:
+        """The TCP/TLS connections calls and registrations use (kept however idle)."""
+        used = self.registrar.stream_sources(self.endpoint.now())
+        used.update(call.flow[:3] for call in self.calls.values()  # type: ignore[misc]
+                    if call.flow is not None and call.flow[0] != "UDP")
+        return used
+
     def find_call(self, call_id: str) -> SipCall | None:
         """A live call, or one that ended recently (its state and end reason stay visible)."""
         return self.calls.get(call_id) or next((c for c in self.ended if c.id == call_id), None)
@@ -381,6 +391,7 @@ class SipService(DialIn, DialOut, Upstream):
             tcp_connections=len(self.endpoint._connections),
             tcp_connections_refused=counters.connections_refused,
             tcp_connections_timed_out=counters.connections_timed_out,
+            tcp_connections_idle_closed=counters.connections_idle_closed,
             registrations=[  # state "elsewhere": another node of the cluster runs it
                 RegistrationInfo(registrar=str(c.registrar),
                                  state=c.state if i in self.registering else "elsewhere",

@@ -396,9 +396,12 @@ class GatewayCollector:
              "SIP messages dropped because the source is not in sip.allow_from."),
             (c.send_errors, "gateway_sip_send_errors_total", "SIP messages that failed to send."),
             (c.connections_refused, "gateway_sip_connections_refused_total",
-             "TCP connections refused (connection limit)."),
+             "TCP connections refused (connection limits: all, or per address)."),
             (c.connections_timed_out, "gateway_sip_connections_timed_out_total",
              "TCP connections closed for not completing a message in time."),
+            (c.connections_idle_closed, "gateway_sip_connections_idle_closed_total",
+             "TCP connections closed after tcp_idle_timeout_s unused by any call or "
+             "registration."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         gate = sip.endpoint.gate
