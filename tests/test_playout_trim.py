@@ -55,3 +55,19 @@ def test_audio_without_pauses_is_trimmed_after_a_while_with_a_smooth_seam():
     # and the seam is as smooth as the tone itself (a hard cut jumps by up to 20000)
     steepest = np.abs(np.diff(pcm.astype(float))).max()
     assert np.abs(np.diff(out[seam - 2 : after + 2].astype(float))).max() < 1.5 * steepest
+
+
+def test_the_jitter_target_is_reported_in_time_for_packets_of_any_length():
+    """The depth is counted in packets: 180 ms packets (ffmpeg's default for PCM) at a
+    depth of one are 180 ms of delay, not 20."""
+    pcm = tone(45)
+    size = 9 * FRAME  # 180 ms
+    playout = Playout({PT: L16_48K})
+    assert playout.info().jitter_target_ms == 20  # before any packet: one 20 ms packet
+    for seq, i in enumerate(range(0, len(pcm), size)):
+        playout.push(seq, PT, pcm[i : i + size].astype(">i2").tobytes(), 1)
+    out = [playout.pull() for _ in range(18)]
+    assert np.array_equal(np.concatenate(out), pcm[: 18 * FRAME])
+    assert playout.jitter.kept_depth >= 1
+    assert playout.info().jitter_target_ms == playout.jitter.kept_depth * 180
+    assert playout.stats().jitter_target_s == playout.jitter.kept_depth * 0.18

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..codecs.spec import CodecSpec
 from ..codecs.transcode import Decoder, make_decoder
-from ..core.audio import FRAME_SAMPLES
+from ..core.audio import FRAME_SAMPLES, SAMPLE_RATE
 from ..core.counters import SenderCounters, SenderStats
 from ..models.info import PlayoutInfo
 from ..rtp.feedback import SourceReception
@@ -74,6 +74,9 @@ class Playout:
         self.fec_recovered = 0  # lost packets decoded from their successor's in-band FEC
         self.plc_concealed = 0  # packets' worth of audio made by the codec's own PLC
         self._trim_wait = 0  # packets played since a trim fell due
+        #: Samples (48 kHz) in the last packet played: the jitter buffer's depth is in
+        #: packets, so its delay is this many times its depth (senders may pack 180 ms).
+        self.packet_samples = FRAME_SAMPLES
         #: RED (RFC 2198) payload types: split, primary played, copies fill losses.
         self.red_payload_types: set[int] = set()
         self.red = RedSplitter(self.codecs)
@@ -123,6 +126,7 @@ class Playout:
                 pt, payload, arrived = got
                 decoder = self._last = self._decoder(pt)
                 pcm = decoder.decode(payload)
+                self.packet_samples = len(pcm) or FRAME_SAMPLES
                 if self.jitter.trim_due:
                     pcm = self._trim(pcm)
                 elif self._trim_wait:
@@ -223,7 +227,12 @@ class Playout:
                            jitter.underruns, self.fec_recovered, self.red_recovered,
                            self.plc_concealed),
             delay_s=self.delay_ms_avg / 1000, delay_max_s=self.delay_ms_max / 1000,
-            jitter_target_s=self.jitter.kept_depth * 0.02, last_packet=self.last_packet)
+            jitter_target_s=self.jitter_target_ms / 1000, last_packet=self.last_packet)
+
+    @property
+    def jitter_target_ms(self) -> int:
+        """The delay the jitter buffer aims for: its depth in packets, in time."""
+        return self.jitter.kept_depth * self.packet_samples // (SAMPLE_RATE // 1000)
 
     def info(self) -> PlayoutInfo:
         stats = self.jitter.stats
@@ -239,7 +248,7 @@ class Playout:
             plc_concealed=self.plc_concealed,
             unknown_payload=self.unknown_payload,
             red_malformed=self.red.malformed,
-            jitter_target_ms=self.jitter.kept_depth * 20,
+            jitter_target_ms=self.jitter_target_ms,
             delay_ms_avg=round(self.delay_ms_avg, 1),
             delay_ms_max=round(self.delay_ms_max, 1),
             interarrival_jitter_ms=round(self.reception.jitter_seconds * 1000, 2)
