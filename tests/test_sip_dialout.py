@@ -136,6 +136,25 @@ async def test_unanswered_dial_out_is_cancelled_at_its_timeout(gateway_factory):
     await phone.close()
 
 
+async def test_a_dial_out_with_no_response_at_all_ends_at_its_timeout(gateway_factory):
+    """No provisional response: no CANCEL may be sent (RFC 3261 §9.1), but the call ends
+    at its timeout, not when the INVITE transaction gives up 32 s later; a 200 that
+    comes after that is ACKed and hung up."""
+    gw = await start(gateway_factory)
+    phone = Phone(gw.gateway.sip.port)
+    call = await dial(gw, f"sip:bob@127.0.0.1:{phone.port}", timeout_s=1.0)
+    invite = await phone.expect("INVITE")
+    await asyncio.sleep(1.3)
+    info = await state_of(gw, call["id"])
+    assert info["state"] == "ended" and info["end_reason"] == "no answer", info
+    assert gw.gateway.sip.calls == {} and gw.gateway.sip.ports.in_use == set()
+    await phone.answer(invite, 200, sdp_offer(phone.rtp_port, "0"))  # far too late
+    await phone.expect("ACK")
+    bye = await phone.expect("BYE")
+    await phone.answer(bye, 200)
+    await phone.close()
+
+
 async def test_delete_while_ringing_cancels_and_a_crossing_200_gets_ack_and_bye(gateway_factory):
     gw = await start(gateway_factory)
     phone = Phone(gw.gateway.sip.port)

@@ -207,15 +207,18 @@ class DialOut(ServicePart):
         queue: asyncio.Queue[Response | None] = asyncio.Queue()
         self._responses[id(tx)] = queue
         loop = asyncio.get_running_loop()
-        cancelled = False
+        cancelled = provisional = False
         try:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0 and not cancelled:
                     call.end_reason = call.end_reason or "no answer"
                     call.cancelled = True
-                    self.endpoint.cancel(tx)
+                    self.endpoint.cancel(tx)  # sent once a provisional response comes
                     cancelled = True
+                    if not provisional:  # silent so far: end now, not at Timer B (32 s);
+                        await self._end(call, "no answer", send_bye=False)  # a late 2xx
+                        return None  # is ACKed and hung up as a stray (SipService)
                 try:
                     response = await asyncio.wait_for(queue.get(),
                                                       max(remaining, 0.0) if not cancelled
@@ -231,6 +234,7 @@ class DialOut(ServicePart):
                     return None
                 call.status = response.status
                 if response.status < 200:
+                    provisional = True
                     if response.status in (180, 183) and call.state == "calling":
                         call.state = "ringing"
                     continue

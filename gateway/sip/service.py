@@ -185,6 +185,8 @@ class SipService(DialIn, DialOut, Upstream):
             queue = self._responses.get(id(event.tx))
             if queue is not None:
                 queue.put_nowait(event.response)
+            else:  # its call has ended (a dial-out given up on): a 2xx gets ACK and BYE
+                self._on_stray(event.response, event.tx.flow)
         elif isinstance(event, TransactionTimeout):
             self._on_timeout(event.tx)
         elif isinstance(event, StrayResponse):
