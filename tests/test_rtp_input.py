@@ -18,6 +18,7 @@ from test_rtp_output import api
 from gateway.codecs.g711 import ulaw_encode
 from gateway.core.audio import FRAME_SECONDS
 from gateway.ingress import playout
+from gateway.ingress.rtp import _bind_pair
 from gateway.webrtc.client import Listener
 
 
@@ -232,3 +233,13 @@ async def test_input_described_by_the_senders_sdp(gateway):
         async with http.post(url, data="v=0\r\n", headers=headers) as r:
             assert r.status == 400 and "no audio section" in (await r.json())["detail"]
     assert body["port"] == port and body["codecs"] == {"8": "PCMA"}
+
+
+def test_any_port_pair_puts_rtp_on_the_even_port():
+    """Port 0 with RTCP: a free pair, RTP even and RTCP the odd port above (RFC 3550 §11)."""
+    for _ in range(10):
+        rtp, rtcp = _bind_pair("127.0.0.1", 0, with_rtcp=True)
+        port = rtp.getsockname()[1]
+        assert port % 2 == 0 and rtcp is not None and rtcp.getsockname()[1] == port + 1
+        rtp.close()
+        rtcp.close()

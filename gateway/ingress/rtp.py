@@ -197,12 +197,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _bind_pair(host: str, port: int, with_rtcp: bool) -> tuple[socket.socket, socket.socket | None]:
-    """The RTP socket, and with ``with_rtcp`` the one on the port above (port 0: any pair)."""
+    """The RTP socket, and with ``with_rtcp`` the one on the port above (port 0: any
+    pair, RTP on the even port as RFC 3550 §11 asks)."""
     if not with_rtcp:
         return _bind(host, port), None
-    for _ in range(1 if port else 20):
+    for _ in range(1 if port else 40):
         rtp = _bind(host, port)
         actual = rtp.getsockname()[1]
+        if not port and actual % 2:
+            rtp.close()
+            continue
         try:
             return rtp, _bind(host, actual + 1)
         except OSError as exc:
