@@ -372,6 +372,12 @@ async def test_cli_adds_lists_and_removes_outputs(gateway):
     assert code == 0
     code, out = await cli("outputs", "ls", "cli")
     assert code == 0 and '"outputs": []' in out
+    # --url after the action, and a name the API refuses: its 404, not a traceback
+    code, out = await cli("outputs", "ls", "bad name/..", "--url", gateway.url)
+    assert code == 1 and out.startswith("error: 404 no stream named 'bad name/..'"), out
+    code, out = await cli("outputs", "add", "cli", "--host", "127.0.0.1", "--port", str(port),
+                          "--codec", "opus", "--bitrate", "24000")
+    assert code == 0 and json.loads(out)["codec"] == "opus", out
 
 
 async def test_ipv6_output(gateway):
