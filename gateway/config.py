@@ -583,6 +583,13 @@ class Config(BaseSettings):
     #: "json", "text", or "auto": JSON when stderr is not a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   **_: Any) -> tuple[Any, ...]:
+        """What ``load`` gives only: it reads the environment itself (TOML literals);
+        pydantic-settings' own reading would take only JSON, and fail on the rest."""
+        return (init_settings,)
+
     @model_validator(mode="after")
     def _exposure(self) -> Config:
         check_exposure(self)

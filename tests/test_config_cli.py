@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import subprocess
@@ -75,6 +76,19 @@ def test_bad_config_names_the_key(tmp_path, text, words):
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(words)):
         load(path)
+
+
+def test_toml_tables_in_the_process_environment(monkeypatch):
+    """The variables are read once, the documented way: pydantic-settings read them again
+    from os.environ, as JSON only, and refused TOML tables with an error naming no key."""
+    monkeypatch.setenv("GATEWAY_SIP__ROUTES", '[{match = "a", publish = "x"}]')
+    monkeypatch.setenv("GATEWAY_SIP__USERS", '{alice = "secret-password"}')
+    cfg = load(None, None, dict(os.environ))
+    assert [(r.match, r.publish) for r in cfg.sip.routes] == [("a", "x")]
+    assert dict(cfg.sip.users) == {"alice": "secret-password"}
+    monkeypatch.setenv("GATEWAY_STREAMS__DECLARED", "a,b")
+    with pytest.raises(ConfigError, match=re.escape("'streams.declared' must be list")):
+        load(None, None, dict(os.environ))
 
 
 def test_environment_overrides_the_file_and_the_command_line_overrides_both(tmp_path):
