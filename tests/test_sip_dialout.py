@@ -205,3 +205,29 @@ async def test_an_answer_naming_a_host_name_is_hung_up_and_releases_the_call(gat
     assert gw.gateway.sip.calls == {} and gw.gateway.sip.ports.in_use == set()
     assert await phone.heard(gw, 15) == []
     await phone.close()
+
+
+async def test_a_refused_upstream_registration_says_which_and_why(gateway_factory, caplog):
+    """Two registrations to one registrar, one refused: the API and the log tell them
+    apart by their address of record, and say why the refused one failed."""
+    registrar = Phone(0)  # stands for the PBX: answers as told
+    uri = f"sip:127.0.0.1:{registrar.port}"
+    gw = await start(gateway_factory, registrations=[
+        {"registrar": uri, "user": "good", "password": "right"},
+        {"registrar": uri, "user": "bad", "password": "wrong"}])
+    for _ in range(2):
+        register = await registrar.expect("REGISTER")
+        await registrar.answer(register, 200 if "good@" in register.headers.get("To") else 403)
+    for _ in range(100):
+        status, sip = await api(gw, "GET", "/api/v1/sip")
+        states = {r["aor"]: r for r in sip["registrations"]}
+        if {r["state"] for r in states.values()} == {"registered", "failed"}:
+            break
+        await asyncio.sleep(0.02)
+    good, bad = states["sip:good@127.0.0.1"], states["sip:bad@127.0.0.1"]
+    assert (good["state"], good["last_error"]) == ("registered", None), good
+    assert bad["state"] == "failed" and "403" in bad["last_error"], bad
+    [warning] = [r.getMessage() for r in caplog.records if "registration of sip:bad@" in
+                 r.getMessage()]
+    assert "failed" in warning and "403" in warning, warning
+    await registrar.close()

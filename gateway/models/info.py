@@ -437,8 +437,10 @@ class Stats(GatewayStats):
 
 class RegistrationInfo(Info):
     registrar: str
+    aor: str = Field(description="the address of record registered (sip:user@domain)")
     state: str
     last_status: int | None
+    last_error: str | None = Field(description="why the last attempt failed, if it did")
 
 
 class SipInfo(Info):

@@ -395,9 +395,9 @@ class SipService(DialIn, DialOut, Upstream):
             tcp_connections_timed_out=counters.connections_timed_out,
             tcp_connections_idle_closed=counters.connections_idle_closed,
             registrations=[  # state "elsewhere": another node of the cluster runs it
-                RegistrationInfo(registrar=str(c.registrar),
+                RegistrationInfo(registrar=str(c.registrar), aor=str(c.aor),
                                  state=c.state if i in self.registering else "elsewhere",
-                                 last_status=c.last_status)
+                                 last_status=c.last_status, last_error=c.last_error)
                 for i, c in enumerate(self.registrations)
             ],
             registered_users=self.registrar.bindings_count,

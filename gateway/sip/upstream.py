@@ -72,7 +72,11 @@ class Upstream(ServicePart):
                 client.on_timeout(self.endpoint.now())
             else:
                 client.on_response(response, self.endpoint.now())
-            log.info("sip registration to %s: %s", client.registrar, client.state)
+            failed = client.state == "failed"
+            log.log(logging.WARNING if failed else logging.INFO,
+                    "sip registration of %s to %s: %s%s", client.aor, client.registrar,
+                    client.state, f" ({client.last_error})" if failed and client.last_error
+                    else "")
 
     async def _register(self, client: RegistrationClient, request: Request,
                         timeout: float) -> Response | None:
@@ -80,7 +84,8 @@ class Upstream(ServicePart):
         try:
             flow = await self.endpoint.flow_for(client.registrar, own=True)
         except EndpointError as exc:
-            log.warning("sip registration to %s: %s", client.registrar, exc.strerror)
+            log.warning("sip registration of %s to %s: %s", client.aor, client.registrar,
+                        exc.strerror)
             return None
         request.headers.add("Via", str(self.endpoint.via(flow)), first=True)
         return await self._send_and_wait(request, flow, timeout)
