@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
+import shutil
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -187,3 +190,28 @@ async def test_chromium_publishes_over_https(gateway_factory, tmp_path):
         assert await listener.delete() == 200
         await page.click("#stop")
         await text_becomes(page, "#status", "stopped")
+
+
+def test_scripts_run_takes_tls_self_signed_anywhere_for_the_addresses_it_serves(tmp_path):
+    """`scripts/run --port 8443 --ice-host 192.0.2.5 --tls-self-signed`: the option may
+    come after the others, and the certificate covers the address browsers will use."""
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(root / "scripts" / "run", tmp_path / "scripts" / "run")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    fake = bin_dir / "gateway"  # prints what it would have served with
+    fake.write_text('#!/bin/sh\necho "args: $*"\necho "cert: $GATEWAY_HTTP__TLS_CERT"\n')
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "run"), "--port", "8443", "--ice-host",
+         "192.0.2.5", "--tls-self-signed", "--host=0.0.0.0"],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "PYTHONPATH": str(root)}).stdout
+    assert "args: serve --port 8443 --ice-host 192.0.2.5 --host=0.0.0.0\n" in out, out
+    assert f"cert: {tmp_path}/.tls/cert.pem" in out, out
+    cert = x509.load_pem_x509_certificate((tmp_path / ".tls" / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    addresses = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    assert {"192.0.2.5", "127.0.0.1"} <= addresses and "0.0.0.0" not in addresses, addresses

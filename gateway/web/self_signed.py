@@ -2,9 +2,11 @@
 
     python -m gateway.web.self_signed DIR [NAME ...]
 
-writes DIR/cert.pem and DIR/key.pem (kept if they exist) for NAME... (host names or IP
-addresses; default: localhost, 127.0.0.1, this host's name and its addresses). Browsers
-warn about it once; for production use a certificate from a real CA (Let's Encrypt).
+writes DIR/cert.pem and DIR/key.pem for localhost, 127.0.0.1, this host's name and its
+addresses, and NAME... (host names or IP addresses; a comma-separated list counts as
+several; unspecified addresses such as 0.0.0.0 are left out). An existing pair is kept
+if its certificate covers them all. Browsers warn about it once; for production use a
+certificate from a real CA (Let's Encrypt).
 """
 
 from __future__ import annotations
@@ -64,12 +66,36 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     directory = Path(argv[0])
-    if (directory / "cert.pem").exists() and (directory / "key.pem").exists():
-        print(f"keeping {directory}/cert.pem and key.pem")
-        return 0
-    cert, key = make_self_signed(directory, argv[1:] or default_names())
-    print(f"wrote {cert} and {key}")
+    names = list(dict.fromkeys(default_names() + [
+        n for arg in argv[1:] for n in arg.split(",") if n and not _unspecified(n)]))
+    cert_path = directory / "cert.pem"
+    if cert_path.exists() and (directory / "key.pem").exists():
+        missing = [n for n in names if n not in _covered(cert_path)]
+        if not missing:
+            print(f"keeping {directory}/cert.pem and key.pem")
+            return 0
+        print(f"{cert_path} does not cover {', '.join(missing)}: a new one")
+    cert, key = make_self_signed(directory, names)
+    print(f"wrote {cert} and {key} for {', '.join(names)}")
     return 0
+
+
+def _unspecified(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_unspecified
+    except ValueError:
+        return False
+
+
+def _covered(cert_path: Path) -> set[str]:
+    """The names and addresses a certificate is for (as written in it)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(n) for n in alt.get_values_for_type(x509.IPAddress)} | set(
+        alt.get_values_for_type(x509.DNSName))
 
 
 if __name__ == "__main__":
