@@ -30,6 +30,9 @@ ONLY_ISAC = (
     "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\na=mid:0\r\n"
     "a=sendonly\r\na=rtcp-mux\r\n"
 )
+# one payload type, two codecs: the publisher's packets would be decoded as the wrong one
+TWO_CODECS_ONE_TYPE = ONLY_ISAC.replace("103", "96", 1).replace(
+    "a=rtpmap:103 ISAC/16000", "a=rtpmap:96 opus/48000/2\r\na=rtpmap:96 G722/8000")
 # passes the gateway's own checks, fails inside aiortc (a clock rate of 0)
 ZERO_RATE = ONLY_ISAC.replace("103", "0").replace("ISAC/16000", "PCMU/0")
 
@@ -41,6 +44,7 @@ CASES = [
     ("post", "/whip/x", "application/sdp", NO_ICE, 400, "ICE"),
     ("post", "/whip/x", "application/sdp", ONLY_ISAC, 400, "codec"),
     ("post", "/whep/x", "application/sdp", ZERO_RATE, 400, "cannot use this offer"),
+    ("post", "/whip/x", "application/sdp", TWO_CODECS_ONE_TYPE, 400, "payload type 96 to two"),
     ("post", "/whip/x", "application/json", '{"sdp": "v=0"}', 415, "application/sdp"),
     ("post", "/whep/x", "text/plain", "v=0", 415, "application/sdp"),
     ("post", "/whip/x", "application/sdp", "v=0\r\n" + "a=x\r\n" * 40000, 413, "larger"),
