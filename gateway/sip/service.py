@@ -355,8 +355,7 @@ class SipService(DialIn, DialOut, Upstream):
         finally:
             self._responses.pop(id(tx), None)
 
-    # -- dial-out ----------------------------------------------------------------------
-    # -- API view ----------------------------------------------------------------------
+    # -- connections -------------------------------------------------------------------
     def _connections_in_use(self) -> set[tuple[str, str, int]]:
         """The TCP/TLS connections calls and registrations use (kept however idle)."""
         used = self.registrar.stream_sources(self.endpoint.now())
@@ -364,6 +363,7 @@ class SipService(DialIn, DialOut, Upstream):
                     if call.flow is not None and call.flow[0] != "UDP")
         return used
 
+    # -- API view ----------------------------------------------------------------------
     def find_call(self, call_id: str) -> SipCall | None:
         """A live call, or one that ended recently (its state and end reason stay visible)."""
         return self.calls.get(call_id) or next((c for c in self.ended if c.id == call_id), None)

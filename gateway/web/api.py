@@ -29,6 +29,7 @@ from .reply import reply
 
 log = logging.getLogger(__name__)
 
+
 def session_info(request: web.Request, session: WebRTCSession) -> SessionInfo:
     """A session as the caller may see it. Its id is a capability (DELETE on its WHIP/WHEP
     URL ends it), so only its creator and admins see it."""
@@ -61,7 +62,8 @@ async def list_streams(request: web.Request) -> web.StreamResponse:
 
 async def _with_cluster(gw, streams: list[StreamInfo]) -> list[StreamInfo]:  # type: ignore[no-untyped-def]
     """Every stream of the cluster once, each with its owner node and listeners per node;
-    streams this node does not hold come from their owner (without the sender's id)."""
+    streams this node does not hold come from their owner (a WebRTC sender without its
+    id)."""
     view = await gw.cluster_streams()
     here = {s.name for s in streams}
     streams.extend(await _remote_streams(gw, view, [n for n in view if n not in here]))
@@ -79,7 +81,9 @@ async def _remote_streams(gw, view: dict[str, ClusterStreamInfo],  # type: ignor
     wanted: dict[str, list[str]] = {}
     for name in names:
         entry = view.get(name)
-        node = entry and (entry.owner or next(iter(entry.listeners_by_node), None))
+        if entry is None:
+            continue
+        node = entry.owner or next(iter(entry.listeners_by_node), None)
         if node is not None and node != gw.node_name:
             wanted.setdefault(node, []).append(name)
     replies = await asyncio.gather(*(gw.cluster.request(node, "streams.info", names=names,

@@ -70,7 +70,8 @@ def main(argv: list[str]) -> int:
         n for arg in argv[1:] for n in arg.split(",") if n and not _unspecified(n)]))
     cert_path = directory / "cert.pem"
     if cert_path.exists() and (directory / "key.pem").exists():
-        missing = [n for n in names if n not in _covered(cert_path)]
+        covered = _covered(cert_path)
+        missing = [n for n in names if n not in covered]
         if not missing:
             print(f"keeping {directory}/cert.pem and key.pem")
             return 0
