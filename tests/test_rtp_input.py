@@ -154,6 +154,30 @@ async def test_lossy_jittery_reordering_source_stays_continuous(stepped_gateway,
     sink.close()
 
 
+async def test_a_sender_that_sends_a_quarter_second_at_once_loses_nothing(stepped_gateway,
+                                                                        monkeypatch):
+    """``ffmpeg -re`` reads its input in 256 ms chunks and sends each chunk's packets at
+    once: 13 packets of 20 ms every 260 ms here. They are early, never late: the input
+    holds them (before, it held 10 and dropped the rest, then ran dry: 89-93 of 407
+    packets late from the real ffmpeg)."""
+    gw = stepped_gateway
+    monkeypatch.setattr(playout, "time", MediaTime(gw.clock))
+    port = free_port(socket.SOCK_DGRAM)
+    created = await add_input(gw, "bursty", type="rtp", port=port, codec="PCMU")
+    sink = await l16_listener(gw, "bursty")
+    schedule = [(i // 13 * 0.260 + PHASE,
+                 struct.pack("!BBHII", 0x80, 0, i, i * 160, 0xF00) + payload)
+                for i, payload in enumerate(pcmu_tone(440, 6.0))]
+    await send_by_tick(gw, created["id"], port, schedule, 310)
+    tone = active(l16(sink.drain()))[: int(5.5 * 48000)]
+    assert_tone(tone, 440)
+    assert longest_gap_ms(tone) == 0
+    _, info = await api(gw, "GET", f"/api/v1/streams/bursty/inputs/{created['id']}")
+    assert (info["late"], info["lost"]) == (0, 0), info
+    assert info["concealed"] <= 5, info  # only after the end, before it counts as paused
+    sink.close()
+
+
 async def test_retransmitted_packets_are_not_negative_loss(stepped_gateway):
     """Nothing is dropped, but every 10th packet comes again 100 ms later (after it was
     played): the input reports 0 lost and 0 late, never -1 per copy."""

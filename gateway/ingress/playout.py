@@ -58,7 +58,7 @@ def _quiet(pcm: np.ndarray) -> bool:
 
 class Playout:
     def __init__(self, codecs: dict[int, CodecSpec], min_depth: int = 1, max_depth: int = 3,
-                 concealment: Concealment = Concealment.FEC):
+                 concealment: Concealment = Concealment.FEC, burst_s: float = 0.0):
         self.codecs = dict(codecs)  # payload type -> codec
         self.jitter = JitterBuffer(min_depth=min_depth, max_depth=max_depth, defer_trim=True)
         self.concealment = concealment
@@ -77,6 +77,10 @@ class Playout:
         #: Samples (48 kHz) in the last packet played: the jitter buffer's depth is in
         #: packets, so its delay is this many times its depth (senders may pack 180 ms).
         self.packet_samples = FRAME_SAMPLES
+        #: Audio the jitter buffer holds at least, whatever the packet length, for
+        #: senders that send that much at once (else twice its maximum depth).
+        self.burst_s = burst_s
+        self._packets_of(FRAME_SAMPLES)
         #: RED (RFC 2198) payload types: split, primary played, copies fill losses.
         self.red_payload_types: set[int] = set()
         self.red = RedSplitter(self.codecs)
@@ -126,7 +130,8 @@ class Playout:
                 pt, payload, arrived = got
                 decoder = self._last = self._decoder(pt)
                 pcm = decoder.decode(payload)
-                self.packet_samples = len(pcm) or FRAME_SAMPLES
+                if len(pcm) != self.packet_samples and len(pcm):
+                    self._packets_of(len(pcm))
                 if self.jitter.trim_due:
                     pcm = self._trim(pcm)
                 elif self._trim_wait:
@@ -228,6 +233,13 @@ class Playout:
                            self.plc_concealed),
             delay_s=self.delay_ms_avg / 1000, delay_max_s=self.delay_ms_max / 1000,
             jitter_target_s=self.jitter_target_ms / 1000, last_packet=self.last_packet)
+
+    def _packets_of(self, samples: int) -> None:
+        """Packets are ``samples`` long now: the jitter buffer holds at least ``burst_s``
+        of them (a sender that mixes lengths: of its shortest)."""
+        self.packet_samples = samples
+        self.jitter.capacity = max(self.jitter.capacity,
+                                   -(-round(self.burst_s * SAMPLE_RATE) // samples))
 
     @property
     def jitter_target_ms(self) -> int:

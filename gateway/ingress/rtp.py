@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = RTCP_MIN_INTERVAL_S
 #: The session bandwidth A.7 divides (octets/s): a 64 kbit/s stream, 5 % for RTCP.
 _RTCP_BW = 64000 / 8 * 0.05
+#: Audio an input holds however it arrives: plain RTP senders that are not real-time
+#: stacks send a chunk of their input at once (``ffmpeg -re``: 256 ms).
+BURST_S = 0.3
 
 
 class InputError(ValueError):
@@ -56,7 +59,7 @@ class RtpInput(asyncio.DatagramProtocol):
     def __init__(self, stream: Stream, codecs: dict[int, CodecSpec], max_depth: int = 5) -> None:
         self.id = new_id(8)
         self.stream = stream
-        self.playout = Playout(codecs, min_depth=1, max_depth=max_depth)
+        self.playout = Playout(codecs, min_depth=1, max_depth=max_depth, burst_s=BURST_S)
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self.port = 0

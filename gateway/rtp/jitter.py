@@ -102,6 +102,9 @@ class JitterBuffer:
             raise ValueError("need 1 <= min_depth <= max_depth")
         self.min_depth = min_depth
         self.max_depth = max_depth
+        #: Packets held at most (the oldest beyond it are dropped): twice the maximum
+        #: depth, or more for senders that send in bursts (``Playout`` sets it in time).
+        self.capacity = 2 * max_depth
         self.target = min_depth
         self.keep_successor = keep_successor
         self.defer_trim = defer_trim
@@ -189,8 +192,8 @@ class JitterBuffer:
             self._dropped.add(ext)  # its tick was concealed: it arrived, too late
             return self._late()
         self._packets[ext] = payload
-        # Hard bound: never hold more than twice the maximum depth.
-        while len(self._packets) > 2 * self.max_depth:
+        # Hard bound: never hold more than the capacity.
+        while len(self._packets) > self.capacity:
             self._drop_oldest()
         return result
 
@@ -221,7 +224,7 @@ class JitterBuffer:
             return Fill.LATE
         if ext in self._packets or ext in self._dropped:
             return Fill.PRESENT
-        if len(self._packets) >= 2 * self.max_depth:
+        if len(self._packets) >= self.capacity:
             return Fill.IGNORED
         self._packets[ext] = payload
         self._filled.add(ext)
