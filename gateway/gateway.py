@@ -95,6 +95,9 @@ class Gateway:
             )
         )
         self.sessions: dict[str, WebRTCSession] = {}
+        #: WHIP/WHEP offers being answered, per stream name: a refused one removes the
+        #: stream it created only if no other is under way.
+        self._opening: dict[str, int] = {}
         #: The other workers of this machine's `gateway serve --workers N` (see
         #: sibling_for_offer), and their sessions as last known.
         self._siblings: dict[str, int] = {}
@@ -192,12 +195,18 @@ class Gateway:
             stream = self.registry.get_or_create(name)
         except UnknownStream:
             raise SessionRefused(404, "Not Found", f"no stream named {name!r}") from None
+        self._opening[name] = self._opening.get(name, 0) + 1
         try:
             return await self._open_session(stream, role, offer, owner)
         except SessionRefused:
-            if created:
+            if created and self._opening[name] == 1:  # no other offer for it under way
                 self.registry.discard_if_idle(stream)
             raise
+        finally:
+            if self._opening[name] == 1:
+                del self._opening[name]
+            else:
+                self._opening[name] -= 1
 
     async def _open_session(self, stream: Stream, role: str, offer: str,
                             owner: str | None) -> OpenedSession:

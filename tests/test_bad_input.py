@@ -173,3 +173,36 @@ async def test_feeds_closed_at_once_by_their_clients_log_no_error(gateway, path,
             assert r.status == 200 and r.content_type == "text/event-stream"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_a_refused_offer_leaves_the_stream_to_an_offer_still_under_way(gateway,
+                                                                              monkeypatch):
+    """Offer A creates the stream and fails while offer B for the same stream is still
+    being answered: the stream stays, with B as its sender."""
+    from gateway.webrtc import session as sessions
+
+    real_answer = sessions.WebRTCSession.answer
+
+    async def answer(self, offer):  # A fails late inside aiortc; B answers later still
+        if "a=x-fail" in offer:
+            await asyncio.sleep(0.2)
+            raise RuntimeError("failed deep inside aiortc")
+        await asyncio.sleep(0.4)
+        return await real_answer(self, offer)
+
+    monkeypatch.setattr(sessions.WebRTCSession, "answer", answer)
+    gw = gateway.gateway
+    a, b = Publisher(gateway.url, "x", ToneTrack(440)), Publisher(gateway.url, "x", ToneTrack(440))
+    offers = []
+    for pub, extra in ((a, "a=x-fail\r\n"), (b, "")):
+        await pub.pc.setLocalDescription(await pub.pc.createOffer())
+        offers.append(pub.pc.localDescription.sdp + extra)
+    first = asyncio.create_task(gw.open_session("x", "publisher", offers[0], None))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(gw.open_session("x", "publisher", offers[1], None))
+    refused, opened = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(refused, Exception) and not isinstance(opened, Exception), opened
+    stream = gw.registry.streams.get("x")
+    assert stream is not None and stream.source is gw.sessions[opened.id]
+    for pub in (a, b):
+        await pub.pc.close()
