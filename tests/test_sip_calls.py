@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from audio_checks import assert_tone, dominant_frequency, rms_dbfs
+from conftest import free_port
 from sip_phone import Phone, decode, heard, sdp_port, tone_ulaw
 from stepping import RtpSink, send_tone, until
 from test_fanout import l16, l16_listener
@@ -20,6 +21,7 @@ from test_rtp_output import api
 
 from gateway.codecs.g711 import ulaw_encode
 from gateway.sip.dtmf import encode_event_packets
+from gateway.sip.endpoint import EndpointSettings, SipEndpoint
 
 
 async def start(gateway_factory, stepped: bool = False, **sip):
@@ -383,6 +385,33 @@ async def test_one_address_cannot_take_every_tcp_connection_and_unused_ones_are_
     again_r, again_w = await talk("127.0.0.1", 5)  # a slot from 127.0.0.1 is free again
     for w in (idle_w, used_w, refused_w, other_w, again_w):
         w.close()
+
+
+async def test_two_connections_with_one_key_are_each_counted_once():
+    """A phone connecting from one port to the shared port and to a worker's own has two
+    connections under one (transport, host, port) key; closing both frees both slots."""
+    def connect(local_port: int, port: int) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", local_port))
+        sock.connect(("127.0.0.1", port))
+        return sock
+
+    endpoint = SipEndpoint(EndpointSettings(port=0, own_port=0, transports=("tcp",),
+                                            max_connections_per_host=3), lambda event: None)
+    await endpoint.start()
+    try:
+        for _ in range(4):  # more rounds than the per-host cap: a leak would lock it out
+            local = free_port()
+            pair = [connect(local, endpoint.port), connect(local, endpoint.own_port)]
+            await until(lambda: len(endpoint._accepted) == 2)
+            for sock in pair:
+                sock.close()
+            await until(lambda: not endpoint._accepted and not endpoint._accepted_by_host)
+        assert endpoint.counters.connections_refused == 0
+    finally:
+        await endpoint.close()
 
 
 async def test_media_latches_to_where_the_phones_rtp_comes_from(gateway_factory):

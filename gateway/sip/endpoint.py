@@ -146,7 +146,9 @@ class SipEndpoint:
         #: requests to that phone go back over its connection (a phone rarely has a
         #: certificate the gateway could verify as a TLS server's).
         self._connections: dict[tuple[str, str, int], SipStream] = {}
-        self._accepted = 0  # inbound connections in _connections
+        #: Accepted (inbound) connections, by identity: two may share a key (a phone
+        #: connecting from one port to the shared port and to a worker's own).
+        self._accepted: set[SipStream] = set()
         self._accepted_by_host: dict[str, int] = {}
         #: The connection keys a call or a registration uses (the service's): the idle
         #: sweep never closes those.
@@ -240,7 +242,7 @@ class SipEndpoint:
             if udp is not None:
                 udp.close()
         self._udp = self._own_udp = None
-        for conn in list(self._connections.values()):
+        for conn in {*self._connections.values(), *self._accepted}:
             conn.close()
         for server in (self._tcp_server, self._own_tcp_server, self._tls_server):
             if server is not None:
@@ -540,15 +542,15 @@ class SipEndpoint:
             return True
         host = conn.peer[0]
         from_host = self._accepted_by_host.get(host, 0)
-        if (self._accepted >= self.settings.max_connections
+        if (len(self._accepted) >= self.settings.max_connections
                 or from_host >= self.settings.max_connections_per_host):
             self.counters.connections_refused += 1
             if self.counters.connections_refused % 1000 == 1:
                 log.warning("sip %s: connection from %s refused (%d open, %d from it)",
-                            conn.transport_name.lower(), host, self._accepted, from_host)
+                            conn.transport_name.lower(), host, len(self._accepted), from_host)
             return False
         self._connections[conn.key] = conn
-        self._accepted += 1
+        self._accepted.add(conn)
         self._accepted_by_host[host] = from_host + 1
         if self._sweep is None and self._loop is not None:
             self._sweep = self._loop.call_later(self._sweep_period(), self._close_idle)
@@ -563,7 +565,7 @@ class SipEndpoint:
         self._sweep = None
         assert self._loop is not None
         cutoff = self._loop.time() - self.settings.tcp_idle_timeout_s
-        idle = [c for c in self._connections.values() if c.inbound and c.last_active < cutoff]
+        idle = [c for c in self._accepted if c.last_active < cutoff]
         if idle:
             used = self.in_use()
             by_alias = {id(c) for k, c in self._aliases.items() if k in used}
@@ -580,12 +582,12 @@ class SipEndpoint:
     def _forget(self, conn: SipStream) -> None:
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
-            if conn.inbound:
-                self._accepted -= 1
-                host = conn.peer[0]
-                left = self._accepted_by_host.pop(host, 1) - 1
-                if left > 0:
-                    self._accepted_by_host[host] = left
+        if conn in self._accepted:
+            self._accepted.discard(conn)
+            host = conn.peer[0]
+            left = self._accepted_by_host.pop(host, 1) - 1
+            if left > 0:
+                self._accepted_by_host[host] = left
         for alias in [k for k, c in self._aliases.items() if c is conn]:
             del self._aliases[alias]
 
