@@ -178,6 +178,24 @@ async def test_a_sender_that_sends_a_quarter_second_at_once_loses_nothing(steppe
     sink.close()
 
 
+def test_the_burst_allowance_is_bounded_whatever_the_packets():
+    """300 ms of packets, counted as at least 10 ms each: one 1-sample packet (anyone who
+    reaches the port can send one) must not let the buffer hold minutes."""
+    from gateway.codecs.spec import L16_48K
+    from gateway.ingress.rtp import BURST_S
+
+    p = playout.Playout({L16_48K.payload_type: L16_48K}, max_depth=5, burst_s=BURST_S)
+    assert p.jitter.capacity == 15  # 300 ms of 20 ms packets
+    p.push(0, L16_48K.payload_type, b"\x00\x01", 1)
+    p.pull()
+    assert p.jitter.capacity == 30  # 300 ms of 10 ms: the most it holds
+    p.push(1, L16_48K.payload_type, bytes(2 * 960 * 9), 1)  # 180 ms packets
+    for _ in range(10):
+        p.pull()
+    assert p.jitter.capacity == 10  # twice the maximum depth: 1.8 s of them, as before
+    assert playout.Playout({}, max_depth=5).jitter.capacity == 10  # no allowance: as before
+
+
 async def test_retransmitted_packets_are_not_negative_loss(stepped_gateway):
     """Nothing is dropped, but every 10th packet comes again 100 ms later (after it was
     played): the input reports 0 lost and 0 late, never -1 per copy."""

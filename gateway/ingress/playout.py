@@ -44,6 +44,8 @@ class Concealment(enum.Enum):
 
 #: A trim waits this many packets for a quiet one (5 s of 20 ms packets).
 TRIM_PATIENCE = 250
+#: The shortest packet the jitter buffer's capacity is counted in (10 ms).
+MIN_PACKET_SAMPLES = FRAME_SAMPLES // 2
 #: A packet below this RMS (-40 dBFS) is a pause: dropping it is not heard.
 QUIET_RMS = 328.0
 #: The cross-fade over a trim's seam: 2.5 ms.
@@ -236,10 +238,11 @@ class Playout:
 
     def _packets_of(self, samples: int) -> None:
         """Packets are ``samples`` long now: the jitter buffer holds at least ``burst_s``
-        of them (a sender that mixes lengths: of its shortest)."""
+        of them, counted as 10 ms each if shorter (a chunk's short tail, or a hostile
+        1-sample packet, must not let it hold minutes)."""
         self.packet_samples = samples
-        self.jitter.capacity = max(self.jitter.capacity,
-                                   -(-round(self.burst_s * SAMPLE_RATE) // samples))
+        self.jitter.capacity = max(2 * self.jitter.max_depth, -(-round(
+            self.burst_s * SAMPLE_RATE) // max(samples, MIN_PACKET_SAMPLES)))
 
     @property
     def jitter_target_ms(self) -> int:
