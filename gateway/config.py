@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -562,6 +563,12 @@ class ClusterConfig(Section):
         return self
 
 
+def _log_level(name: str) -> str:
+    if not isinstance(logging.getLevelNamesMapping().get(name.upper()), int):
+        raise ValueError("must be one of debug, info, warning, error, critical")
+    return name
+
+
 class Config(BaseSettings):
     """The whole configuration; ``load`` builds it from its layers."""
 
@@ -578,8 +585,8 @@ class Config(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
-    log_level: Annotated[Literal["debug", "info", "warning", "error", "critical"],
-                         BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = "info"
+    #: A name of Python's logging levels, in any case (debug, info, warning, error, ...).
+    log_level: Annotated[str, AfterValidator(_log_level)] = "info"
     #: "json", "text", or "auto": JSON when stderr is not a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
 

@@ -61,7 +61,7 @@ def test_file_then_overrides(tmp_path):
         # TOML has nan and inf; nan passes every bound and crashed the start, or turned
         # a limit off (a header timeout of nan never fired)
         # passed the check, then stopped the start with a traceback
-        ('log_level = "verbose"\n', "'log_level' must be 'debug', 'info', 'warning', 'error'"),
+        ('log_level = "verbose"\n', "'log_level' must be one of debug, info, warning, error"),
         ('[streams]\ndeclared = ["ok", "bad name"]\n',
          "'streams.declared[1]': invalid stream name 'bad name'"),
         ("[http]\nheader_timeout_s = nan\n", "'http.header_timeout_s': input should be a finite"),
@@ -105,6 +105,7 @@ def test_environment_overrides_the_file_and_the_command_line_overrides_both(tmp_
     assert cfg.log_level == "debug" and cfg.sip.allow_from == ["10.0.0.0/8"]
     assert [(k.name, k.scopes) for k in cfg.auth.keys] == [("ops", ["admin"])]
     # a quoted TOML string means the string inside, as in the file
+    assert load(None, None, {"GATEWAY_LOG_LEVEL": "WARN"}).log_level == "WARN"  # logging's
     quoted = load(None, None, {"GATEWAY_SIP__ADVERTISED_HOST": '"gw.example.org"',
                                "GATEWAY_LOG_LEVEL": "'debug'"})
     assert (quoted.sip.advertised_host, quoted.log_level) == ("gw.example.org", "debug")
