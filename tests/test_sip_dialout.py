@@ -58,6 +58,10 @@ async def test_dial_out_plays_the_stream_and_delete_hangs_up_with_bye(gateway_fa
     await phone.answer(invite, 200, sdp_offer(phone.rtp_port, "0 101"))
     ack = await phone.expect("ACK")
     assert ack.cseq == (invite.cseq[0], "ACK")
+    # the phone did not get that ACK and sends its 200 again: the ACK goes again
+    await phone.answer(invite, 200, sdp_offer(phone.rtp_port, "0 101"))
+    again = await phone.expect("ACK")
+    assert again.cseq == ack.cseq and again.top_via.branch == ack.top_via.branch
     packets = await phone.heard(gw, 100)
     assert len(packets) == 100
     assert_tone(decode(packets), 440, rate=8000, min_seconds=2.0)

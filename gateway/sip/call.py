@@ -33,6 +33,7 @@ from .media import CallMedia
 from .sdes import Crypto
 
 if TYPE_CHECKING:
+    from .message import Request
     from .transaction import ClientTransaction, ServerTransaction
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class SipCall:
         self.dialog: Dialog | None = None
         self.flow: tuple[str, str, int] | None = None  # where in-dialog requests go
         self.invite_tx: ClientTransaction | ServerTransaction | None = None
+        #: Dial-out: the ACK of the answer, sent again for each retransmission of the 2xx
+        #: (RFC 3261 §13.2.2.4: the first one may have been lost).
+        self.ack: Request | None = None
         self.codec: CodecSpec | None = None
         self.payload_type: int | None = None
         self.on_hold = False

@@ -55,8 +55,11 @@ class DialOut(ServicePart):
             return
         if method != "INVITE" or not 200 <= response.status < 300:
             return
-        if self._find_dialog(response, incoming=False) is not None:
-            return  # a retransmitted 2xx of a live call: its ACK already went
+        call = self._find_dialog(response, incoming=False)
+        if call is not None:  # a retransmitted 2xx of a live call: our ACK was lost
+            if call.ack is not None and call.flow is not None and number == call.ack.cseq[0]:
+                self.endpoint.send_stateless(call.ack, call.flow)
+            return
         self._spawn(self._ack_and_bye(response, flow, number))
 
     async def _ack_and_bye(self, response: Response, flow: Flow, cseq: int) -> None:
@@ -211,7 +214,7 @@ class DialOut(ServicePart):
         try:
             while True:
                 remaining = deadline - loop.time()
-                if remaining <= 0 and not cancelled:
+                if remaining <= 0 and not cancelled and queue.empty():  # answers first
                     call.end_reason = call.end_reason or "no answer"
                     call.cancelled = True
                     self.endpoint.cancel(tx)  # sent once a provisional response comes
@@ -254,7 +257,7 @@ class DialOut(ServicePart):
             await self._end(call, f"bad 2xx: {exc}", send_bye=False)
             return
         call.dialog = dialog
-        ack = dialog.request("ACK", self.endpoint.via(flow), cseq=invite.cseq[0])
+        ack = call.ack = dialog.request("ACK", self.endpoint.via(flow), cseq=invite.cseq[0])
         self.endpoint.send_stateless(ack, flow)
         if call.cancelled:  # DELETE or the dial timeout crossed the 200: hang up at once
             call.state = "active"
