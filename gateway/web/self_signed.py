@@ -67,7 +67,8 @@ def main(argv: list[str]) -> int:
         return 2
     directory = Path(argv[0])
     names = list(dict.fromkeys(default_names() + [
-        n for arg in argv[1:] for n in arg.split(",") if n and not _unspecified(n)]))
+        _canonical(n) for arg in argv[1:] for n in arg.split(",")
+        if n and not _unspecified(n)]))
     cert_path = directory / "cert.pem"
     if cert_path.exists() and (directory / "key.pem").exists():
         covered = _covered(cert_path)
@@ -79,6 +80,14 @@ def main(argv: list[str]) -> int:
     cert, key = make_self_signed(directory, names)
     print(f"wrote {cert} and {key} for {', '.join(names)}")
     return 0
+
+
+def _canonical(name: str) -> str:
+    """An address as a certificate lists it (``2001:DB8::1`` -> ``2001:db8::1``)."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name
 
 
 def _unspecified(name: str) -> bool:

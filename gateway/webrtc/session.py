@@ -64,10 +64,11 @@ def check_offer(sdp: str) -> SessionDescription:
     if not any(m.rtcp_mux for m in audio):
         raise OfferError("SDP offer must use a=rtcp-mux (RTP and RTCP on one port)")
     for m in audio:
-        types = [c.payloadType for c in m.rtp.codecs]
-        if len(types) != len(set(types)):  # packets would be decoded as the wrong codec
-            twice = sorted({t for t in types if types.count(t) > 1})
-            raise OfferError(f"SDP offer maps payload type {twice[0]} to two codecs")
+        named: dict[int, tuple[str, int | None]] = {}
+        for c in m.rtp.codecs:  # two codecs on one type: packets decoded as the wrong one
+            codec = (c.mimeType.lower(), c.clockRate)
+            if named.setdefault(c.payloadType, codec) != codec:
+                raise OfferError(f"SDP offer maps payload type {c.payloadType} to two codecs")
     return parsed
 
 
