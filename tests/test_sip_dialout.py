@@ -235,3 +235,17 @@ async def test_a_refused_upstream_registration_says_which_and_why(gateway_factor
                  r.getMessage()]
     assert "failed" in warning and "403" in warning, warning
     await registrar.close()
+
+
+async def test_a_registration_that_cannot_be_sent_says_why(gateway_factory):
+    """A registrar whose name cannot be resolved: the API says so, not "no response"."""
+    gw = await start(gateway_factory, registrations=[
+        {"registrar": "sip:a..b", "user": "gw", "password": "pw"}])
+    for _ in range(100):
+        _, sip = await api(gw, "GET", "/api/v1/sip")
+        [registration] = sip["registrations"]
+        if registration["state"] == "failed":
+            break
+        await asyncio.sleep(0.02)
+    assert registration["last_error"].startswith("cannot send: cannot resolve 'a..b'"), \
+        registration

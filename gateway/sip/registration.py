@@ -161,13 +161,14 @@ class RegistrationClient:
             retry_after = parse_delta(response.headers.get("Retry-After"))
             self._fail(now, f"{status} {response.reason}".strip(), retry_after)
 
-    def on_timeout(self, now: float) -> None:
-        """The transaction of the outstanding REGISTER timed out (treated as a 408)."""
+    def on_timeout(self, now: float, why: str = "no response from the registrar") -> None:
+        """The outstanding REGISTER got no response (treated as a 408): its transaction
+        timed out, or it could not be sent (``why``)."""
         if self._sent_at is None:
             return
         self._sent_at = None
         self.last_status = 408
-        self._fail(now, "no response from the registrar")
+        self._fail(now, why)
 
     def _matches(self, response: Response) -> bool:
         """False when the response is visibly for another request (an older CSeq after a

@@ -26,7 +26,7 @@ from .call import SipCall
 from .dial_in import ALLOW, SDP, DialIn
 from .dial_out import DialOut
 from .dialog import new_tag
-from .endpoint import EndpointSettings, SipEndpoint
+from .endpoint import EndpointError, EndpointSettings, SipEndpoint
 from .media import MediaPorts
 from .message import Request, Response, SipParseError, response_to
 from .registrar import Registrar
@@ -147,7 +147,10 @@ class SipService(DialIn, DialOut, Upstream):
             await asyncio.wait([asyncio.ensure_future(e) for e in ending], timeout=5.0)
         for client in self.registrations:
             if client.state == "registered":
-                await self._register(client, client.unregister(self.endpoint.now()), 2.0)
+                try:
+                    await self._register(client, client.unregister(self.endpoint.now()), 2.0)
+                except EndpointError as exc:  # its registrar no longer resolves
+                    log.warning("sip: cannot unregister %s: %s", client.aor, exc.strerror)
         if ending or self.registrations:
             await asyncio.sleep(0.05)  # let the last BYEs leave
         tasks = list(self._tasks)

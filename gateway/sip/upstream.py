@@ -67,11 +67,15 @@ class Upstream(ServicePart):
                 await asyncio.sleep(1.0 if deadline is None
                                     else max(0.05, deadline - loop.time()))
                 continue
-            response = await self._register(client, request, 40.0)
-            if response is None:
-                client.on_timeout(self.endpoint.now())
+            try:
+                response = await self._register(client, request, 40.0)
+            except EndpointError as exc:  # the registrar does not resolve, no TLS set up
+                client.on_timeout(self.endpoint.now(), f"cannot send: {exc.strerror}")
             else:
-                client.on_response(response, self.endpoint.now())
+                if response is None:
+                    client.on_timeout(self.endpoint.now())
+                else:
+                    client.on_response(response, self.endpoint.now())
             failed = client.state == "failed"
             log.log(logging.WARNING if failed else logging.INFO,
                     "sip registration of %s to %s: %s%s", client.aor, client.registrar,
@@ -80,13 +84,9 @@ class Upstream(ServicePart):
 
     async def _register(self, client: RegistrationClient, request: Request,
                         timeout: float) -> Response | None:
-        """Send one REGISTER of ``client`` (None: no final response in time)."""
-        try:
-            flow = await self.endpoint.flow_for(client.registrar, own=True)
-        except EndpointError as exc:
-            log.warning("sip registration of %s to %s: %s", client.aor, client.registrar,
-                        exc.strerror)
-            return None
+        """Send one REGISTER of ``client`` (None: no final response in time;
+        EndpointError: it cannot be sent)."""
+        flow = await self.endpoint.flow_for(client.registrar, own=True)
         request.headers.add("Via", str(self.endpoint.via(flow)), first=True)
         return await self._send_and_wait(request, flow, timeout)
 
